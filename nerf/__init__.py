@@ -1,0 +1,1 @@
+"""RealFusion reconstruction stage: cameras, field, renderer, guidance and trainer."""
