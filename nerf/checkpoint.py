@@ -1,0 +1,44 @@
+"""Checkpoint files: one dict of tensors and plain values, written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nerf.errors import UserError
+from nerf.fileio import atomic_path
+
+FORMAT = "realfusion-checkpoint-v1"
+LATEST = "latest.pth"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by this project; corrupt or foreign files raise UserError and are left as is."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass --ckpt scratch to start a new run.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({first_line}); delete it or pass --ckpt scratch.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} was not written by this project's main.py; pass another --ckpt or --ckpt scratch.")
+    return state
+
+
+def find_checkpoint(workspace: Path, ckpt: str) -> Path | None:
+    """The checkpoint that --ckpt selects in a workspace, or None to start from scratch."""
+    if ckpt == "scratch":
+        return None
+    if ckpt in ("latest", "latest_model", "best"):
+        candidate = workspace / "checkpoints" / LATEST
+        return candidate if candidate.is_file() else None
+    return Path(ckpt)

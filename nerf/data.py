@@ -1,0 +1,79 @@
+"""The input view: the RGBA photograph, its mask and the camera it is assumed to be taken from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from nerf.cameras import CameraBatch, fixed_cameras
+from nerf.errors import UserError
+
+EXTRACT_MASK_HINT = "run scripts/extract-mask.py --image_path IMAGE --output_dir DIR to make a square RGBA input"
+
+
+def load_rgba(path: str | Path, size: int) -> Tensor:
+    """Read a square RGBA PNG (8 or 16 bit), resize it to size x size with area filtering; [size, size, 4] in [0, 1].
+
+    Unlike the original, a non-square image is refused rather than squashed, and an image without a usable alpha
+    channel is refused rather than failing later in the mask loss.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--image_path {path} does not exist; give an RGBA PNG ({EXTRACT_MASK_HINT}).")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise UserError(f"--image_path {path} is not a readable image; give an RGBA PNG ({EXTRACT_MASK_HINT}).")
+    if raw.ndim != 3 or raw.shape[2] != 4:
+        raise UserError(f"--image_path {path} has no alpha channel (the object mask); {EXTRACT_MASK_HINT}.")
+    height, width = raw.shape[:2]
+    if height != width:
+        raise UserError(f"--image_path {path} is {width}x{height}, not square; {EXTRACT_MASK_HINT} (it pads to a square).")
+    scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+    rgba = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / scale
+    if size != height:
+        interpolation = cv2.INTER_AREA if size < height else cv2.INTER_LINEAR
+        rgba = cv2.resize(rgba, (size, size), interpolation=interpolation)
+    rgba = np.clip(rgba, 0.0, 1.0)
+    alpha = rgba[..., 3]
+    if alpha.max() < 0.5:
+        raise UserError(f"--image_path {path} has an empty alpha channel (no object); {EXTRACT_MASK_HINT}.")
+    if alpha.min() > 0.5:
+        raise UserError(f"--image_path {path} has a fully opaque alpha channel (no background); {EXTRACT_MASK_HINT}.")
+    return torch.from_numpy(np.ascontiguousarray(rgba))
+
+
+@dataclass
+class RealView:
+    """The input image with the camera of the original's convention (phi = 0, theta = pose_angle)."""
+
+    rgba: Tensor  # [H, W, 4], straight (not premultiplied) colour, alpha = mask
+    camera: CameraBatch
+
+    @classmethod
+    def from_file(cls, path: str | Path, size: int, pose_angle: float, radius: float, fovy: float,
+                  left_handed: bool = False) -> "RealView":
+        rgba = load_rgba(path, size)
+        camera = fixed_cameras(pose_angle, torch.zeros(1), radius, fovy, size, left_handed=left_handed)
+        return cls(rgba, camera)
+
+    @property
+    def size(self) -> int:
+        return self.rgba.shape[0]
+
+    def to(self, device: torch.device | str) -> "RealView":
+        return RealView(self.rgba.to(device), self.camera.to(device))
+
+    def sample(self, num_rays: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Random pixels (with replacement): rays_o, rays_d [1, N, 3] and their RGBA [1, N, 4]."""
+        rays_o, rays_d, inds = self.camera.rays(num_rays, generator)
+        return rays_o, rays_d, self.rgba.reshape(1, -1, 4)[:, inds]
+
+    def full(self) -> tuple[Tensor, Tensor, Tensor]:
+        """All pixels: rays_o, rays_d [1, H*W, 3] and the image [1, H, W, 4]."""
+        rays_o, rays_d, _ = self.camera.rays()
+        return rays_o, rays_d, self.rgba[None]
