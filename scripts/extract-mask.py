@@ -1,0 +1,66 @@
+"""Make the square RGBA input of stage two from a photo.
+
+    python scripts/extract-mask.py --image_path photo.jpg --output_dir DIR            # find the object
+    python scripts/extract-mask.py --image_path photo.jpg --mask_path m.png --output_dir DIR
+
+Writes DIR/image.png (square RGB), DIR/mask.png (square grey) and DIR/rgba.png (the two combined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
+from nerf.errors import UserError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_path", required=True, help="input photo (any PIL-readable format)")
+    parser.add_argument("--output_dir", required=True, help="folder for image.png, mask.png, rgba.png")
+    parser.add_argument("--mask_path", default=None, help="existing object mask of the same size (grey)")
+    parser.add_argument("--size", type=int, default=512, help="side length of the square outputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    parser.add_argument(
+        "--method", choices=("grabcut", "rembg"), default="grabcut",
+        help="object extractor without --mask_path: grabcut (offline, CPU) or rembg (pip install rembg)",
+    )
+    parser.add_argument(
+        "--box", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
+        help="grabcut only: pixel box around the object in the input photo (outside is background)",
+    )
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Path]:
+    """Check everything, compute the outputs, and only then write them."""
+    if args.box is not None and (args.mask_path is not None or args.method != "grabcut"):
+        raise UserError("--box only guides --method grabcut without --mask_path; drop one of them")
+    clashes = existing_outputs(args.output_dir)
+    if clashes and not args.overwrite:
+        names = ", ".join(p.name for p in clashes)
+        raise UserError(f"{args.output_dir} already holds {names}; pass --overwrite or pick another --output_dir")
+    image = load_rgb(args.image_path)
+    mask = load_mask(args.mask_path, image.shape[:2]) if args.mask_path else None
+    seeds = box_seeds(image.shape[:2], args.box) if args.box is not None else None
+    square_image, square_mask = make_input(image, mask, args.size, args.method, seeds)
+    return write_outputs(args.output_dir, square_image, square_mask)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        written = run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
