@@ -229,7 +229,7 @@ class AnnealedValue:
             frac = min(step / self.iters, 1.0)
             return frac * end + (1 - frac) * start
         end_iters, fn = float(spec[2]), str(spec[3])
-        frac = min((self.iters if self.legacy_constant_4 else step) / end_iters, 1.0)
+        frac = min(end_iters / self.iters if self.legacy_constant_4 else step / end_iters, 1.0)
         if fn == "log":
             return end**frac * start ** (1 - frac)
         return frac * end + (1 - frac) * start
