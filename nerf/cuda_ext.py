@@ -1,0 +1,114 @@
+"""Finding the compiled CUDA extensions: a prebuilt module, else a JIT build, else the reason why not.
+
+Every extension package (`gridencoder`, `shencoder`, `freqencoder`, `raymarching`) has a `src/` folder of
+CUDA/C++ sources. `pip install ./<package>` prebuilds them as the top-level module `_<package>`; without
+that, the first use compiles them with ninja into a per-user cache. When neither works the caller falls
+back to the PyTorch reference, and the user is told once per extension why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import types
+import warnings
+from pathlib import Path
+
+import torch
+
+from nerf.errors import UserError
+from nerf.fileio import write_text_atomic
+
+BACKENDS = ("auto", "cuda", "torch")
+BUILD_ROOT = Path(os.environ.get("REALFUSION_EXTENSIONS_DIR", Path.home() / ".cache" / "realfusion" / "torch_extensions"))
+HOST_FLAGS = ["-O3", "-std=c++17"]
+CUDA_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_HALF2_OPERATORS__",
+]
+
+_log = logging.getLogger(__name__)
+_loaded: dict[str, tuple[types.ModuleType | None, str]] = {}
+_reported: set[str] = set()
+
+
+def _nvcc() -> Path | None:
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        return None
+    nvcc = Path(cpp_extension.CUDA_HOME) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")
+    return nvcc if nvcc.exists() else None
+
+
+def _jit_build(module_name: str, package_dir: Path) -> tuple[types.ModuleType | None, str]:
+    from torch.utils import cpp_extension
+
+    sources = sorted(str(p) for pattern in ("*.cu", "*.cpp") for p in (package_dir / "src").glob(pattern))
+    if not sources:
+        return None, f"no sources in {package_dir / 'src'}"
+    build_dir = BUILD_ROOT / module_name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        module = cpp_extension.load(
+            name=module_name,
+            sources=sources,
+            extra_cflags=HOST_FLAGS,
+            extra_cuda_cflags=CUDA_FLAGS,
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as exc:  # the compiler's output is in the exception text; keep it for the user
+        log = build_dir / "build-error.log"
+        write_text_atomic(log, f"{type(exc).__name__}: {exc}\n")
+        return None, f"build error (log: {log})"
+    return module, f"built in {build_dir}"
+
+
+def load_extension(name: str, package_dir: Path) -> tuple[types.ModuleType | None, str]:
+    """Return (`_<name>` module, how it was found) or (None, why not); the outcome is cached per process."""
+    if name not in _loaded:
+        module_name = f"_{name}"
+        try:
+            _loaded[name] = (importlib.import_module(module_name), "prebuilt")
+        except ImportError:
+            if not torch.cuda.is_available():
+                _loaded[name] = (None, "no CUDA device")
+            elif _nvcc() is None:
+                _loaded[name] = (None, "no nvcc: install the CUDA toolkit or set CUDA_HOME")
+            else:
+                _loaded[name] = _jit_build(module_name, Path(package_dir))
+    return _loaded[name]
+
+
+def resolve_backend(requested: str, name: str, package_dir: Path) -> types.ModuleType | None:
+    """The compiled module to use for `requested` ("auto" | "cuda" | "torch"), or None for the reference."""
+    if requested not in BACKENDS:
+        raise UserError(f"unknown backend {requested!r} for {name}: use one of {', '.join(BACKENDS)}")
+    if requested == "torch":
+        return None
+    module, how = load_extension(name, package_dir)
+    if module is None and requested == "cuda":
+        raise UserError(f"the CUDA {name} extension is unavailable ({how}); fix that or use the torch backend")
+    if name not in _reported:
+        _reported.add(name)
+        if module is None:
+            warnings.warn(f"{name}: CUDA extension unavailable ({how}); using the PyTorch reference", stacklevel=3)
+        else:
+            _log.info("%s: using the CUDA extension (%s)", name, how)
+    return module
+
+
+def use_compiled(module: types.ModuleType | None, requested: str, tensor: torch.Tensor) -> bool:
+    """Whether a call on `tensor` goes to the compiled kernels: they need CUDA tensors."""
+    if module is None:
+        return False
+    if not tensor.is_cuda:
+        if requested == "cuda":
+            raise ValueError("the cuda backend needs CUDA tensors; move the inputs to the GPU")
+        return False
+    return True
