@@ -1,0 +1,294 @@
+"""Reconstruct many inputs at once: one cluster job per rgba.png, then a summary table.
+
+    python scripts/example-slurm.py --partition gpu                       # every bundled example
+    python scripts/example-slurm.py --inputs_dir my-photos --cluster local -- --iters 2000
+
+Each job runs textual inversion with the README's settings (skipped when a learned_embeds.bin already
+exists next to the input or in the job's output, or with --skip_textual_inversion), then
+`main.py --O` with the learned token in the prompt. Arguments after `--` go to main.py. Failed jobs are
+reported; the others go on. The summary (Markdown and CSV) lists status, wall time, the final training
+losses read from each workspace's tensorboard log, and the output paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nerf.errors import UserError  # noqa: E402
+from nerf.fileio import write_text_atomic  # noqa: E402
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PROMPT = "A high-resolution DSLR image of a <token>"
+TI_DATA = "ti_data"  # per-job folder holding only rgba.png: image.png/mask.png beside it would be read as photos
+# The README's single-image textual-inversion recipe (effective learning rate 5e-4 * 4 = 2e-3).
+TI_SETTINGS = (
+    "--learnable_property=object", "--resolution=512", "--train_batch_size=1", "--gradient_accumulation_steps=4",
+    "--max_train_steps=3000", "--learning_rate=5.0e-04", "--scale_lr", "--lr_scheduler=constant",
+    "--lr_warmup_steps=0", "--use_augmentations", "--only_save_embeds",
+)
+
+
+@dataclass
+class JobSpec:
+    """Everything one job needs; plain data so that it pickles into the cluster job."""
+
+    name: str
+    cwd: str
+    out_dir: str
+    stages: list[tuple[str, list[str]]]  # (stage name, argv), run in order until one fails
+    workspace: str
+    learned_embeds: str | None
+
+
+@dataclass
+class JobRecord:
+    """What a job reports back: one (stage, exit code, seconds, log file) per stage it ran."""
+
+    stages: list[tuple[str, int, float, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(code == 0 for _, code, _, _ in self.stages)
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, _, seconds, _ in self.stages)
+
+
+def run_job(spec: JobSpec) -> JobRecord:
+    """Runs inside the cluster job: each stage as a subprocess with its own log, stopping at a failure."""
+    record = JobRecord()
+    Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
+    for stage, argv in spec.stages:
+        log_path = Path(spec.out_dir) / f"{stage}.log"
+        start = time.monotonic()
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + shlex.join(argv) + "\n")
+            log.flush()
+            code = subprocess.run(argv, cwd=spec.cwd, stdout=log, stderr=subprocess.STDOUT).returncode
+        record.stages.append((stage, code, time.monotonic() - start, str(log_path)))
+        if code != 0:
+            break
+    return record
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+def find_inputs(inputs_dir: Path) -> list[Path]:
+    inputs = sorted(inputs_dir.glob("*/rgba.png"))
+    if not inputs:
+        raise UserError(f"no */rgba.png under {inputs_dir}; make inputs with scripts/extract-mask.py")
+    return inputs
+
+
+def initializer_word(rgba: Path, fallback: str | None) -> str:
+    """The textual-inversion initializer: token_autoinit.txt next to the input, else --initializer_token."""
+    auto = rgba.parent / "token_autoinit.txt"
+    if auto.is_file() and auto.read_text(encoding="utf-8").split():
+        return auto.read_text(encoding="utf-8").split()[0]
+    if fallback:
+        return fallback
+    raise UserError(f"{rgba.parent} has no token_autoinit.txt; write one word there or pass --initializer_token")
+
+
+def plan_job(rgba: Path, args: argparse.Namespace, main_args: list[str]) -> JobSpec:
+    name = rgba.parent.name
+    out_dir = (args.output_dir / name).resolve()
+    ti_dir, workspace = out_dir / "textual_inversion", out_dir / "workspace"
+    stages: list[tuple[str, list[str]]] = []
+    embeds = next((p for p in (rgba.parent / "learned_embeds.bin", ti_dir / "learned_embeds.bin") if p.is_file()), None)
+    if embeds is None and not args.skip_textual_inversion:
+        stages.append(("textual_inversion", [
+            *shlex.split(args.ti_command), f"--pretrained_model_name_or_path={args.pretrained_model_name_or_path}",
+            f"--train_data_dir={out_dir / TI_DATA}", f"--placeholder_token=_{name}_",
+            f"--initializer_token={initializer_word(rgba, args.initializer_token)}", *TI_SETTINGS,
+            f"--output_dir={ti_dir}",
+        ]))
+        embeds = ti_dir / "learned_embeds.bin"
+    token = ["--learned_embeds_path", str(embeds.resolve())] if embeds is not None else []
+    stages.append(("reconstruction", [
+        *shlex.split(args.main_command), "--O", "--image_path", str(rgba.resolve()), *token,
+        "--pretrained_model_name_or_path", args.pretrained_model_name_or_path,
+        "--text", PROMPT, "--workspace", str(workspace), *main_args,
+    ]))
+    return JobSpec(name, str(REPO), str(out_dir), stages, str(workspace), str(embeds) if embeds else None)
+
+
+def stage_photo(rgba: Path, spec: JobSpec) -> None:
+    """Give textual inversion a folder holding only the input photo."""
+    if spec.stages[0][0] == "textual_inversion":
+        data_dir = Path(spec.out_dir) / TI_DATA
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rgba, data_dir / "rgba.png")
+
+
+# --- results --------------------------------------------------------------------------------------
+
+def final_scalars(workspace: Path) -> dict[str, float]:
+    """Last logged value of every train/* scalar (except the learning rate) in the workspace's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    latest: dict[str, tuple[int, float]] = {}
+    for run_dir in sorted({p.parent for p in workspace.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            if tag.startswith("train/") and tag != "train/lr":
+                last = events.Scalars(tag)[-1]
+                if tag not in latest or last.step >= latest[tag][0]:
+                    latest[tag] = (last.step, last.value)
+    return {tag.removeprefix("train/"): value for tag, (_, value) in sorted(latest.items())}
+
+
+@dataclass
+class Row:
+    name: str
+    status: str
+    seconds: float | None
+    losses: dict[str, float]
+    workspace: str
+    learned_embeds: str
+    mesh: str
+
+
+def summarise(spec: JobSpec, record: JobRecord | None, error: str | None) -> Row:
+    if record is None:
+        status, seconds = f"failed: {error}", None
+    elif record.ok:
+        status, seconds = "ok", record.seconds
+    else:
+        stage, code, _, log = record.stages[-1]
+        status, seconds = f"failed: {stage} exited with {code} (log: {log})", record.seconds
+    workspace = Path(spec.workspace)
+    mesh = workspace / "mesh" / "mesh.glb"
+    embeds = spec.learned_embeds if spec.learned_embeds and Path(spec.learned_embeds).is_file() else ""
+    losses = final_scalars(workspace) if workspace.is_dir() else {}
+    return Row(spec.name, status, seconds, losses, str(workspace), embeds, str(mesh) if mesh.is_file() else "")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| input | status | wall time | final losses | workspace | learned embeddings | mesh |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        wall = "-" if r.seconds is None else f"{r.seconds:.0f} s"
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in r.losses.items()) or "-"
+        cells = [r.name, r.status, wall, losses, r.workspace, r.learned_embeds or "-", r.mesh or "-"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[Row]) -> str:
+    loss_names = sorted({k for r in rows for k in r.losses})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["input", "status", "wall_time_s", *loss_names, "workspace", "learned_embeds", "mesh"])
+    for r in rows:
+        wall = "" if r.seconds is None else f"{r.seconds:.1f}"
+        losses = [r.losses.get(k, "") for k in loss_names]
+        writer.writerow([r.name, r.status, wall, *losses, r.workspace, r.learned_embeds, r.mesh])
+    return buffer.getvalue()
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our options, and the arguments after `--` (passed to main.py unchanged)."""
+    ours, main_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs_dir", type=Path, default=REPO / "examples" / "natural-images",
+                        help="folder of <name>/rgba.png inputs")
+    parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "sweep",
+                        help="per-input outputs, cluster logs and the summary")
+    parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm")
+    parser.add_argument("--partition", default="your-slurm-partition")
+    parser.add_argument("--constraint", default=None, help="SLURM --constraint, e.g. volta32gb")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per job")
+    parser.add_argument("--cpus_per_task", type=int, default=8)
+    parser.add_argument("--mem_gb", type=int, default=32)
+    parser.add_argument("--timeout_min", type=int, default=90)
+    parser.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL)
+    parser.add_argument("--initializer_token", default=None,
+                        help="textual-inversion initializer for inputs without token_autoinit.txt")
+    parser.add_argument("--skip_textual_inversion", action="store_true",
+                        help="never run textual inversion (main.py then uses token_autoinit.txt)")
+    parser.add_argument("--ti_command", default=f"{shlex.quote(sys.executable)} textual-inversion/textual_inversion.py",
+                        help="program that runs textual inversion, from the repository root")
+    parser.add_argument("--main_command", default=f"{shlex.quote(sys.executable)} main.py",
+                        help="program that runs the reconstruction, from the repository root")
+    parser.add_argument("--dry_run", action="store_true", help="print every job's commands and submit nothing")
+    return parser.parse_args(ours), main_args
+
+
+def make_executor(args: argparse.Namespace):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=args.output_dir / "slurm_logs", cluster=args.cluster)
+    executor.update_parameters(
+        name="realfusion", timeout_min=args.timeout_min, tasks_per_node=1, gpus_per_node=args.gpus,
+        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, slurm_partition=args.partition,
+    )
+    if args.constraint:
+        executor.update_parameters(slurm_constraint=args.constraint)
+    return executor
+
+
+def run(argv: list[str]) -> int:
+    args, main_args = parse_args(argv)
+    inputs = find_inputs(args.inputs_dir)
+    specs = [plan_job(rgba, args, main_args) for rgba in inputs]
+    if args.dry_run:
+        for spec in specs:
+            for stage, command in spec.stages:
+                print(f"[{spec.name}] {stage}: {shlex.join(command)}")
+        return 0
+    for rgba, spec in zip(inputs, specs):
+        stage_photo(rgba, spec)
+    executor = make_executor(args)
+    start = time.monotonic()
+    with executor.batch():
+        jobs = [executor.submit(run_job, spec) for spec in specs]
+    print(f"submitted {len(jobs)} jobs ({args.cluster}); logs in {args.output_dir / 'slurm_logs'}")
+    outcomes: list[tuple[JobRecord | None, str | None]] = []
+    for spec, job in zip(specs, jobs):  # in order: the debug executor runs each job inside result()
+        try:
+            outcomes.append((job.result(), None))
+        except Exception as error:  # a crashed, killed or timed-out job: report it, keep the others
+            lines = str(error).strip().splitlines()
+            outcomes.append((None, lines[-1] if lines else repr(error)))
+        record = outcomes[-1][0]
+        ok = record is not None and record.ok
+        print(f"[{spec.name}] {'done' if ok else 'FAILED'} ({len(outcomes)}/{len(jobs)})", flush=True)
+    rows = [summarise(spec, *outcome) for spec, outcome in zip(specs, outcomes)]
+    write_text_atomic(args.output_dir / "summary.md", markdown_table(rows))
+    write_text_atomic(args.output_dir / "summary.csv", csv_table(rows))
+    failed = sum(not r.status.startswith("ok") for r in rows)
+    print(markdown_table(rows))
+    print(f"{len(rows) - failed} ok, {failed} failed in {time.monotonic() - start:.0f} s; "
+          f"summary: {args.output_dir / 'summary.md'}, {args.output_dir / 'summary.csv'}")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    try:
+        return run(sys.argv[1:])
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
