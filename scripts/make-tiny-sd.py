@@ -221,7 +221,8 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
     for key, value in rename(state, rules).items():
         if ".mid.attn_1." in key:
             head, _, rest = key.partition(".mid.attn_1.")
-            rest = re.sub(r"^to_([qkv])\.", r"\1.", rest.replace("to_out.0.", "proj_out.").replace("group_norm.", "norm."))
+            rest = rest.replace("to_out.0.", "proj_out.").replace("group_norm.", "norm.")
+            rest = re.sub(r"^to_([qkv])\.", r"\1.", rest)
             key = f"{head}.mid.attn_1.{rest}"
             value = value[:, :, None, None] if value.ndim == 2 else value
         out[key.replace(".conv_shortcut.", ".nin_shortcut.")] = value

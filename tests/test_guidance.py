@@ -1,0 +1,459 @@
+"""Stable Diffusion guidance on the tiny random model: loading, the learned token, and the SDS gradient."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nerf.errors import UserError
+from nerf.guidance import (
+    DEFAULT_MODEL,
+    SDSGuidance,
+    StableDiffusionParts,
+    add_learned_token,
+    load_learned_embeds,
+    load_stable_diffusion,
+    replace_token_placeholder,
+    resolve_model_name,
+    surrogate_loss,
+)
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def parts(tiny_sd_dir: Path) -> StableDiffusionParts:
+    """A fresh copy per test: adding tokens mutates the tokenizer and text encoder."""
+    return load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+
+
+def text_states(parts: StableDiffusionParts, texts: list[str]) -> torch.Tensor:
+    tok = parts.tokenizer
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return parts.text_encoder(ids.input_ids)[0]
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message and message
+    return message
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """float32 agreement relative to the tensor's largest entry (classifier-free guidance amplifies round-off)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def sd15_alphas_cumprod() -> torch.Tensor:
+    """SD 1.5's noise schedule written out: scaled_linear betas 0.00085..0.012 over 1000 steps."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+# ---------------------------------------------------------------- the tiny model script
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_tiny_sd", REPO / "scripts" / "make-tiny-sd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_tokenizer_has_whole_word_tokens(parts):
+    tok = parts.tokenizer
+    ids = tok("a photo of a cat, an image of a dog").input_ids
+    words = ["a", "photo", "of", "a", "cat", ",", "an", "image", "of", "a", "dog"]
+    assert ids == [tok.bos_token_id] + [tok.convert_tokens_to_ids(w + "</w>") for w in words] + [tok.eos_token_id]
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>" and tok.model_max_length == 77
+    # unknown words still encode, through shorter pieces, and decode back
+    assert tok.decode(tok("zebra xylophone", add_special_tokens=False).input_ids) == "zebra xylophone"
+
+
+def test_tiny_model_is_deterministic_by_seed(tmp_path):
+    script = load_script()
+    script.write_tokenizer_files(tmp_path)
+    first, again, other = (script.build_pipeline(tmp_path, seed) for seed in (0, 0, 1))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b, c = (getattr(p, name).state_dict() for p in (first, again, other))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_tiny_model_shape(parts):
+    assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
+    assert parts.vae.config.scaling_factor == pytest.approx(0.18215)
+    assert type(parts.scheduler).__name__ == "PNDMScheduler"
+    torch.testing.assert_close(parts.scheduler.alphas_cumprod.float(), sd15_alphas_cumprod())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_load_from_folder_is_frozen_fp32_on_cpu(tiny_sd_dir):
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=True)  # fp16 applies on CUDA only
+    assert parts.dtype == torch.float32 and parts.device == CPU
+    for module in (parts.text_encoder, parts.vae, parts.unet):
+        assert not module.training
+        assert all(not p.requires_grad and p.dtype == torch.float32 for p in module.parameters())
+
+
+def test_load_from_single_file_takes_the_weights_from_the_file(tiny_sd_dir, tmp_path):
+    folder = tmp_path / "seed0"
+    shutil.copytree(tiny_sd_dir, folder)
+    single = folder / "other-weights.safetensors"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-sd.py"), str(tmp_path / "seed1"), "--seed", "1",
+                    "--single_file", str(single)], check=True, capture_output=True)
+    from_file = load_stable_diffusion(str(single), CPU, fp16=False)
+    seed1 = load_stable_diffusion(str(tmp_path / "seed1"), CPU, fp16=False)
+    seed0 = load_stable_diffusion(str(folder), CPU, fp16=False)
+    for name in ("unet", "vae", "text_encoder"):
+        got, want, base = (getattr(p, name).state_dict() for p in (from_file, seed1, seed0))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+        assert not all(torch.equal(got[k], base[k]) for k in base), name
+    assert from_file.tokenizer.get_vocab() == seed0.tokenizer.get_vocab()
+
+
+def test_hub_id_offline_is_a_one_line_user_error():
+    with pytest.raises(UserError) as excinfo:
+        load_stable_diffusion("no-such-org/no-such-model-7f3a", CPU, fp16=False)
+    message = one_line_error(excinfo)
+    assert "--pretrained_model_name_or_path" in message
+    assert "hub id" in message and "diffusers folder" in message and ".safetensors/.ckpt" in message
+
+
+@pytest.mark.parametrize("make", ["missing_file", "missing_folder", "not_a_model_folder", "corrupt_file"])
+def test_bad_model_paths_are_user_errors(tmp_path, make):
+    target = {"missing_file": tmp_path / "nope.safetensors", "missing_folder": tmp_path / "a" / "b" / "c",
+              "not_a_model_folder": tmp_path, "corrupt_file": tmp_path / "bad.safetensors"}[make]
+    if make == "corrupt_file":
+        target.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError) as excinfo:
+        load_stable_diffusion(str(target), CPU, fp16=False)
+    assert "--pretrained_model_name_or_path" in one_line_error(excinfo)
+
+
+def test_retired_model_id_is_mapped_with_a_notice(capsys):
+    assert resolve_model_name("runwayml/stable-diffusion-v1-5") == DEFAULT_MODEL
+    err = capsys.readouterr().err
+    assert "runwayml/stable-diffusion-v1-5" in err and DEFAULT_MODEL in err
+    assert resolve_model_name("some/other-model") == "some/other-model"
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- learned embeddings: files
+
+
+def test_load_learned_embeds_formats(tmp_path):
+    from safetensors.torch import save_file
+
+    vec = torch.randn(32)
+    torch.save({"_obj_": vec}, tmp_path / "a.bin")
+    token, got = load_learned_embeds(str(tmp_path / "a.bin"))
+    assert token == "_obj_" and torch.equal(got, vec)
+
+    save_file({"<cat-toy>": vec[None].clone()}, str(tmp_path / "b.safetensors"))  # diffusers' [1, D] row
+    token, got = load_learned_embeds(str(tmp_path / "b.safetensors"))
+    assert token == "<cat-toy>" and torch.equal(got, vec)
+
+    torch.save({"_half_": vec.half()}, tmp_path / "c.bin")
+    token, got = load_learned_embeds(str(tmp_path / "c.bin"))
+    assert got.dtype == torch.float32 and torch.equal(got, vec.half().float())
+
+
+def test_load_learned_embeds_folder_prefers_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save({"_from_bin_": torch.zeros(4)}, tmp_path / "learned_embeds.bin")
+    assert load_learned_embeds(str(tmp_path))[0] == "_from_bin_"
+    save_file({"_from_st_": torch.ones(4)}, str(tmp_path / "learned_embeds.safetensors"))
+    token, got = load_learned_embeds(str(tmp_path))
+    assert token == "_from_st_" and torch.equal(got, torch.ones(4))
+
+
+def test_load_learned_embeds_picks_a_named_token(tmp_path):
+    torch.save({"_a_": torch.zeros(4), "_b_": torch.ones(4)}, tmp_path / "two.bin")
+    token, got = load_learned_embeds(str(tmp_path / "two.bin"), token="_b_")
+    assert token == "_b_" and torch.equal(got, torch.ones(4))
+
+
+class NotAllowed:
+    """Any custom class: a weights-only load must refuse to build it."""
+
+
+BAD_EMBEDS = {
+    "missing": None,
+    "empty_folder": None,
+    "corrupt_bin": b"\x80\x02garbage",
+    "corrupt_safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
+    "empty_dict": {},
+    "several_tokens": {"_a_": torch.zeros(4), "_b_": torch.zeros(4)},
+    "not_a_dict": torch.zeros(4),
+    "matrix": {"_a_": torch.zeros(2, 4)},
+    "integer": {"_a_": torch.zeros(4, dtype=torch.long)},
+    "not_a_tensor": {"_a_": [0.0, 1.0]},
+    "unsafe_pickle": {"_a_": NotAllowed()},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EMBEDS))
+def test_load_learned_embeds_bad_inputs(tmp_path, case):
+    content = BAD_EMBEDS[case]
+    path = tmp_path / ("learned_embeds.safetensors" if case == "corrupt_safetensors" else "learned_embeds.bin")
+    if case == "empty_folder":
+        path = tmp_path
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(UserError) as excinfo:
+        load_learned_embeds(str(path))
+    assert str(tmp_path) in one_line_error(excinfo)
+
+
+def test_load_learned_embeds_token_not_found(tmp_path):
+    torch.save({"_a_": torch.zeros(4)}, tmp_path / "x.bin")
+    with pytest.raises(UserError) as excinfo:
+        load_learned_embeds(str(tmp_path / "x.bin"), token="_b_")
+    assert "_a_" in one_line_error(excinfo)
+
+
+# ---------------------------------------------------------------- learned embeddings: the token
+
+
+def test_learned_token_changes_the_prompt_only_at_its_position(parts):
+    tok, te = parts.tokenizer, parts.text_encoder
+    reference = "a photo of a cat, front view"
+    cat_id = tok.convert_tokens_to_ids("cat</w>")
+    vector = torch.randn(te.config.hidden_size)
+    before = text_states(parts, [reference])[0]
+    add_learned_token(parts, "_obj_", vector)
+    prompt = replace_token_placeholder("a photo of a <token>, front view", "_obj_")
+    assert prompt == "a photo of a _obj_, front view"
+
+    ref_ids = tok(reference).input_ids
+    ids = tok(prompt).input_ids
+    position = ref_ids.index(cat_id)
+    new_id = tok.convert_tokens_to_ids("_obj_")
+    assert ids == ref_ids[:position] + [new_id] + ref_ids[position + 1:]
+
+    # input embeddings: the learned vector at its position, the reference row everywhere else
+    table = te.get_input_embeddings()
+    emb, ref_emb = table(torch.tensor(ids)), table(torch.tensor(ref_ids))
+    torch.testing.assert_close(emb[position], vector, rtol=0, atol=0)
+    others = torch.arange(len(ids)) != position
+    assert torch.equal(emb[others], ref_emb[others])
+
+    # encoder output: CLIP attention is causal, so everything before the token is untouched; the token's own
+    # position changes; and nothing else enters: with the row of "cat" the whole prompt encodes as "cat" does
+    states = text_states(parts, [prompt])[0]
+    assert torch.equal(states[:position], before[:position])
+    assert not torch.allclose(states[position], before[position])
+    with torch.no_grad():
+        table.weight[new_id] = table.weight[cat_id]
+    torch.testing.assert_close(text_states(parts, [prompt])[0], before, rtol=0, atol=0)
+
+
+def test_readding_the_same_token_is_a_no_op_and_a_conflict_is_an_error(parts):
+    vector = torch.randn(parts.text_encoder.config.hidden_size)
+    add_learned_token(parts, "_obj_", vector)
+    size = len(parts.tokenizer)
+    add_learned_token(parts, "_obj_", vector.clone())
+    assert len(parts.tokenizer) == size
+    with pytest.raises(UserError) as excinfo:
+        add_learned_token(parts, "_obj_", vector + 1)
+    assert "_obj_" in one_line_error(excinfo)
+    with pytest.raises(UserError):  # an ordinary vocabulary entry with its own row
+        add_learned_token(parts, "cat</w>", vector)
+
+
+def test_learned_token_of_the_wrong_width_is_an_error(parts):
+    size = len(parts.tokenizer)
+    for bad in (torch.randn(1024), torch.randn(2, parts.text_encoder.config.hidden_size)):
+        with pytest.raises(UserError) as excinfo:
+            add_learned_token(parts, "_obj_", bad)
+        assert "--pretrained_model_name_or_path" in one_line_error(excinfo)
+    assert len(parts.tokenizer) == size
+
+
+def test_learned_token_embeddings_stay_frozen(parts):
+    add_learned_token(parts, "_obj_", torch.randn(parts.text_encoder.config.hidden_size))
+    assert not any(p.requires_grad for p in parts.text_encoder.parameters())
+
+
+# ---------------------------------------------------------------- SDS
+
+
+class ZeroUNet(torch.nn.Module):
+    """A stand-in noise predictor returning `value` everywhere (cheap; for tests of the bookkeeping)."""
+
+    def __init__(self, config, value: float = 0.0) -> None:
+        super().__init__()
+        self.config, self.value = config, value
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return SimpleNamespace(sample=torch.full_like(sample, self.value))
+
+
+VIEWS = ("front", "side", "back", "side", "overhead", "bottom")
+PROMPTS = [(f"a photo of a cat, {view} view", "dark") for view in VIEWS]
+
+
+def test_text_embeddings_are_negative_then_positive_per_bucket(parts):
+    guidance = SDSGuidance(parts, PROMPTS)
+    assert guidance.text_embeddings.shape == (6, 2, 77, parts.text_encoder.config.hidden_size)
+    for k, (positive, negative) in enumerate(PROMPTS):
+        torch.testing.assert_close(guidance.text_embeddings[k], text_states(parts, [negative, positive]))
+
+
+def hand_sds(parts, image, post_noise, t, noise, prompt, weight, scale):
+    """SDS written out from the formulas, independent of SDSGuidance: returns (latents, g)."""
+    x = F.interpolate(image, size=(16, 16), mode="bilinear", align_corners=False) * 2 - 1
+    posterior = parts.vae.encode(x).latent_dist
+    latents = (posterior.mean + posterior.std * post_noise) * 0.18215
+    abar = sd15_alphas_cumprod()[t]
+    noisy = abar.sqrt() * latents.detach() + (1 - abar).sqrt() * noise
+    emb = text_states(parts, [prompt[1], prompt[0]])
+    with torch.no_grad():
+        eps_u, eps_c = parts.unet(torch.cat([noisy, noisy]), torch.tensor([t, t]), encoder_hidden_states=emb).sample
+    eps_hat = eps_u + scale * (eps_c - eps_u)
+    return latents, weight * (1 - abar) * (eps_hat - noise)[None]
+
+
+def test_sds_gradient_matches_the_hand_computation(parts):
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 12, 12, requires_grad=True)  # resized to the tiny model's 16 x 16
+    t, weight, direction = 437, 0.7, 2
+    noise = torch.randn(1, 4, 8, 8)
+    guidance = SDSGuidance(parts, PROMPTS, guidance_scale=30.0)
+
+    latents = guidance.encode(image, generator=torch.Generator().manual_seed(5))
+    grad, t_used = guidance.sds_gradient(latents, direction, weight, t=t, noise=noise)
+    loss = surrogate_loss(latents, grad)
+    (image_grad,) = torch.autograd.grad(loss, image)
+
+    post_noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    hand_latents, hand_g = hand_sds(parts, image, post_noise, t, noise[0], PROMPTS[direction], weight, 30.0)
+    (hand_image_grad,) = torch.autograd.grad(hand_latents, image, grad_outputs=hand_g)
+
+    assert t_used == t
+    torch.testing.assert_close(latents, hand_latents, rtol=1e-5, atol=1e-6)
+    assert_close_to_scale(grad, hand_g)
+    assert_close_to_scale(image_grad, hand_image_grad)
+    assert image_grad.abs().sum() > 0
+
+
+def test_sds_call_draws_posterior_noise_then_t_then_eps(parts):
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    guidance = SDSGuidance(parts, PROMPTS)
+    loss, stats = guidance(image, 4, 1.0, generator=torch.Generator().manual_seed(11))
+    (image_grad,) = torch.autograd.grad(loss, image)
+
+    replay = torch.Generator().manual_seed(11)
+    post_noise = torch.randn(1, 4, 8, 8, generator=replay)
+    t = int(torch.randint(20, 981, (1,), generator=replay))
+    noise = torch.randn(1, 4, 8, 8, generator=replay)
+    hand_latents, hand_g = hand_sds(parts, image, post_noise[0], t, noise[0], PROMPTS[4], 1.0, 100.0)
+    (hand_image_grad,) = torch.autograd.grad(hand_latents, image, grad_outputs=hand_g)
+
+    assert stats["t"] == t and 20 <= t <= 980
+    assert stats["sds_grad_norm"] == pytest.approx(hand_g.abs().mean().item(), rel=1e-4)
+    assert loss.item() == pytest.approx(0.5 * (hand_g**2).sum().item(), rel=1e-4)
+    assert_close_to_scale(image_grad, hand_image_grad)
+
+
+def test_single_prompt_serves_every_direction(parts):
+    guidance = SDSGuidance(parts, PROMPTS[:1])
+    latents = torch.randn(1, 4, 8, 8)
+    noise = torch.randn(1, 4, 8, 8)
+    g0, _ = guidance.sds_gradient(latents, 0, 1.0, t=300, noise=noise)
+    g5, _ = guidance.sds_gradient(latents, 5, 1.0, t=300, noise=noise)
+    assert torch.equal(g0, g5)
+
+
+def test_t_covers_the_closed_range(parts):
+    stand_in = dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config))
+    guidance = SDSGuidance(stand_in, PROMPTS[:1], min_step=20, max_step=22)
+    gen = torch.Generator().manual_seed(0)
+    seen = {guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, 1.0, generator=gen)[1] for _ in range(40)}
+    assert seen == {20, 21, 22}
+
+
+def test_surrogate_gradient_is_exactly_g():
+    latents = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(surrogate_loss(latents, g), latents)
+    torch.testing.assert_close(grad.double(), g)
+
+
+def test_nan_predictions_become_finite(parts):
+    guidance = SDSGuidance(dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config, float("nan"))), PROMPTS[:1])
+    grad, _ = guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, 1.0, t=500, noise=torch.zeros(1, 4, 8, 8))
+    assert torch.isfinite(grad).all()
+
+
+def test_encode_path_gradcheck_float64(parts):
+    parts.vae.double()
+    guidance = SDSGuidance(parts, PROMPTS[:1])
+    image = torch.rand(1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+
+    def projected(x: torch.Tensor) -> torch.Tensor:  # one output: one backward pass instead of 256
+        return (guidance.encode(x, generator=torch.Generator().manual_seed(3)) * probe).sum()
+
+    assert torch.autograd.gradcheck(projected, (image,), eps=1e-6, atol=1e-6)
+
+
+class OracleUNet(torch.nn.Module):
+    """Predicts exactly the noise that separates x_t from a known clean latent z*: the ideal denoiser for z*."""
+
+    def __init__(self, config, alphas_cumprod: torch.Tensor, target: torch.Tensor) -> None:
+        super().__init__()
+        self.config, self.alphas_cumprod, self.target = config, alphas_cumprod, target
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        abar = self.alphas_cumprod[timestep].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(sample - abar.sqrt() * self.target) / (1 - abar).sqrt())
+
+
+def test_sds_with_an_oracle_denoiser_pulls_the_image_to_the_target(parts):
+    # The random VAE's posterior has std ~1, which would drown the signal; make it near-deterministic.
+    with torch.no_grad():
+        parts.vae.quant_conv.weight[4:] = 0
+        parts.vae.quant_conv.bias[4:] = -12
+    torch.manual_seed(0)
+    target_image = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        target = parts.vae.encode(target_image * 2 - 1).latent_dist.mean * 0.18215
+    oracle = OracleUNet(parts.unet.config, sd15_alphas_cumprod(), target)
+    guidance = SDSGuidance(dataclasses.replace(parts, unet=oracle), PROMPTS[:1])
+
+    # a random start: a constant image is a degenerate point of the random VAE's group norms
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    optimizer = torch.optim.Adam([image], lr=0.05)
+
+    def distance() -> float:
+        with torch.no_grad():
+            return (parts.vae.encode(image * 2 - 1).latent_dist.mean * 0.18215 - target).norm().item()
+
+    start = distance()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss, _ = guidance(image, 0, 1.0, generator=generator)
+        loss.backward()
+        optimizer.step()
+    assert distance() < 0.5 * start
