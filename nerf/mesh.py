@@ -1,7 +1,8 @@
 """Textured mesh export: density grid -> marching cubes -> cleanup -> UV atlas -> baked albedo -> OBJ/GLB.
 
 Everything runs on the CPU (the field itself may live on a GPU): the UV triangles are rasterised with
-vectorised torch code, so no nvdiffrast or OpenGL context is needed.
+vectorised torch code, so no nvdiffrast or OpenGL context is needed. Vertices are in world units with
+the project's y-up frame, which is also glTF's.
 """
 
 from __future__ import annotations

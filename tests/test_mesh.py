@@ -22,7 +22,7 @@ def sphere_density(x: torch.Tensor, radius: float = RADIUS) -> torch.Tensor:
 
 
 def with_floater(x: torch.Tensor) -> torch.Tensor:
-    floater = 20 * torch.sigmoid((0.08 - (x - FLOATER_CENTRE).norm(dim=-1)) / 0.02)
+    floater = 20 * torch.sigmoid((0.08 - (x - FLOATER_CENTRE.to(x)).norm(dim=-1)) / 0.02)
     return sphere_density(x) + floater
 
 
@@ -186,3 +186,19 @@ def test_dilate_fills_nearest_colour_within_the_radius() -> None:
                 assert not out[r, c].any()
             else:
                 assert tuple(out[r, c]) == ((200, 0, 0) if d_left < d_right else (0, 0, 200))
+
+
+@pytest.mark.gpu
+def test_field_on_the_gpu_gives_the_cpu_mesh(tmp_path: Path, exported: dict[str, Path]) -> None:
+    def on_cuda(fn):
+        def wrapped(x: torch.Tensor) -> torch.Tensor:
+            assert x.is_cuda
+            return fn(x)
+        return wrapped
+
+    paths = export_mesh(on_cuda(with_floater), on_cuda(albedo), 1.0, tmp_path, resolution=72,
+                        decimate_target=None, texture_size=256, device="cuda")
+    gpu_v, _, gpu_f, _ = read_obj(paths["obj"])
+    cpu_v, _, cpu_f, _ = read_obj(exported["obj"])
+    assert gpu_f.shape == cpu_f.shape
+    np.testing.assert_allclose(np.sort(gpu_v, axis=0), np.sort(cpu_v, axis=0), atol=1e-4)
