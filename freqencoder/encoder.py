@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from nerf.cuda_ext import resolve_backend, use_compiled
 
+from . import cuda
 from .reference import freq_encode
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,8 +38,5 @@ class FreqEncoder(nn.Module):
         x = inputs.reshape(-1, self.input_dim)
         if x.dtype != torch.float64:
             x = x.float()
-        if use_compiled(self._ext, self._requested, x):
-            from .cuda import freq_encode as encode
-        else:
-            encode = freq_encode
+        encode = cuda.freq_encode if use_compiled(self._ext, self._requested, x) else freq_encode
         return encode(x, self.degree).reshape(*lead, self.output_dim)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from nerf.cuda_ext import resolve_backend, use_compiled
 
+from . import cuda
 from .reference import GRID_TYPES, INTERPOLATIONS, grid_encode, level_offsets
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -83,10 +84,7 @@ class GridEncoder(nn.Module):
         table = self.embeddings
         if u.is_cuda and self.level_dim % 2 == 0 and torch.is_autocast_enabled("cuda"):
             table = table.half()  # half tables halve the gather traffic; pairs keep the atomics fast
-        if use_compiled(self._ext, self._requested, u):
-            from .cuda import grid_encode as encode
-        else:
-            encode = grid_encode
+        encode = cuda.grid_encode if use_compiled(self._ext, self._requested, u) else grid_encode
         out = encode(
             u,
             table,

@@ -22,10 +22,10 @@ from nerf.fileio import write_text_atomic
 
 BACKENDS = ("auto", "cuda", "torch")
 BUILD_ROOT = Path(os.environ.get("REALFUSION_EXTENSIONS_DIR", Path.home() / ".cache" / "realfusion" / "torch_extensions"))
-HOST_FLAGS = ["-O3", "-std=c++17"]
+# No -std flag: torch adds the standard its headers need (C++17 up to torch 2.9, C++20 after).
+HOST_FLAGS = ["-O3"]
 CUDA_FLAGS = [
     "-O3",
-    "-std=c++17",
     "-U__CUDA_NO_HALF_OPERATORS__",
     "-U__CUDA_NO_HALF_CONVERSIONS__",
     "-U__CUDA_NO_HALF2_OPERATORS__",
@@ -45,10 +45,32 @@ def _nvcc() -> Path | None:
     return nvcc if nvcc.exists() else None
 
 
+def _sources(package_dir: Path) -> list[Path]:
+    return sorted(p for pattern in ("*.cu", "*.cpp") for p in (package_dir / "src").glob(pattern))
+
+
+def setup_extension(name: str, package_dir: Path) -> None:
+    """`setup()` of `<package>/setup.py`: builds the top-level module `_<name>` from `src/` with BuildExtension."""
+    from setuptools import setup
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    package_dir = Path(package_dir)
+    sources = [str(p.relative_to(package_dir)) for p in _sources(package_dir)]
+    setup(
+        name=f"realfusion-{name}",
+        version="1.0.0",
+        description=f"compiled CUDA kernels of the RealFusion {name} package",
+        ext_modules=[
+            CUDAExtension(f"_{name}", sources=sources, extra_compile_args={"cxx": HOST_FLAGS, "nvcc": CUDA_FLAGS})
+        ],
+        cmdclass={"build_ext": BuildExtension},
+    )
+
+
 def _jit_build(module_name: str, package_dir: Path) -> tuple[types.ModuleType | None, str]:
     from torch.utils import cpp_extension
 
-    sources = sorted(str(p) for pattern in ("*.cu", "*.cpp") for p in (package_dir / "src").glob(pattern))
+    sources = [str(p) for p in _sources(package_dir)]
     if not sources:
         return None, f"no sources in {package_dir / 'src'}"
     build_dir = BUILD_ROOT / module_name

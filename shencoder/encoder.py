@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from nerf.cuda_ext import resolve_backend, use_compiled
 
+from . import cuda
 from .reference import MAX_DEGREE, sh_encode
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,8 +40,5 @@ class SHEncoder(nn.Module):
         x = (inputs / size).reshape(-1, 3)
         if x.dtype != torch.float64:
             x = x.float()
-        if use_compiled(self._ext, self._requested, x):
-            from .cuda import sh_encode as encode
-        else:
-            encode = sh_encode
+        encode = cuda.sh_encode if use_compiled(self._ext, self._requested, x) else sh_encode
         return encode(x, self.degree).reshape(*lead, self.output_dim)

@@ -1,0 +1,153 @@
+"""Compiled encoders against their PyTorch references: forward, gradients, fp32 and fp16 tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from freqencoder import FreqEncoder
+from freqencoder import cuda as freq_cuda
+from freqencoder.reference import freq_encode
+from gridencoder import GridEncoder
+from gridencoder import cuda as grid_cuda
+from gridencoder.reference import grid_encode, level_offsets
+from nerf.cuda_ext import load_extension
+from shencoder import cuda as sh_cuda
+from shencoder.reference import sh_encode
+
+pytestmark = pytest.mark.gpu
+
+DEVICE = "cuda"
+
+
+def assert_close_to(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """max |got - want| <= rel * max(1, max |want|), reported with the actual error."""
+    scale = max(1.0, want.abs().max().item())
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extensions():
+    for name in ("gridencoder", "shencoder", "freqencoder"):
+        module, how = load_extension(name, Path(__file__).resolve().parents[1] / name)
+        assert module is not None, f"{name}: {how}"
+
+
+def random_case(dim: int, channels: int, align_corners: bool, dtype: torch.dtype, seed: int, batch: int = 4096):
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    offsets = level_offsets(dim, 6, channels, 5, 1.9, 12, align_corners)
+    table = (torch.randn(offsets[-1], channels, generator=gen, device=DEVICE) * 0.5).to(dtype)
+    u = torch.rand(batch, dim, generator=gen, device=DEVICE) * 1.1 - 0.05  # a few points outside [0, 1]
+    grad = torch.randn(batch, 6 * channels, generator=gen, device=DEVICE).to(dtype)
+    return u, table, torch.tensor(offsets, dtype=torch.int32, device=DEVICE), grad
+
+
+def run_encoder(encode, u, table, offsets, grad, gridtype, align_corners, interpolation):
+    u = u.clone().requires_grad_(True)
+    table = table.clone().requires_grad_(True)
+    out = encode(u, table, offsets, 1.9, 5, gridtype, align_corners, interpolation)
+    out.backward(grad)
+    return out.detach(), u.grad, table.grad
+
+
+@pytest.mark.parametrize("dim,channels", [(2, 1), (2, 4), (3, 2), (3, 8), (4, 2), (5, 1)])
+@pytest.mark.parametrize("gridtype", ["hash", "tiled"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
+def test_grid_fp32_matches_reference(dim, channels, gridtype, align_corners, interpolation):
+    case = random_case(dim, channels, align_corners, torch.float32, seed=dim * 10 + channels)
+    got = run_encoder(grid_cuda.grid_encode, *case, gridtype, align_corners, interpolation)
+    want = run_encoder(grid_encode, *case, gridtype, align_corners, interpolation)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        assert_close_to(g, w, 1e-5)
+
+
+@pytest.mark.parametrize("dim,channels", [(2, 2), (3, 2), (3, 1), (3, 4)])
+@pytest.mark.parametrize("gridtype", ["hash", "tiled"])
+@pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
+def test_grid_fp16_table_matches_reference(dim, channels, gridtype, interpolation):
+    u, table, offsets, grad = random_case(dim, channels, False, torch.float16, seed=7 + dim)
+    got = run_encoder(grid_cuda.grid_encode, u, table, offsets, grad, gridtype, False, interpolation)
+    # the truth: the same half values, interpolated and accumulated in float32
+    want = run_encoder(grid_encode, u, table.float(), offsets, grad.float(), gridtype, False, interpolation)
+    assert got[0].dtype == got[2].dtype == torch.float16
+    for g, w in zip(got, want):
+        assert_close_to(g, w, 1e-2)
+
+
+def test_grid_input_gradient_only_when_requested():
+    u, table, offsets, grad = random_case(3, 2, False, torch.float32, seed=3)
+    table.requires_grad_(True)
+    out = grid_cuda.grid_encode(u, table, offsets, 1.9, 5, "tiled")
+    out.backward(grad)
+    assert u.grad is None and table.grad is not None
+
+
+def test_realfusion_grid_module_cuda_vs_torch_with_autocast():
+    config = dict(input_dim=3, num_levels=16, level_dim=2, base_resolution=16, log2_hashmap_size=16,
+                  desired_resolution=1536, gridtype="tiled")
+    fast = GridEncoder(**config, backend="cuda").to(DEVICE)
+    slow = GridEncoder(**config, backend="torch").to(DEVICE)
+    assert fast.backend_name == "cuda" and GridEncoder(**config).backend_name == "cuda"
+    with torch.no_grad():
+        fast.embeddings.normal_()
+        slow.embeddings.copy_(fast.embeddings)
+    x = (torch.rand(65536, 3, device=DEVICE) * 2 - 1) * 0.8  # some samples outside the 0.75 bound
+    for autocast, rel in ((False, 1e-5), (True, 1e-2)):
+        outs = []
+        for enc in (fast, slow):
+            enc.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+                out = enc(x, bound=0.75)
+            out.float().square().sum().backward()
+            outs.append((out.detach(), enc.embeddings.grad))
+        assert outs[0][0].dtype == (torch.float16 if autocast else torch.float32)
+        assert_close_to(outs[0][0], outs[1][0], rel)
+        assert_close_to(outs[0][1], outs[1][1], rel)
+    # CPU inputs through the auto backend fall back to the reference
+    cpu = GridEncoder(**config)
+    assert cpu(x[:8].cpu(), bound=0.75).shape == (8, 32)
+
+
+@pytest.mark.parametrize("degree", range(1, 9))
+def test_sh_matches_reference(degree):
+    gen = torch.Generator(device=DEVICE).manual_seed(degree)
+    v = torch.randn(10000, 3, generator=gen, device=DEVICE)
+    v = (v / v.norm(dim=1, keepdim=True)).requires_grad_(True)
+    grad = torch.randn(10000, degree**2, generator=gen, device=DEVICE)
+    out = sh_cuda.sh_encode(v, degree)
+    out.backward(grad)
+    v64 = v.detach().double().requires_grad_(True)
+    want = sh_encode(v64, degree)
+    want.backward(grad.double())
+    assert out.dtype == torch.float32
+    assert_close_to(out.detach(), want.detach(), 1e-5)
+    assert_close_to(v.grad, v64.grad, 1e-5)
+
+
+@pytest.mark.parametrize("dim,degree", [(3, 6), (2, 10), (1, 0), (4, 4)])
+def test_freq_matches_reference(dim, degree):
+    gen = torch.Generator(device=DEVICE).manual_seed(dim + degree)
+    x = torch.randn(20000, dim, generator=gen, device=DEVICE).requires_grad_(True)
+    grad = torch.randn(20000, dim * (1 + 2 * degree), generator=gen, device=DEVICE)
+    out = freq_cuda.freq_encode(x, degree)
+    out.backward(grad)
+    x64 = x.detach().double().requires_grad_(True)
+    want = freq_encode(x64, degree)
+    want.backward(grad.double())
+    assert_close_to(out.detach(), want.detach(), 1e-5)
+    assert_close_to(x.grad, x64.grad, 1e-5)
+
+
+def test_freq_module_background_config():
+    enc = FreqEncoder(input_dim=3, degree=6).to(DEVICE)
+    assert enc.backend_name == "cuda"
+    d = torch.nn.functional.normalize(torch.randn(4, 5, 3, device=DEVICE), dim=-1)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = enc(d.half())
+    assert out.dtype == torch.float32 and out.shape == (4, 5, 39)
+    assert_close_to(out, freq_encode(d.half().double().reshape(-1, 3), 6).view(4, 5, 39), 1e-5)
