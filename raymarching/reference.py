@@ -176,7 +176,7 @@ def _march(o: Tensor, d: Tensor, t: Tensor, far: Tensor, limit: int, bound: floa
         state["last"] = torch.where(emit, nxt, state["last"])
         state["count"] = state["count"] + emit
         state["skip_to"] = torch.where(looking & ~occupied, cell_end, state["skip_to"])
-        state["t"] = nxt
+        state["t"] = torch.where(nxt > cur, nxt, float("inf"))  # a step too small to move t ends the ray
     if emitted:
         ray, xyz, dt, gap = (torch.cat(parts) for parts in zip(*emitted))
     else:
