@@ -132,7 +132,10 @@ def grid_encode(
         frac = pos - cell
         if interpolation == "smoothstep":
             frac = frac * frac * (3.0 - 2.0 * frac)
-        weights = torch.where(corner_bits, frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)
+        axis = torch.where(corner_bits, frac[:, None, :], 1.0 - frac[:, None, :])  # [B, 2^D, D]
+        weights = axis[..., 0]
+        for d in range(1, dim):  # explicit products: prod()'s backward takes a slow path on exact zeros
+            weights = weights * axis[..., d]
         corners = cell.long()[:, None, :] + corner_bits.long()
         table_size = rows[level + 1] - rows[level]
         index = corner_index(corners, level_resolution(scale), table_size, gridtype == "hash", align_corners)
