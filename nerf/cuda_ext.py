@@ -1,7 +1,7 @@
 """Finding the compiled CUDA extensions: a prebuilt module, else a JIT build, else the reason why not.
 
 Every extension package (`gridencoder`, `shencoder`, `freqencoder`, `raymarching`) has a `src/` folder of
-CUDA/C++ sources. `pip install ./<package>` prebuilds them as the top-level module `_<package>`; without
+CUDA/C++ sources. `pip install --no-build-isolation ./<package>` prebuilds them as the top-level module `_<package>`; without
 that, the first use compiles them with ninja into a per-user cache. When neither works the caller falls
 back to the PyTorch reference, and the user is told once per extension why.
 """
@@ -22,7 +22,7 @@ from nerf.fileio import write_text_atomic
 
 BACKENDS = ("auto", "cuda", "torch")
 BUILD_ROOT = Path(os.environ.get("REALFUSION_EXTENSIONS_DIR", Path.home() / ".cache" / "realfusion" / "torch_extensions"))
-# No -std flag: torch adds the standard its headers need (C++17 up to torch 2.9, C++20 after).
+# No -std flag: torch adds the standard its headers need (C++17 for older releases, C++20 for e.g. 2.14).
 HOST_FLAGS = ["-O3"]
 CUDA_FLAGS = [
     "-O3",
