@@ -56,12 +56,14 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_stable_diffusion(name_or_path: str, device: torch.device, fp16: bool) -> StableDiffusionParts:
+def load_stable_diffusion(name_or_path: str, device: torch.device, fp16: bool,
+                          revision: str | None = None) -> StableDiffusionParts:
     """Load tokenizer, text encoder, VAE, UNet and scheduler from a hub id, a folder or a single file.
 
     A single checkpoint file carries weights only; its configuration comes from the diffusers folder it
     sits in (a folder with model_index.json) or, failing that, from diffusers' own detection of the
     model family (which reads that family's configs from the hub cache). fp16 weights only on CUDA.
+    `revision` picks a branch/tag/commit of a hub model.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -69,6 +71,8 @@ def load_stable_diffusion(name_or_path: str, device: torch.device, fp16: bool) -
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
     path = Path(name).expanduser()
     common: dict[str, Any] = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if revision is not None:
+        common["revision"] = revision
     flag = "--pretrained_model_name_or_path"
     loader, source, hint = StableDiffusionPipeline.from_pretrained, name, ""
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:

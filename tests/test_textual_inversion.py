@@ -1,0 +1,356 @@
+"""Textual inversion and autoinit on tiny random models (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nerf.guidance import load_learned_embeds, load_stable_diffusion
+
+REPO = Path(__file__).resolve().parents[1]
+TI_DIR = REPO / "textual-inversion"
+CPU = torch.device("cpu")
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, TI_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ti = load_module("textual_inversion")
+ti_dataset = load_module("ti_dataset")
+autoinit = load_module("autoinit")
+
+
+def write_rgba(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    pixels[..., 3] = rng.choice([0, 128, 255], size=(size[1], size[0])).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGBA").save(path)
+    return pixels
+
+
+def ti_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
+            "--placeholder_token", "_obj_", "--initializer_token", "cat", "--output_dir", str(out),
+            "--resolution", "16", "--train_batch_size", "2", "--learning_rate", "5e-2", "--seed", "0",
+            "--lr_warmup_steps", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sd_dir, tmp_path_factory) -> Path:
+    """A short run with augmentations, checkpoints and the full pipeline saved."""
+    root = tmp_path_factory.mktemp("ti")
+    write_rgba(root / "data" / "rgba.png")
+    (root / "data" / "notes.txt").write_text("not an image")
+    (root / "data" / "learned_embeds.bin").write_bytes(b"not an image either")
+    code = ti.main(ti_args(tiny_sd_dir, root / "data", root / "out", "--max_train_steps", "4", "--save_steps", "2",
+                           "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_augmentations",
+                           "--gradient_accumulation_steps", "2"))
+    assert code == 0
+    return root / "out"
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_only_the_new_row_changes(trained, tiny_sd_dir):
+    base = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    after = load_stable_diffusion(str(trained), CPU, fp16=False)
+    token, vector = load_learned_embeds(str(trained / "learned_embeds.bin"))
+    assert token == "_obj_"
+    new_id = after.tokenizer.convert_tokens_to_ids("_obj_")
+    assert new_id == len(base.tokenizer) and len(after.tokenizer) == len(base.tokenizer) + 1
+
+    table, old_table = after.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table[:new_id], old_table)
+    assert torch.equal(table[new_id], vector)
+    cat_row = old_table[base.tokenizer.convert_tokens_to_ids("cat</w>")]
+    assert not torch.allclose(vector, cat_row)  # it learned something from its initializer
+    for name in ("unet", "vae"):
+        new, old = getattr(after, name).state_dict(), getattr(base, name).state_dict()
+        assert all(torch.equal(new[k], old[k]) for k in old), name
+    old_te = {k: v for k, v in base.text_encoder.state_dict().items() if "token_embedding" not in k}
+    new_te = after.text_encoder.state_dict()
+    assert all(torch.equal(new_te[k], v) for k, v in old_te.items())
+
+
+def test_outputs_and_checkpoint_limit(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"learned_embeds-steps-2.bin", "learned_embeds-steps-4.bin", "learned_embeds.bin",
+            "learned_embeds.safetensors", "model_index.json", "logs"} <= names
+    assert [p.name for p in trained.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert not [p for p in trained.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    _, final = load_learned_embeds(str(trained / "learned_embeds.bin"))
+    _, last = load_learned_embeds(str(trained / "learned_embeds-steps-4.bin"))
+    assert torch.equal(final, last)
+
+
+def test_saved_embedding_round_trips(trained, tiny_sd_dir):
+    token, vector = load_learned_embeds(str(trained / "learned_embeds.bin"))
+    assert load_learned_embeds(str(trained))[0] == token  # folder: the .safetensors file
+    torch.testing.assert_close(load_learned_embeds(str(trained / "learned_embeds.safetensors"))[1], vector)
+
+    from diffusers import StableDiffusionPipeline
+
+    for name in ("learned_embeds.safetensors", "learned_embeds.bin"):
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir), safety_checker=None)
+        pipe.load_textual_inversion(str(trained / name))
+        new_id = pipe.tokenizer.convert_tokens_to_ids(token)
+        torch.testing.assert_close(pipe.text_encoder.get_input_embeddings().weight[new_id], vector)
+
+
+def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
+    """Ours: AdamW on one vector. Original: AdamW on the whole table, other rows restored after each step."""
+    from diffusers import DDPMScheduler
+
+    def setup():
+        parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+        token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
+        scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+        ids = parts.tokenizer(["a photo of a _obj_", "a rendering of a _obj_"], padding="max_length",
+                              max_length=77, return_tensors="pt").input_ids
+        return parts, token_id, initial, scheduler, ids
+
+    hyper = dict(lr=0.05, betas=(0.9, 0.999), weight_decay=0.1, eps=1e-8)
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    parts, token_id, initial, scheduler, ids = setup()
+    row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
+    optimizer = torch.optim.AdamW([row.vector], **hyper)
+    for k in range(3):
+        torch.manual_seed(k)
+        ti.diffusion_loss(parts, scheduler, {"pixel_values": pixels, "input_ids": ids}, torch.float32,
+                          nullcontext).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    parts, token_id, _, scheduler, ids = setup()
+    table = parts.text_encoder.get_input_embeddings().weight
+    table.requires_grad_(True)
+    original = table.detach().clone()
+    keep = torch.arange(len(table)) != token_id
+    optimizer = torch.optim.AdamW([table], **hyper)
+    for k in range(3):
+        torch.manual_seed(k)
+        ti.diffusion_loss(parts, scheduler, {"pixel_values": pixels, "input_ids": ids}, torch.float32,
+                          nullcontext).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            table[keep] = original[keep]
+
+    assert not torch.allclose(row.vector, initial)
+    torch.testing.assert_close(row.vector, table[token_id].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_from_the_latest_checkpoint(tiny_sd_dir, tmp_path, capsys):
+    write_rgba(tmp_path / "data" / "rgba.png")
+    args = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "out", "--only_save_embeds", "--checkpointing_steps",
+                   "2", "--save_steps", "100")
+    assert ti.main(args + ["--max_train_steps", "2"]) == 0
+    checkpoint = torch.load(tmp_path / "out" / "checkpoint-2" / "state.pt", weights_only=True)
+    capsys.readouterr()
+    assert ti.main(args + ["--max_train_steps", "2"]) == 0  # nothing left to do: the checkpoint's vector
+    assert "resuming from" in capsys.readouterr().out
+    assert torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
+    assert ti.main(args + ["--max_train_steps", "4"]) == 0
+    assert (tmp_path / "out" / "checkpoint-4" / "state.pt").is_file()
+    assert not torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    pixels = write_rgba(tmp_path / "x.png")
+    rgb = np.asarray(ti_dataset.load_rgb(tmp_path / "x.png")).astype(np.float64)
+    alpha = pixels[..., 3:].astype(np.float64) / 255
+    expected = pixels[..., :3] * alpha + 255 * (1 - alpha)
+    assert np.abs(rgb - expected).max() <= 1.0
+    assert (rgb[pixels[..., 3] == 0] == 255).all()
+    assert (rgb[pixels[..., 3] == 255] == pixels[pixels[..., 3] == 255][:, :3]).all()
+
+
+def test_dataset_reads_image_files_only(tmp_path, tiny_sd_dir):
+    write_rgba(tmp_path / "b.png", seed=1)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.jpg")
+    (tmp_path / "learned_embeds.bin").write_bytes(b"\x00")
+    (tmp_path / "readme.txt").write_text("x")
+    assert [p.name for p in ti_dataset.list_images(tmp_path)] == ["a.jpg", "b.png"]
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    dataset = ti_dataset.TextualInversionDataset(ti_dataset.load_images(tmp_path), parts.tokenizer, "_obj_",
+                                                 size=16, repeats=3)
+    assert len(dataset) == 6
+    item = dataset[0]
+    assert item["input_ids"].shape == (77,)
+    captions = [t.format("_obj_") for t in ti_dataset.OBJECT_TEMPLATES]
+    encoded = parts.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert (encoded == item["input_ids"]).all(dim=1).any()
+
+
+@pytest.mark.parametrize("range_01", [False, True])
+def test_augmentation_keeps_size_and_range_and_is_seeded(tmp_path, tiny_sd_dir, range_01):
+    write_rgba(tmp_path / "rgba.png", size=(40, 30))
+    tokenizer = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False).tokenizer
+    dataset = ti_dataset.TextualInversionDataset(ti_dataset.load_images(tmp_path), tokenizer, "_obj_", size=32,
+                                                 repeats=8, use_augmentations=True, augment_range_01=range_01)
+
+    def draw(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.stack([dataset[i]["pixel_values"] for i in range(8)])
+
+    first, again, other = draw(0), draw(0), draw(1)
+    assert first.shape == (8, 3, 32, 32) and first.dtype == torch.float32
+    low = 0.0 if range_01 else -1.0
+    assert first.min() >= low and first.max() <= 1.0
+    assert first.min() < low + 0.5 and first.max() > 0.5  # the whole range is used, not squeezed
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert len({tuple(x.flatten()[:64].tolist()) for x in first}) > 1  # items differ from each other
+
+
+def test_templates():
+    assert len(ti_dataset.OBJECT_TEMPLATES) == 27 and len(ti_dataset.STYLE_TEMPLATES) == 19
+    assert all(t.count("{}") == 1 for t in ti_dataset.OBJECT_TEMPLATES + ti_dataset.STYLE_TEMPLATES)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def one_error_line(stderr: str) -> str:
+    """The message: exactly one 'error:' line, printed last (progress bars may precede it)."""
+    lines = stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    return lines[-1]
+
+
+def run_error(capsys, argv: list[str]) -> str:
+    assert ti.main(argv) == 2
+    return one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("initializer", ["high-resolution", "zebra", ""])
+def test_initializer_must_be_one_token(tiny_sd_dir, tmp_path, capsys, initializer):
+    write_rgba(tmp_path / "data" / "rgba.png")
+    argv = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "out")
+    argv[argv.index("cat")] = initializer
+    assert "--initializer_token" in run_error(capsys, argv)
+
+
+def test_placeholder_already_in_vocabulary(trained, tmp_path, capsys):
+    write_rgba(tmp_path / "data" / "rgba.png")
+    message = run_error(capsys, ti_args(trained, tmp_path / "data", tmp_path / "out"))  # trained model knows _obj_
+    assert "_obj_" in message and "vocabulary" in message
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_images", "corrupt"])
+def test_bad_data_folders(tiny_sd_dir, tmp_path, capsys, case):
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+    if case == "no_images":
+        (data / "learned_embeds.bin").write_bytes(b"\x00")
+    if case == "corrupt":
+        (data / "rgba.png").write_bytes(b"\x89PNG not really")
+    assert "--train_data_dir" in run_error(capsys, ti_args(tiny_sd_dir, data, tmp_path / "out"))
+
+
+# ---------------------------------------------------------------- autoinit
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_sd_dir, tmp_path_factory) -> Path:
+    """A random CLIP model (text + vision towers) using the tiny SD tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(tiny_sd_dir / "tokenizer"))
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_autoinit_embeds_every_noun_token(tiny_clip, tmp_path):
+    from transformers import CLIPModel, CLIPProcessor
+
+    file = autoinit.save_embeddings(tmp_path / "emb.pth", str(tiny_clip), CPU)
+    data = torch.load(file, weights_only=True)
+    processor, model = CLIPProcessor.from_pretrained(tiny_clip), CLIPModel.from_pretrained(tiny_clip)
+
+    nouns = set(re.findall(r"^[a-z]+$", (TI_DIR / "wordnet-nouns.txt").read_text(), flags=re.M))
+    vocab = processor.tokenizer.get_vocab()
+    expected = sorted(i for t, i in vocab.items() if t.endswith("</w>") and t[:-4] in nouns)
+    assert data["idx"] == expected and {"cat</w>", "dog</w>", "teapot</w>"} <= {
+        processor.tokenizer.convert_ids_to_tokens(i) for i in expected}
+    assert data["emb"].shape == (len(expected), 16)
+
+    position = data["idx"].index(vocab["dog</w>"])
+    with torch.no_grad():
+        out = model.get_text_features(**processor(text=["an image of a dog"], return_tensors="pt"))
+    feature = out if isinstance(out, torch.Tensor) else out.pooler_output
+    torch.testing.assert_close(data["emb"][position], (feature / feature.norm())[0], rtol=1e-4, atol=1e-5)
+
+
+def test_autoinit_ranks_a_planted_token_first(tiny_clip, tmp_path, capsys):
+    from transformers import CLIPModel, CLIPProcessor
+
+    file = autoinit.save_embeddings(tmp_path / "emb.pth", str(tiny_clip), CPU)
+    data = torch.load(file, weights_only=True)
+    image = tmp_path / "photo" / "rgba.png"
+    write_rgba(image, size=(40, 40))
+    processor, model = CLIPProcessor.from_pretrained(tiny_clip), CLIPModel.from_pretrained(tiny_clip)
+    rgb = Image.open(image).convert("RGBA")
+    white = Image.alpha_composite(Image.new("RGBA", rgb.size, (255, 255, 255, 255)), rgb).convert("RGB")
+    with torch.no_grad():
+        out = model.get_image_features(**processor(images=white, return_tensors="pt"))
+    feature = (out if isinstance(out, torch.Tensor) else out.pooler_output)[0]
+    planted = data["idx"].index(processor.tokenizer.get_vocab()["teapot</w>"])
+    data["emb"][planted] = feature / feature.norm()
+    torch.save(data, file)
+
+    capsys.readouterr()
+    assert autoinit.main(["get_initialization", str(image), "--text_emb_file", str(file),
+                          "--clip_model", str(tiny_clip), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Top tokens:" and lines[1].split()[0] == "teapot</w>" and len(lines) >= 6
+    scores = [float(line.split()[1]) for line in lines[1:6]]
+    assert scores == sorted(scores, reverse=True)
+    assert (image.parent / "token_autoinit.txt").read_text() == "teapot\n"
+
+
+@pytest.mark.parametrize("case", ["no_embeddings", "no_image", "no_model"])
+def test_autoinit_errors(tiny_clip, tmp_path, capsys, case):
+    emb = tmp_path / "emb.pth"
+    if case != "no_embeddings":
+        torch.save({"idx": [1, 2], "emb": torch.zeros(2, 16)}, emb)
+    image = tmp_path / "x.png"
+    if case != "no_image":
+        write_rgba(image)
+    clip = str(tmp_path / "no-clip-here") if case == "no_model" else str(tiny_clip)
+    code = autoinit.main(["get_initialization", str(image), "--text_emb_file", str(emb), "--clip_model", clip,
+                          "--device", "cpu"])
+    assert code == 2
+    one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "token_autoinit.txt").exists()

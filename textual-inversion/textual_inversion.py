@@ -1,0 +1,505 @@
+#!/usr/bin/env python
+"""Stage one of RealFusion: learn a new text token for the object of one photo (textual inversion).
+
+    python textual-inversion/textual_inversion.py --train_data_dir DIR --placeholder_token _my_object_ \\
+        --initializer_token cat --output_dir OUT [--use_augmentations ...]
+
+Runs from any directory. The flags, their names and defaults are those of the original script (the
+diffusers textual-inversion example plus ``--use_augmentations``); the model defaults to
+``stable-diffusion-v1-5/stable-diffusion-v1-5`` and may be a hub id, a local diffusers folder or a
+single .safetensors/.ckpt file (the same loader as the reconstruction stage).
+
+What is learned: one vector, the placeholder token's input embedding, initialised from the
+initializer token's row. It is substituted for the placeholder's embedding in every forward pass and
+optimised by AdamW; every other row of the embedding table and every other weight stay frozen and are
+never written. This is the original's trajectory exactly (it gave the whole table to AdamW and
+restored all other rows after each step; Adam is elementwise, so the placeholder row evolves the
+same), without the optimiser state for 49,408 rows.
+
+Outputs in --output_dir (written atomically): ``learned_embeds-steps-{N}.bin`` every --save_steps,
+and at the end ``learned_embeds.bin`` ({token: tensor[D]}, the original's format, read by
+``main.py --learned_embeds_path``) and ``learned_embeds.safetensors`` (the same, readable by
+diffusers' ``load_textual_inversion``); unless --only_save_embeds, the whole pipeline with the new
+token; ``checkpoint-{N}/state.pt`` every --checkpointing_steps (vector, optimiser, LR schedule, loss
+scaler and RNG states); tensorboard logs under --logging_dir.
+
+Resuming: a run whose output folder already holds checkpoints continues from the latest one (a
+notice says so), as does ``--resume_from_checkpoint latest``; a path or ``checkpoint-N`` name picks
+one. Delete the folder to start over.
+
+Differences from the original (see the README): images are the image files of --train_data_dir only,
+RGBA composited on white (``ti_dataset.py``); heavy augmentations reach the VAE in [-1, 1]
+(``--augment_range_01`` restores [0, 1]); one process only (no multi-GPU); trackers are tensorboard
+and wandb. The LR scheduler is built, like the original's, with warm-up and total counts multiplied
+by --gradient_accumulation_steps and is stepped once per optimisation step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+for folder in (HERE, HERE.parent):  # the repository's nerf package and this folder's modules
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from nerf.errors import UserError  # noqa: E402
+from nerf.fileio import write_atomic  # noqa: E402
+from nerf.guidance import DEFAULT_MODEL, StableDiffusionParts, load_stable_diffusion, register_token  # noqa: E402
+from ti_dataset import TextualInversionDataset, load_images  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Learn a text token for the object of one photo (textual inversion).")
+    p.add_argument("--save_steps", type=int, default=500, help="save learned_embeds-steps-{N}.bin every N steps")
+    p.add_argument("--only_save_embeds", action="store_true", help="do not save the whole pipeline at the end")
+    p.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
+                   help="hub id, local diffusers folder, or single .safetensors/.ckpt file")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a hub model")
+    p.add_argument("--tokenizer_name", default=None, help="tokenizer to use instead of the model's")
+    p.add_argument("--train_data_dir", required=True, help="folder holding the training photo(s)")
+    p.add_argument("--placeholder_token", required=True, help="the new token, e.g. _cat_statue_")
+    p.add_argument("--initializer_token", required=True, help="an existing one-token word to start from")
+    p.add_argument("--learnable_property", choices=["object", "style"], default="object", help="caption templates")
+    p.add_argument("--repeats", type=int, default=100, help="dataset length = images x repeats")
+    p.add_argument("--output_dir", default="text-inversion-model", help="where results and checkpoints go")
+    p.add_argument("--seed", type=int, default=None, help="seed of Python, NumPy and torch")
+    p.add_argument("--resolution", type=int, default=512, help="training image size")
+    p.add_argument("--center_crop", action="store_true", help="crop the centre square before resizing")
+    p.add_argument("--train_batch_size", type=int, default=16, help="images per micro-batch")
+    p.add_argument("--num_train_epochs", type=int, default=100, help="recomputed from --max_train_steps")
+    p.add_argument("--max_train_steps", type=int, default=5000, help="optimisation steps")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
+    p.add_argument("--learning_rate", type=float, default=1e-4, help="base learning rate")
+    p.add_argument("--scale_lr", action="store_true", help="lr *= gradient_accumulation_steps * train_batch_size")
+    p.add_argument("--lr_scheduler", default="constant",
+                   help="diffusers schedule: linear, cosine, cosine_with_restarts, polynomial, constant, "
+                        "constant_with_warmup")
+    p.add_argument("--lr_warmup_steps", type=int, default=500, help="warm-up steps (times accumulation)")
+    p.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.999)
+    p.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    p.add_argument("--adam_epsilon", type=float, default=1e-8)
+    p.add_argument("--push_to_hub", action="store_true", help="upload --output_dir to the Hugging Face hub")
+    p.add_argument("--hub_token", default=None, help="token for --push_to_hub")
+    p.add_argument("--hub_model_id", default=None, help="hub repository (default: the output folder's name)")
+    p.add_argument("--logging_dir", default="logs", help="tracker folder, relative to --output_dir")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="UNet and VAE in this precision with autocast (CUDA only)")
+    p.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs")
+    p.add_argument("--report_to", choices=["tensorboard", "wandb", "comet_ml", "all"], default="tensorboard")
+    p.add_argument("--validation_prompt", default=None, help="sample this prompt every --validation_steps")
+    p.add_argument("--num_validation_images", type=int, default=4)
+    p.add_argument("--validation_steps", type=int, default=100)
+    p.add_argument("--validation_epochs", type=int, default=None,
+                   help="deprecated: sets --validation_steps to this times the dataset length")
+    p.add_argument("--local_rank", type=int, default=-1, help="GPU index (the LOCAL_RANK variable wins)")
+    p.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable checkpoint every N steps")
+    p.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints")
+    p.add_argument("--resume_from_checkpoint", default=None, help="'latest', a checkpoint-N name, or a path")
+    p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    p.add_argument("--use_augmentations", action="store_true", help="RealFusion's heavy single-image augmentation")
+    p.add_argument("--augment_range_01", action="store_true",
+                   help="feed augmented images to the VAE in [0, 1] as the original did (default [-1, 1])")
+    args = p.parse_args(argv)
+    args.local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
+    for name in ("save_steps", "repeats", "resolution", "train_batch_size", "max_train_steps",
+                 "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_images"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if not args.placeholder_token.strip():
+        raise UserError("--placeholder_token is empty; give a new word such as _my_object_.")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator the run draws from, in a form torch.load(weights_only=True) reads back."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def choose_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """The device, and the dtype of the frozen UNet and VAE (mixed precision applies on CUDA only)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("textual inversion runs as a single process; start it with python, not a multi-GPU launcher.")
+    if not torch.cuda.is_available():
+        if args.mixed_precision != "no":
+            print(f"note: --mixed_precision {args.mixed_precision} needs CUDA; training in float32 on the CPU")
+        return torch.device("cpu"), torch.float32
+    device = torch.device("cuda", max(args.local_rank, 0))
+    return device, {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+
+
+def add_placeholder(parts: StableDiffusionParts, placeholder: str, initializer: str) -> tuple[int, torch.Tensor]:
+    """Add the placeholder token; returns its id and the initializer's embedding row."""
+    tokenizer = parts.tokenizer
+    if placeholder in tokenizer.get_vocab():
+        raise UserError(f"the placeholder token '{placeholder}' is already in the tokenizer's vocabulary; "
+                        f"pick a new string such as _{placeholder.strip('_')}_object_.")
+    init_ids = tokenizer.encode(initializer, add_special_tokens=False)
+    if len(init_ids) != 1:
+        raise UserError(f"--initializer_token '{initializer}' is {len(init_ids)} tokens, not one; pick a single common "
+                        f"word (textual-inversion/autoinit.py suggests one).")
+    token_id = register_token(tokenizer, parts.text_encoder, placeholder)
+    table = parts.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[token_id] = table[init_ids[0]]
+    return token_id, table[init_ids[0]].detach().clone()
+
+
+class TokenVector(torch.nn.Module):
+    """The one trainable vector, substituted for the placeholder's embedding in every forward pass."""
+
+    def __init__(self, embedding: torch.nn.Embedding, token_id: int, initial: torch.Tensor) -> None:
+        super().__init__()
+        self.token_id = token_id
+        self.vector = torch.nn.Parameter(initial.detach().float().clone())
+        embedding.register_forward_hook(self.substitute)
+
+    def substitute(self, module: torch.nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+        where = (inputs[0] == self.token_id).unsqueeze(-1)
+        return torch.where(where, self.vector.to(output.dtype), output)
+
+
+class Trackers:
+    """Scalar and image logging to tensorboard and/or wandb."""
+
+    def __init__(self, report_to: str, log_dir: Path, config: dict[str, Any]) -> None:
+        import importlib.util
+
+        wanted = {"all": ["tensorboard", "wandb"], "comet_ml": ["comet_ml"]}.get(report_to, [report_to])
+        if "comet_ml" in wanted:
+            raise UserError("--report_to comet_ml is not supported; use tensorboard or wandb.")
+        if report_to == "all" and importlib.util.find_spec("wandb") is None:
+            wanted = ["tensorboard"]
+        self.writer = self.wandb = None
+        if "tensorboard" in wanted:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+        if "wandb" in wanted:
+            if importlib.util.find_spec("wandb") is None:
+                raise UserError("--report_to wandb needs the wandb package (pip install wandb); or use tensorboard.")
+            import wandb
+
+            self.wandb = wandb.init(project="textual_inversion", config=config, dir=str(log_dir))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def images(self, tag: str, images: list, caption: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_images(tag, np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: [wandb.Image(im, caption=f"{i}: {caption}") for i, im in enumerate(images)]}, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def save_embeds(path: Path, token: str, vector: torch.Tensor) -> None:
+    """{token: tensor[D]} as a pickle-free torch file (.bin) or safetensors (.safetensors), atomically."""
+    data = {token: vector.detach().float().cpu().clone()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        write_atomic(path, lambda tmp: save_file(data, str(tmp)))
+    else:
+        write_atomic(path, lambda tmp: torch.save(data, tmp))
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N/state.pt files, oldest first."""
+    found = [p for p in output_dir.glob("checkpoint-*/state.pt") if p.parent.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.parent.name.split("-", 1)[1]))
+
+
+def checkpoint_to_resume(args: argparse.Namespace, output_dir: Path) -> Path | None:
+    existing = list_checkpoints(output_dir)
+    choice = args.resume_from_checkpoint
+    if choice is None or choice == "latest":
+        if existing:
+            print(f"resuming from {existing[-1].parent} (delete {output_dir} to start over)")
+            return existing[-1]
+        if choice == "latest":
+            print(f"no checkpoint in {output_dir}; starting a new run")
+        return None
+    for candidate in (Path(choice), output_dir / Path(choice).name):
+        file = candidate / "state.pt" if candidate.is_dir() else candidate
+        if file.is_file():
+            return file
+    raise UserError(f"--resume_from_checkpoint {choice} not found (neither a path nor a checkpoint in {output_dir}); "
+                    f"use 'latest' or an existing checkpoint-N.")
+
+
+def save_checkpoint(output_dir: Path, step: int, token: str, row: TokenVector, optimizer: torch.optim.Optimizer,
+                    lr_scheduler: Any, scaler: torch.amp.GradScaler, limit: int | None) -> None:
+    existing = list_checkpoints(output_dir)
+    if limit is not None:
+        for old in existing[: max(len(existing) - limit + 1, 0)]:
+            shutil.rmtree(old.parent)
+    state = {"step": step, "token": token, "vector": row.vector.detach().cpu().clone(),
+             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "rng": rng_state()}
+    write_atomic(output_dir / f"checkpoint-{step}" / "state.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(file: Path, token: str, row: TokenVector, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
+                    scaler: torch.amp.GradScaler) -> int:
+    """Restore a checkpoint into the run; returns its step."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise UserError(f"cannot read checkpoint {file} ({type(exc).__name__}); delete it or pick another.") from exc
+    if state.get("token") != token or state["vector"].shape != row.vector.shape:
+        raise UserError(f"checkpoint {file} belongs to token '{state.get('token')}' with shape "
+                        f"{tuple(state['vector'].shape)}, not this run's; use another --output_dir.")
+    with torch.no_grad():
+        row.vector.copy_(state["vector"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    return int(state["step"])
+
+
+def save_pipeline(parts: StableDiffusionParts, output_dir: Path) -> None:
+    """The whole model with the new token, swapped into --output_dir folder by folder once complete."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                   unet=parts.unet, scheduler=parts.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    staging = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=output_dir))
+    try:
+        pipe.save_pretrained(staging)
+        for entry in staging.iterdir():
+            target = output_dir / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_to_hub(args: argparse.Namespace, output_dir: Path) -> None:
+    from huggingface_hub import HfApi
+
+    repo_id = args.hub_model_id or output_dir.name
+    try:
+        api = HfApi(token=args.hub_token)
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
+                          ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".*"])
+    except Exception as exc:  # network, authentication or permission failures of the hub
+        raise UserError(f"uploading {output_dir} to the hub repository {repo_id} failed ({exc}); check --hub_token "
+                        f"and --hub_model_id, or upload the folder later.") from exc
+
+
+def validation_images(parts: StableDiffusionParts, args: argparse.Namespace, autocast: Any) -> list:
+    """Samples of --validation_prompt with 25 DPM-Solver steps (the current vector is in the text encoder)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                   unet=parts.unet, scheduler=DPMSolverMultistepScheduler.from_config(parts.scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    generator = None if args.seed is None else torch.Generator(parts.device).manual_seed(args.seed)
+    with torch.no_grad(), autocast():
+        return [pipe(args.validation_prompt, num_inference_steps=25, generator=generator).images[0]
+                for _ in range(args.num_validation_images)]
+
+
+def diffusion_loss(parts: StableDiffusionParts, noise_scheduler: Any, batch: dict[str, torch.Tensor],
+                   weight_dtype: torch.dtype, autocast: Callable[[], Any]) -> torch.Tensor:
+    """The denoising loss of one micro-batch: MSE between the UNet's prediction and the noise (or velocity)."""
+    device = parts.device
+    pixels = batch["pixel_values"].to(device, weight_dtype)
+    with torch.no_grad():
+        latents = parts.vae.encode(pixels).latent_dist.sample() * parts.vae.config.scaling_factor
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    with autocast():
+        states = parts.text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
+        predicted = parts.unet(noisy, t, states).sample
+    epsilon = noise_scheduler.config.prediction_type == "epsilon"
+    target = noise if epsilon else noise_scheduler.get_velocity(latents, noise, t)
+    return F.mse_loss(predicted.float(), target.float())
+
+
+def train(args: argparse.Namespace) -> Path:
+    """The whole run; returns the path of learned_embeds.bin."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    images = load_images(args.train_data_dir)  # fail before the slow model load
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.seed is not None:
+        seed_everything(args.seed)
+    device, weight_dtype = choose_device(args)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    parts = load_stable_diffusion(args.pretrained_model_name_or_path, device, fp16=False, revision=args.revision)
+    if args.tokenizer_name is not None:
+        from transformers import CLIPTokenizer
+
+        try:
+            parts.tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer_name, revision=args.revision)
+        except OSError as exc:
+            raise UserError(f"cannot load --tokenizer_name {args.tokenizer_name}; give a hub id or a folder.") from exc
+    token_id, initial = add_placeholder(parts, args.placeholder_token, args.initializer_token)
+    row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(device)
+    for module in (parts.unet, parts.vae):
+        {torch.float16: module.half, torch.bfloat16: module.bfloat16}.get(weight_dtype, module.float)()
+    parts.text_encoder.train()
+    if args.gradient_checkpointing:
+        parts.unet.train()  # diffusers checkpoints only in training mode
+        parts.unet.enable_gradient_checkpointing()
+        parts.text_encoder.gradient_checkpointing_enable()
+    if args.enable_xformers_memory_efficient_attention:
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise UserError("--enable_xformers_memory_efficient_attention needs xformers installed; without the flag "
+                            "PyTorch's fused attention is used.")
+        parts.unet.enable_xformers_memory_efficient_attention()
+
+    dataset = TextualInversionDataset(images, parts.tokenizer, args.placeholder_token, args.resolution,
+                                      args.repeats, args.learnable_property, args.center_crop,
+                                      args.use_augmentations, args.augment_range_01)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True,
+                                         num_workers=args.dataloader_num_workers)
+    if args.validation_epochs is not None:
+        print("note: --validation_epochs is deprecated; use --validation_steps")
+        args.validation_steps = args.validation_epochs * len(dataset)
+    accumulation = args.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(loader) / accumulation)
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    learning_rate = args.learning_rate * (accumulation * args.train_batch_size if args.scale_lr else 1)
+
+    optimizer = torch.optim.AdamW([row.vector], lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    try:
+        lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accumulation,
+                                     num_training_steps=args.max_train_steps * accumulation)
+    except ValueError as exc:
+        raise UserError(f"--lr_scheduler {args.lr_scheduler} is not a diffusers schedule; use constant, linear, "
+                        f"cosine, cosine_with_restarts, polynomial or constant_with_warmup.") from exc
+    scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
+    noise_scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+    if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"the model predicts '{noise_scheduler.config.prediction_type}'; textual inversion supports "
+                        f"epsilon and v_prediction.")
+    autocast = partial(torch.autocast, device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+
+    step = 0
+    resume = checkpoint_to_resume(args, output_dir)
+    if resume is not None:
+        step = load_checkpoint(resume, args.placeholder_token, row, optimizer, lr_scheduler, scaler)
+    trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
+    print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch {args.train_batch_size} "
+          f"x {accumulation} accumulation, {args.max_train_steps} steps, lr {learning_rate:g}, on {device}")
+
+    bar = tqdm(total=args.max_train_steps, initial=step, desc="textual inversion")
+    losses: list[float] = []
+    while step < args.max_train_steps:
+        for batch in loader:
+            loss = diffusion_loss(parts, noise_scheduler, batch, weight_dtype, autocast)
+            scaler.scale(loss / accumulation).backward()
+            losses.append(loss.item())
+            if len(losses) < accumulation:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            logs = {"loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0]}
+            losses.clear()
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            trackers.scalars(logs, step)
+            if step % args.save_steps == 0:
+                save_embeds(output_dir / f"learned_embeds-steps-{step}.bin", args.placeholder_token, row.vector)
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(output_dir, step, args.placeholder_token, row, optimizer, lr_scheduler, scaler,
+                                args.checkpoints_total_limit)
+            if args.validation_prompt is not None and step % args.validation_steps == 0:
+                trackers.images("validation", validation_images(parts, args, autocast), args.validation_prompt, step)
+            if step >= args.max_train_steps:
+                break
+    bar.close()
+    trackers.close()
+
+    with torch.no_grad():
+        parts.text_encoder.get_input_embeddings().weight[token_id] = row.vector.to(parts.text_encoder.dtype)
+    if args.push_to_hub or not args.only_save_embeds:
+        save_pipeline(parts, output_dir)
+    save_embeds(output_dir / "learned_embeds.safetensors", args.placeholder_token, row.vector)
+    save_embeds(output_dir / "learned_embeds.bin", args.placeholder_token, row.vector)
+    if args.push_to_hub:
+        push_to_hub(args, output_dir)
+    print(f"learned token {args.placeholder_token} written to {output_dir / 'learned_embeds.bin'}")
+    return output_dir / "learned_embeds.bin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Training data for single-image textual inversion: the photo(s), their captions, and the augmentations.
+
+Which files are used: every file directly inside the data folder whose suffix is an image type
+(``IMAGE_SUFFIXES``), in name order; anything else (masks named .png are images too, but .bin, .txt,
+.json ... are not) is ignored, and every listed image must open.
+
+Colour rule: an image with transparency (RGBA, LA, or a palette with a transparent colour) is
+composited over a white background with its alpha (straight, not premultiplied:
+rgb * a + 255 * (1 - a)), so the object is seen on white as in the reconstruction stage; other
+images are converted to RGB as they are.
+
+Item i uses image i mod n_images; the dataset has n_images * repeats items. Each item gets a caption
+drawn from the templates with the placeholder token filled in, tokenised to the tokenizer's maximum
+length. All randomness (caption, augmentation) comes from torch's global generator, which
+``--seed`` seeds (and DataLoader workers derive their seeds from it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from nerf.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+OBJECT_TEMPLATES = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a dirty painting in the style of {}",
+    "a dark painting in the style of {}", "a picture in the style of {}", "a cool painting in the style of {}",
+    "a close-up painting in the style of {}", "a bright painting in the style of {}",
+    "a cropped painting in the style of {}", "a good painting in the style of {}",
+    "a close-up painting in the style of {}", "a rendition in the style of {}", "a nice painting in the style of {}",
+    "a small painting in the style of {}", "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+]
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of `folder` in name order (UserError if there are none)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--train_data_dir {root} is not a folder; point it at a folder holding the input photo.")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"--train_data_dir {root} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                        f"put the input photo there.")
+    return files
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB, compositing any transparency over white (see the module docstring)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            if not has_alpha:
+                return image.convert("RGB")
+            rgba = image.convert("RGBA")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot read image {path} ({type(exc).__name__}); remove it from --train_data_dir "
+                        f"or replace it with a readable photo.") from exc
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def load_images(folder: str | Path) -> list[Image.Image]:
+    """Every image of the data folder as RGB (see the module docstring for the rules)."""
+    return [load_rgb(path) for path in list_images(folder)]
+
+
+def center_crop_square(image: Image.Image) -> Image.Image:
+    """The largest centred square (the shorter side), as the original cropped its arrays."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def heavy_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
+    """RealFusion's augmentation for a single photo (PIL in, PIL out, size x size)."""
+    big = int(1.25 * size)
+    return T.Compose([
+        T.Resize(big),
+        T.CenterCrop(big),
+        T.RandomApply([
+            T.RandomRotation(10, interpolation=InterpolationMode.NEAREST, fill=255),
+            T.CenterCrop(int(size * 5 / 6)),
+            T.Resize(size),
+        ], p=0.75),
+        T.RandomResizedCrop(size, scale=(0.85, 1.15)),
+        T.RandomApply([T.ColorJitter(brightness=0.04, contrast=0.04, saturation=0.04, hue=0.04)], p=0.75),
+        T.RandomGrayscale(p=0.10),
+        T.RandomApply([T.GaussianBlur(5, (0.1, 2))], p=0.10),
+        T.RandomHorizontalFlip(p=0.5),
+    ])
+
+
+def plain_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
+    """The textual-inversion default: bicubic resize to size x size and a random horizontal flip."""
+    return T.Compose([
+        T.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(p=0.5),
+    ])
+
+
+class TextualInversionDataset(torch.utils.data.Dataset):
+    """Augmented copies of the input photo(s) with captions containing the placeholder token."""
+
+    def __init__(self, images: list[Image.Image], tokenizer: Any, placeholder_token: str, size: int = 512,
+                 repeats: int = 100, learnable_property: str = "object", center_crop: bool = False,
+                 use_augmentations: bool = False, augment_range_01: bool = False) -> None:
+        self.images = [center_crop_square(image) for image in images] if center_crop else list(images)
+        self.tokenizer = tokenizer
+        self.placeholder_token = placeholder_token
+        self.templates = TEMPLATES[learnable_property]
+        self.repeats = repeats
+        self.augment = heavy_augmentation(size) if use_augmentations else plain_augmentation(size)
+        # The original fed heavy augmentations to the VAE in [0, 1]; [-1, 1] is what the VAE expects.
+        self.range_01 = use_augmentations and augment_range_01
+
+    def __len__(self) -> int:
+        return len(self.images) * self.repeats
+
+    def caption(self) -> str:
+        template = self.templates[int(torch.randint(len(self.templates), ()))]
+        return template.format(self.placeholder_token)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        pixels = T.functional.to_tensor(self.augment(self.images[index % len(self.images)]))
+        tok = self.tokenizer
+        ids = tok(self.caption(), padding="max_length", truncation=True, max_length=tok.model_max_length,
+                  return_tensors="pt").input_ids[0]
+        return {"pixel_values": pixels if self.range_01 else pixels * 2 - 1, "input_ids": ids}
