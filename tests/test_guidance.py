@@ -457,3 +457,35 @@ def test_sds_with_an_oracle_denoiser_pulls_the_image_to_the_target(parts):
         loss.backward()
         optimizer.step()
     assert distance() < 0.5 * start
+
+
+# ---------------------------------------------------------------- CUDA, half precision
+
+
+@pytest.mark.gpu
+def test_fp16_sds_on_cuda_matches_fp32_and_passes_through_the_grad_scaler(tiny_sd_dir):
+    cuda = torch.device("cuda")
+    half = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=True)
+    full = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=False)
+    assert half.dtype == torch.float16 and next(half.unet.parameters()).dtype == torch.float16
+    image = torch.rand(1, 3, 12, 12, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
+
+    def image_grad(parts: StableDiffusionParts, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+        x = image.clone().requires_grad_()
+        loss, stats = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)(x, 1, 1.0, torch.Generator(cuda).manual_seed(1))
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        if scaler is None:
+            loss.backward()
+            return x.grad
+        optimizer = torch.optim.SGD([x], lr=0.0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        return x.grad
+
+    g_full, g_half = image_grad(full), image_grad(half)
+    g_scaled = image_grad(half, torch.amp.GradScaler("cuda", init_scale=1024.0))
+    assert torch.isfinite(g_half).all() and g_half.abs().sum() > 0
+    cosine = F.cosine_similarity(g_half.flatten(), g_full.flatten(), dim=0)
+    assert cosine > 0.99, cosine
+    # the loss scale multiplies and divides the SDS term like any other loss: no net factor remains
+    torch.testing.assert_close(g_scaled, g_half, rtol=1e-2, atol=1e-3 * g_half.abs().max().item())

@@ -354,3 +354,17 @@ def test_autoinit_errors(tiny_clip, tmp_path, capsys, case):
     assert code == 2
     one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "token_autoinit.txt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda(tiny_sd_dir, tmp_path, precision):
+    write_rgba(tmp_path / "data" / "rgba.png")
+    argv = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "out", "--max_train_steps", "3", "--only_save_embeds",
+                   "--mixed_precision", precision, "--use_augmentations", "--validation_prompt", "a photo of a _obj_",
+                   "--validation_steps", "3", "--num_validation_images", "1")
+    assert ti.main(argv) == 0
+    _, vector = load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))
+    base = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    cat_row = base.text_encoder.get_input_embeddings().weight[base.tokenizer.convert_tokens_to_ids("cat</w>")]
+    assert torch.isfinite(vector).all() and not torch.allclose(vector, cat_row)
