@@ -48,7 +48,7 @@ class StableDiffusionParts:
 
 
 def resolve_model_name(name: str) -> str:
-    """Map hub ids that were taken down to their official replacement, saying so once."""
+    """Map hub ids that were taken down to their official replacement, with a notice on stderr."""
     if name in RETIRED_MODELS:
         print(f"note: '{name}' is no longer on the Hugging Face hub; using '{RETIRED_MODELS[name]}' (same weights)",
               file=sys.stderr)

@@ -232,7 +232,8 @@ class Trackers:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({tag: [wandb.Image(im, caption=f"{i}: {caption}") for i, im in enumerate(images)]}, step=step)
+            pictures = [wandb.Image(im, caption=f"{i}: {caption}") for i, im in enumerate(images)]
+            self.wandb.log({tag: pictures}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -345,9 +346,10 @@ def validation_images(parts: StableDiffusionParts, args: argparse.Namespace, aut
     """Samples of --validation_prompt with 25 DPM-Solver steps (the current vector is in the text encoder)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    sampler = DPMSolverMultistepScheduler.from_config(parts.scheduler.config)
     pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                                   unet=parts.unet, scheduler=DPMSolverMultistepScheduler.from_config(parts.scheduler.config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                                   unet=parts.unet, scheduler=sampler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     generator = None if args.seed is None else torch.Generator(parts.device).manual_seed(args.seed)
     with torch.no_grad(), autocast():
@@ -398,7 +400,7 @@ def train(args: argparse.Namespace) -> Path:
             raise UserError(f"cannot load --tokenizer_name {args.tokenizer_name}; give a hub id or a folder.") from exc
     token_id, initial = add_placeholder(parts, args.placeholder_token, args.initializer_token)
     row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(device)
-    for module in (parts.unet, parts.vae):
+    for module in (parts.unet, parts.vae):  # nn.Module casts: diffusers' .to(dtype) warns about fp32 modules
         {torch.float16: module.half, torch.bfloat16: module.bfloat16}.get(weight_dtype, module.float)()
     parts.text_encoder.train()
     if args.gradient_checkpointing:
