@@ -100,7 +100,7 @@ def run(opt: Options) -> int:
                         blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
                         grid_levels_mask=opt.grid_levels_mask, backend=backend)
     renderer = Renderer(field, opt.bound, opt.density_thresh, opt.min_near, opt.dt_gamma, opt.max_steps,
-                        backend=backend)
+                        grid_size=opt.occupancy_grid_size, backend=backend)
     log.info("backends: grid encoder %s, ray marching %s", field.encoder.backend_name, renderer.ops.name)
     trainer = Trainer(opt, renderer, real_view, guidance, workspace, device)
     trainer.restore()

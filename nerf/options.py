@@ -121,6 +121,8 @@ class Options:
     """Accepted for compatibility; every renderer here marches through the occupancy grid."""
     update_extra_interval: int = 16
     """Update the occupancy grid every this many iterations."""
+    occupancy_grid_size: int = 128
+    """Cells per axis of the occupancy grid (smaller grids make CPU runs faster)."""
     max_ray_batch: int = 4096
     """Rays rendered per chunk in validation and test renders."""
     albedo: bool = False
@@ -274,7 +276,7 @@ def validate(opt: Options) -> None:
     """Reject values that would fail later or silently do nothing; one-line messages naming the flag."""
     _check(opt.iters > 0, f"--iters must be > 0, got {opt.iters}.")
     for name in ("eval_interval", "HW_synthetic", "HW_real", "HW_vis", "num_rays", "max_steps",
-                 "update_extra_interval", "max_ray_batch", "grid_levels", "real_every", "mesh_resolution",
+                 "update_extra_interval", "occupancy_grid_size", "max_ray_batch", "grid_levels", "real_every", "mesh_resolution",
                  "max_bad_steps"):
         value = getattr(opt, name)
         _check(value > 0, f"--{name} must be > 0, got {value}.")
