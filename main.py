@@ -73,7 +73,9 @@ def build_guidance(opt: Options, device: torch.device):
     return SDSGuidance(parts, prompts, guidance_scale=opt.guidance_scale), dataclasses.replace(opt, text=text, negative=negative)
 
 
-def run(opt: Options) -> int:
+def build_trainer(opt: Options):
+    """Input view, prior, field, renderer and Trainer for resolved options; validates inputs before writing."""
+    from nerf.checkpoint import find_checkpoint, load_checkpoint
     from nerf.data import RealView
     from nerf.network import NeRFNetwork
     from nerf.renderer import Renderer
@@ -85,16 +87,17 @@ def run(opt: Options) -> int:
     seed_everything(opt.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = "auto" if opt.cuda_ray else "torch"
-    left_handed = opt.uses("left_handed")
     real_view = RealView.from_file(opt.image_path, opt.HW_real, opt.pose_angle, opt.orbit_radius, opt.default_fovy,
-                                   left_handed=left_handed)
+                                   left_handed=opt.uses("left_handed"))
+    checkpoint = find_checkpoint(workspace, opt.ckpt)
+    if checkpoint is not None:
+        load_checkpoint(checkpoint)  # a corrupt or foreign file fails here, before anything is written
     guidance, opt = build_guidance(opt, device)
 
     workspace.mkdir(parents=True, exist_ok=True)
     setup_logging(workspace)
     save_options(opt, workspace / "options.json")
     log.info("workspace: %s | device: %s", workspace, device)
-
     field = NeRFNetwork(bound=opt.bound, grid_levels=opt.grid_levels, grid_resolution=opt.grid_resolution,
                         grid_type=opt.grid_type, log2_hashmap_size=opt.log2_hashmap_size,
                         blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
@@ -104,6 +107,12 @@ def run(opt: Options) -> int:
     log.info("backends: grid encoder %s, ray marching %s", field.encoder.backend_name, renderer.ops.name)
     trainer = Trainer(opt, renderer, real_view, guidance, workspace, device)
     trainer.restore()
+    return trainer
+
+
+def run(opt: Options) -> int:
+    trainer = build_trainer(opt)
+    opt = trainer.opt
     if not opt.test:
         trainer.train()
     with trainer.weights_for_outputs():
@@ -112,7 +121,7 @@ def run(opt: Options) -> int:
         else:
             trainer.test()
         if opt.save_mesh:
-            export_mesh(opt, trainer, workspace)
+            export_mesh(opt, trainer, trainer.workspace)
     return 0
 
 

@@ -27,8 +27,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({first_line}); delete it or pass --ckpt scratch.") from None
+        reason = "unsafe or foreign pickle" if "weights_only" in str(exc).lower() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({reason}); delete it or pass --ckpt scratch.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} was not written by this project's main.py; pass another --ckpt or --ckpt scratch.")
     return state
