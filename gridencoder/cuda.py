@@ -10,7 +10,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from nerf.cuda_ext import load_extension
 
-from .reference import GRID_TYPES, INTERPOLATIONS, level_scales
+from .reference import _check_options, level_scales
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -54,8 +54,7 @@ def grid_encode(
 
     The input gradient (exact in every dimension) is computed only when `inputs` requires grad.
     """
-    if gridtype not in GRID_TYPES or interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown gridtype {gridtype!r} or interpolation {interpolation!r}")
+    _check_options(gridtype, interpolation)
     if embeddings.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"the CUDA grid encoder needs a float32 or float16 table, got {embeddings.dtype}")
     scales = level_scales(offsets.numel() - 1, float(per_level_scale), int(base_resolution))
