@@ -262,11 +262,13 @@ class SDSGuidance:
         return torch.nan_to_num(grad), t
 
     def __call__(self, image: torch.Tensor, direction: int, weight: float,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 generator: torch.Generator | None = None, *,
+                 camera: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """SDS on one rendered view: the surrogate loss (its latent gradient is g) and {sds_grad_norm, t}.
 
-        Random draws, in order: VAE posterior noise, t, the diffusion noise eps.
+        Random draws, in order: VAE posterior noise, t, the diffusion noise eps. The camera is not needed:
+        the prompt bucket `direction` carries all SDS uses of the view.
         """
         latents = self.encode(image, generator)
         grad, t = self.sds_gradient(latents, direction, weight, generator=generator)
-        return surrogate_loss(latents, grad), {"sds_grad_norm": grad.abs().mean().item(), "t": float(t)}
+        return surrogate_loss(latents, grad), {"sds_grad_norm": grad.abs().mean(), "t": torch.tensor(float(t))}

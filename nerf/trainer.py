@@ -38,9 +38,14 @@ LOG_EVERY = 10
 
 
 class Guidance(Protocol):
-    """What the Trainer needs from a prior: a loss on a rendered image [1, 3, H, W] for a view bucket."""
+    """What the Trainer needs from a prior: a loss on a rendered image [1, 3, H, W] seen by `camera`.
 
-    def __call__(self, image: Tensor, direction: int, weight: float) -> tuple[Tensor, dict[str, float]]: ...
+    `direction` is the camera's prompt bucket (cameras.DIRECTIONS); the statistics are tensors so that
+    reading them (a host synchronisation) happens only at logging cadence.
+    """
+
+    def __call__(self, image: Tensor, direction: int, weight: float, *,
+                 camera: CameraBatch) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 class TrainingDiverged(RuntimeError):
@@ -220,7 +225,7 @@ class Trainer:
         ws = out["weights_sum"].reshape(1, 1, size, size)
         terms: dict[str, Tensor] = {}
         if self.guidance is not None and w("prior", step) > 0:
-            loss_sds, _ = self.guidance(pred, direction, w("prior", step))
+            loss_sds, _ = self.guidance(pred, direction, w("prior", step), camera=camera)
             if opt.uses("sds_unscaled") and self.fp16:
                 loss_sds = loss_sds / self.scaler.get_scale()
             terms["sds"] = loss_sds

@@ -369,8 +369,8 @@ def test_sds_call_draws_posterior_noise_then_t_then_eps(parts):
     hand_latents, hand_g = hand_sds(parts, image, post_noise[0], t, noise[0], PROMPTS[4], 1.0, 100.0)
     (hand_image_grad,) = torch.autograd.grad(hand_latents, image, grad_outputs=hand_g)
 
-    assert stats["t"] == t and 20 <= t <= 980
-    assert stats["sds_grad_norm"] == pytest.approx(hand_g.abs().mean().item(), rel=1e-4)
+    assert float(stats["t"]) == t and 20 <= t <= 980
+    assert float(stats["sds_grad_norm"]) == pytest.approx(hand_g.abs().mean().item(), rel=1e-4)
     assert loss.item() == pytest.approx(0.5 * (hand_g**2).sum().item(), rel=1e-4)
     assert_close_to_scale(image_grad, hand_image_grad)
 
