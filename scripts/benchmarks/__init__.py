@@ -1,0 +1,1 @@
+"""The parts of `scripts/benchmark.py`: one module per subcommand, plus shared timing and model building."""
