@@ -70,7 +70,8 @@ def build_guidance(opt: Options, device: torch.device):
     log.info("prompt: %s | negative: %s", text, negative or "(empty)")
     import dataclasses
 
-    return SDSGuidance(parts, prompts, guidance_scale=opt.guidance_scale), dataclasses.replace(opt, text=text, negative=negative)
+    guidance = SDSGuidance(parts, prompts, guidance_scale=opt.guidance_scale, cuda_graph=opt.cuda_graph)
+    return guidance, dataclasses.replace(opt, text=text, negative=negative)
 
 
 def build_trainer(opt: Options):

@@ -14,11 +14,12 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
 from nerf.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class StableDiffusionParts:
     text_encoder: CLIPTextModel
     vae: AutoencoderKL
     unet: torch.nn.Module
-    scheduler: Any  # the model's own noise scheduler: provides alphas_cumprod and add_noise
+    scheduler: Any  # the model's own noise scheduler: provides the noise schedule alphas_cumprod
     device: torch.device
     dtype: torch.dtype
 
@@ -204,7 +205,8 @@ class SDSGuidance:
     """Score distillation from Stable Diffusion with fixed prompts (one pair per view-direction bucket)."""
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
-                 min_step: int = 20, max_step: int = 980) -> None:
+                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False) -> None:
+        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
         self.parts = parts
@@ -214,6 +216,11 @@ class SDSGuidance:
         self.image_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
         self.text_embeddings = self.encode_prompts(prompts)
+        self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
+        self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
+        if cuda_graph and parts.device.type == "cuda":
+            self.moments = GraphedDifferentiable(self.encode_moments, "VAE encoder")
+            self.predict_noise = GraphedInference(self.predict_noise_eager, "UNet")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
@@ -226,18 +233,35 @@ class SDSGuidance:
         return states.reshape(len(prompts), 2, *states.shape[1:])
 
     def autocast(self):
-        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32."""
+        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32.
+
+        The cast cache is off: it would keep tensors alive across CUDA-graph capture and replay."""
         if self.parts.dtype != torch.float16:
             return nullcontext()
-        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16)
+        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16, cache_enabled=False)
+
+    def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior's [mean, logvar] (at least fp32) for a [1, 3, h, w] image in [0, 1] at SD's size."""
+        size = self.image_size
+        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+        vae = self.parts.vae
+        with self.autocast():
+            moments = vae.encoder(x * 2 - 1)
+            if vae.quant_conv is not None:
+                moments = vae.quant_conv(moments)
+        return moments.to(torch.promote_types(moments.dtype, torch.float32))
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        size = self.image_size
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        posterior = DiagonalGaussianDistribution(self.moments(image))
+        return posterior.sample(generator) * self.parts.vae.config.scaling_factor
+
+    def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction, fp32, for a batch of noisy latents at timesteps `steps`."""
         with self.autocast():
-            posterior = self.parts.vae.encode(x * 2 - 1).latent_dist
-            return posterior.sample(generator) * self.parts.vae.config.scaling_factor
+            return self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
 
     @torch.no_grad()
     def sds_gradient(self, latents: torch.Tensor, direction: int, weight: float, t: int | None = None,
@@ -252,11 +276,13 @@ class SDSGuidance:
         if noise is None:
             noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = torch.full((2,), t, device=latents.device, dtype=torch.long)
-        noisy = self.parts.scheduler.add_noise(latents.detach(), noise, steps[:1])
+        # The forward diffusion q(z_t | z_0) of every SD scheduler's add_noise, with the schedule already on
+        # the device (add_noise copies it there at each call, which waits for the GPU).
+        abar = self.alphas_cumprod[t]
+        noisy = abar.sqrt() * latents.detach().float() + (1 - abar).sqrt() * noise.float()
         embedding = self.text_embeddings[direction if len(self.text_embeddings) > 1 else 0]
-        with self.autocast():
-            eps = self.parts.unet(torch.cat([noisy, noisy]), steps, encoder_hidden_states=embedding).sample
-        eps_uncond, eps_cond = eps.float().chunk(2)
+        eps = self.predict_noise(torch.cat([noisy, noisy]), steps, embedding)
+        eps_uncond, eps_cond = eps.chunk(2)
         eps_hat = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
         grad = weight * (1 - self.alphas_cumprod[t]) * (eps_hat - noise.float())
         return torch.nan_to_num(grad), t

@@ -489,3 +489,49 @@ def test_fp16_sds_on_cuda_matches_fp32_and_passes_through_the_grad_scaler(tiny_s
     assert cosine > 0.99, cosine
     # the loss scale multiplies and divides the SDS term like any other loss: no net factor remains
     torch.testing.assert_close(g_scaled, g_half, rtol=1e-2, atol=1e-3 * g_half.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True])
+def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(tiny_sd_dir, fp16):
+    """Replayed graphs run the eager kernels: same losses and image gradients over calls with new t, noise and
+    prompt bucket (the first call captures, the later ones replay)."""
+    cuda = torch.device("cuda")
+    parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=fp16)
+    eager = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)
+    graphed = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, cuda_graph=True)
+    images = torch.rand(4, 1, 3, 12, 12, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
+
+    def run(guidance: SDSGuidance, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        x = images[k].clone().requires_grad_()
+        loss, stats = guidance(x, k % len(PROMPTS), 1.0, torch.Generator(cuda).manual_seed(10 + k))
+        loss.backward()
+        return loss.detach().clone(), x.grad.clone(), float(stats["t"])
+
+    for k in range(4):
+        loss_e, grad_e, t_e = run(eager, k)
+        loss_g, grad_g, t_g = run(graphed, k)
+        assert t_e == t_g
+        torch.testing.assert_close(loss_g, loss_e, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(grad_g, grad_e, rtol=1e-3, atol=1e-3 * grad_e.abs().max().item())
+    assert graphed.predict_noise.graph is not None and graphed.moments.graphed is not None
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_failure_falls_back_to_eager_with_a_warning(tiny_sd_dir, monkeypatch, caplog):
+    cuda = torch.device("cuda")
+    parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=True)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("capture refused for the test")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    guidance = SDSGuidance(parts, PROMPTS, cuda_graph=True)
+    x = torch.rand(1, 3, 12, 12, device=cuda, requires_grad=True)
+    with caplog.at_level("WARNING", logger="realfusion"):
+        loss, _ = guidance(x, 0, 1.0, torch.Generator(cuda).manual_seed(0))
+        loss.backward()
+    assert torch.isfinite(loss) and x.grad.abs().sum() > 0
+    assert sum("CUDA graph capture" in r.message for r in caplog.records) == 2  # VAE encoder and UNet, once each
+    assert guidance.moments.failed and guidance.predict_noise.failed

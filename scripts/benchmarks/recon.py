@@ -1,0 +1,218 @@
+"""Reconstruction speed: the real Trainer loop of `main.py --O` with an SD-1.5-shaped random-weight model.
+
+Two measurements of the same loop. The steady state times whole iterations, untouched, after warm-up
+(median and mean of per-iteration wall times). The split runs further iterations with a device
+synchronisation around each stage (real-view render, synthetic render, VAE encode, UNet, backward,
+optimiser and occupancy-grid update), so its stages add up to a little more than the untouched
+iteration. `--full` also times a complete default run (5000 iterations, validations, final videos)
+through `main.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from benchmarks import common
+from benchmarks.sd15 import build_sd15
+
+EXAMPLE = common.ROOT / "examples" / "natural-images" / "cat" / "rgba.png"
+PROMPT = "A high-resolution DSLR image of a <token>"
+TOKEN = "_cat_"
+STAGES = ("real_render", "synthetic_render", "vae_encode", "unet", "backward", "optimizer_grid", "other")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="diffusers folder to use (default: build the SD-1.5-shaped random model in --model_dir)")
+    parser.add_argument("--model_dir", type=Path, default=Path.home() / ".cache" / "realfusion" / "sd15-random",
+                        help="where the SD-1.5-shaped random model is built once and reused")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed iterations first (captures, autotuning)")
+    parser.add_argument("--steps", type=int, default=100, help="timed iterations for the steady state")
+    parser.add_argument("--split_steps", type=int, default=30, help="instrumented iterations for the split")
+    parser.add_argument("--variants", default="default,--no_cuda_graph",
+                        help="comma-separated extra main.py flags per measured variant ('default' = none)")
+    parser.add_argument("--main_args", default="", help="more main.py flags for every variant, e.g. '--HW_synthetic 32'")
+    parser.add_argument("--full", action="store_true", help="also time a complete default run through main.main")
+    parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the steady state")
+
+
+def learned_embedding(folder: Path, width: int) -> Path:
+    """A random learned token of the text encoder's width, saved as textual inversion saves it."""
+    path = folder / "learned_embeds.bin"
+    torch.save({TOKEN: torch.randn(width, generator=torch.Generator().manual_seed(0)) * 0.01}, path)
+    return path
+
+
+def main_argv(model: Path, embeds: Path, workspace: Path, extra: str) -> list[str]:
+    return ["--O", "--image_path", str(EXAMPLE), "--learned_embeds_path", str(embeds), "--text", PROMPT,
+            "--pretrained_model_name_or_path", str(model), "--workspace", str(workspace), *shlex.split(extra)]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StageTimer:
+    """Synchronised wall time per stage; a stage's time excludes the stages timed inside it."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.stack: list[str] = []
+        self.enabled = False
+
+    def wrap(self, fn: Callable, stage: str | Callable[[], str]) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.enabled:
+                return fn(*args, **kwargs)
+            name = stage() if callable(stage) else stage
+            _sync()
+            began = time.perf_counter()
+            self.stack.append(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync()
+                spent = time.perf_counter() - began
+                self.stack.pop()
+                self.totals[name] += spent
+                if self.stack:
+                    self.totals[self.stack[-1]] -= spent
+        return timed
+
+
+@contextlib.contextmanager
+def instrumented(trainer) -> Iterator[StageTimer]:
+    """Time the stages of `trainer` by wrapping the objects it calls (the loop itself is untouched)."""
+    timer = StageTimer()
+    phase = {"name": "synthetic"}
+
+    def in_phase(name: str, fn: Callable) -> Callable:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            phase["name"] = name
+            return fn(*args, **kwargs)
+        return run
+
+    renderer, scaler, guidance = trainer.renderer, trainer.scaler, trainer.guidance
+    patches = [(trainer, "real_step", in_phase("real", trainer.real_step)),
+               (trainer, "synthetic_step", in_phase("synthetic", trainer.synthetic_step)),
+               (renderer, "render", timer.wrap(renderer.render, lambda: f"{phase['name']}_render")),
+               (renderer, "update_occupancy", timer.wrap(renderer.update_occupancy, "optimizer_grid")),
+               (scaler, "step", timer.wrap(scaler.step, "optimizer_grid")),
+               (scaler, "update", timer.wrap(scaler.update, "optimizer_grid")),
+               (torch.autograd, "backward", timer.wrap(torch.autograd.backward, "backward"))]
+    if guidance is not None:
+        patches += [(guidance, "moments", timer.wrap(guidance.moments, "vae_encode")),
+                    (guidance, "predict_noise", timer.wrap(guidance.predict_noise, "unet"))]
+    originals = [(owner, name, vars(owner).get(name)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
+    try:
+        yield timer
+    finally:
+        for owner, name, original in originals:
+            if original is None:
+                delattr(owner, name)  # the class's method shows through again
+            else:
+                setattr(owner, name, original)
+
+
+def iteration_times(trainer, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        _sync()
+        began = time.perf_counter()
+        trainer.train_step()
+        _sync()
+        times.append(1000 * (time.perf_counter() - began))
+    return times
+
+
+def profile_table(trainer, steps: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        _sync()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25)
+
+
+def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace) -> dict[str, Any]:
+    import main as realfusion
+
+    opt = realfusion.parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
+    trainer = realfusion.build_trainer(opt)
+    trainer.renderer.train()
+    trainer.renderer.update_occupancy()
+    for _ in range(args.warmup):
+        trainer.train_step()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = iteration_times(trainer, args.steps)
+    with instrumented(trainer) as timer:
+        timer.enabled = True
+        split_times = iteration_times(trainer, args.split_steps)
+    per_step = {k: v * 1000 / args.split_steps for k, v in timer.totals.items()}
+    per_step["other"] = statistics.mean(split_times) - sum(per_step.values())
+    row: dict[str, Any] = {
+        "variant": flags, "ms_per_iter": statistics.median(times), "mean_ms": statistics.mean(times),
+        "it_per_s": 1000 / statistics.median(times), **{f"{k}_ms": per_step.get(k, 0.0) for k in STAGES},
+        "projected_5000_s": 5 * statistics.median(times),
+        "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+        "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
+    }
+    if args.profile:
+        row["profile"] = profile_table(trainer, 10)
+        print(row["profile"])
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A complete default run (model loading, training, validations, final videos) through main.main."""
+    import main as realfusion
+
+    _sync()
+    began = time.perf_counter()
+    code = realfusion.main(main_argv(model, embeds, workdir / "full", args.main_args))
+    _sync()
+    return {"variant": "full run (main.main)", "exit_code": code, "wall_s": time.perf_counter() - began}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import CLIPTextConfig
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = args.model or build_sd15(args.model_dir)
+    width = CLIPTextConfig.from_pretrained(model / "text_encoder").hidden_size
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="realfusion-bench-") as tmp:
+        workdir = Path(tmp)
+        embeds = learned_embedding(workdir, width)
+        for k, variant in enumerate(v.strip() for v in args.variants.split(",") if v.strip()):
+            flags = "" if variant == "default" else variant
+            rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args))
+            rows[-1]["variant"] = variant
+        full = full_run(model, embeds, workdir, args) if args.full else None
+    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "peak_GiB", "projected_5000_s"]
+    result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
+                              "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps}}
+    if full is not None:
+        result["full_run"] = full
+        print(f"full run: {full['wall_s']:.1f} s (exit code {full['exit_code']})")
+    return result
