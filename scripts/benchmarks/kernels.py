@@ -402,20 +402,24 @@ def run(args: argparse.Namespace) -> dict:
     info["cuda_column"] = "compiled kernels" if device.type == "cuda" else "reference (CPU tensors)"
     info.update(quick=bool(args.quick), warmup=warmup, repeats=repeats, budget_s=args.budget_s, field_iters=iters)
 
+    for name, found in info["extensions"].items():
+        print(f"{name}: {found['how']} ({found['seconds']:.1f} s)", flush=True)
+
     rows, profiles = [], {}
     with tempfile.TemporaryDirectory(prefix="kernel-bench-") as workdir:
-        cases = (encoder_cases(device, fast, sizes) + marching_cases(device, fast, sizes)
-                 + renderer_cases(device, sizes, iters, Path(workdir)))
-        for op, size, passes in cases:
-            row = {"op": op, "size": size}
-            for backend, fn in passes.items():
-                row[f"{backend}_ms"] = timed_ms(fn, device, warmup, repeats, args.budget_s)
-            row["speedup"] = row["torch_ms"] / row["cuda_ms"]
-            rows.append(row)
-            print(f"{op} [{size}]: cuda {row['cuda_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms", flush=True)
-            if args.profile and op in TIME_TARGETS and op not in profiles:
-                profiles[op] = profile(passes["cuda"], device)
-                print(f"\n-- profile of the cuda path: {op}\n{profiles[op]}\n", flush=True)
+        groups = (lambda: encoder_cases(device, fast, sizes), lambda: marching_cases(device, fast, sizes),
+                  lambda: renderer_cases(device, sizes, iters, Path(workdir)))
+        for group in groups:  # one group's inputs at a time
+            for op, size, passes in group():
+                row = {"op": op, "size": size}
+                for backend, fn in passes.items():
+                    row[f"{backend}_ms"] = timed_ms(fn, device, warmup, repeats, args.budget_s)
+                row["speedup"] = row["torch_ms"] / row["cuda_ms"]
+                rows.append(row)
+                print(f"{op} [{size}]: cuda {row['cuda_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms", flush=True)
+                if args.profile and op in TIME_TARGETS and op not in profiles:
+                    profiles[op] = profile(passes["cuda"], device)
+                    print(f"\n-- profile of the cuda path: {op}\n{profiles[op]}\n", flush=True)
     result = {"info": info, "rows": rows, "columns": COLUMNS, "profiles": profiles}
     if device.type == "cuda":
         result["targets"] = check_targets(rows)
