@@ -127,7 +127,8 @@ class NeRFNetwork(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         """The original's groups: grid tables at 10x the base learning rate, MLPs at the base rate."""
-        groups = [{"params": self.encoder.parameters(), "lr": lr * 10}, {"params": self.sigma_net.parameters(), "lr": lr}]
+        groups = [{"params": list(self.encoder.parameters()), "lr": lr * 10},
+                  {"params": list(self.sigma_net.parameters()), "lr": lr}]
         if self.bg_net is not None:
-            groups.append({"params": self.bg_net.parameters(), "lr": lr})
+            groups.append({"params": list(self.bg_net.parameters()), "lr": lr})
         return groups

@@ -68,6 +68,7 @@ def make_optimizer(name: str, param_groups: list[dict], lr: float) -> torch.opti
         return Adan(param_groups, lr=5 * lr)
     # On the GPU the fused kernels update every tensor in one launch and let the fp16 GradScaler skip a
     # non-finite step on the device instead of reading the inf flag back to the host.
+    param_groups = [{**group, "params": list(group["params"])} for group in param_groups]  # may be generators
     fused = all(p.is_cuda for group in param_groups for p in group["params"])
     if name == "adamw":
         return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.99), eps=1e-15, fused=fused)
