@@ -6,12 +6,16 @@ import importlib.util
 import re
 import sys
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
 
 from nerf.guidance import load_learned_embeds, load_stable_diffusion
 
@@ -31,6 +35,10 @@ def load_module(name: str):
 ti = load_module("textual_inversion")
 ti_dataset = load_module("ti_dataset")
 autoinit = load_module("autoinit")
+
+
+def eager(parts) -> "ti.FrozenNetworks":
+    return ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=False)
 
 
 def write_rgba(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0) -> np.ndarray:
@@ -132,7 +140,7 @@ def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
     optimizer = torch.optim.AdamW([row.vector], **hyper)
     for k in range(3):
         torch.manual_seed(k)
-        ti.diffusion_loss(parts, scheduler, {"pixel_values": pixels, "input_ids": ids}, torch.float32,
+        ti.denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
                           nullcontext).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -145,7 +153,7 @@ def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
     optimizer = torch.optim.AdamW([table], **hyper)
     for k in range(3):
         torch.manual_seed(k)
-        ti.diffusion_loss(parts, scheduler, {"pixel_values": pixels, "input_ids": ids}, torch.float32,
+        ti.denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
                           nullcontext).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -169,6 +177,134 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_sd_dir, tmp_path, caps
     assert ti.main(args + ["--max_train_steps", "4"]) == 0
     assert (tmp_path / "out" / "checkpoint-4" / "state.pt").is_file()
     assert not torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
+
+
+def test_every_step_is_logged(trained):
+    """Losses are read from the device in blocks; every step still reaches tensorboard with its number."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "logs"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert all(np.isfinite(e.value) and e.value > 0 for e in events.Scalars("loss"))
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([5e-2] * 4)
+
+
+# ---------------------------------------------------------------- speed: same maths, fewer passes
+
+
+def micro_batches(tokenizer, sizes: list[int], resolution: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    captions = ["a photo of a _obj_", "a rendering of a _obj_", "the photo of a _obj_", "a photo of my _obj_"]
+    return [{"pixel_values": torch.rand(n, 3, resolution, resolution, generator=generator) * 2 - 1,
+             "input_ids": tokenizer([captions[(k + i) % 4] for i in range(n)], padding="max_length", max_length=77,
+                                    return_tensors="pt").input_ids} for k, n in enumerate(sizes)]
+
+
+def original_accumulation(parts, scheduler, batches: list[dict[str, torch.Tensor]]) -> None:
+    """The original loop, one micro-batch at a time, each loss divided by the accumulation count.
+
+    The noise is drawn for the latents' shape: randn_like would follow the memory layout of the CPU
+    convolution's output (channels-last for some batch sizes) and put the numbers in other places.
+    """
+    for batch in batches:
+        with torch.no_grad():
+            latents = parts.vae.encode(batch["pixel_values"]).latent_dist.sample() * parts.vae.config.scaling_factor
+        noise = torch.randn(latents.shape)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
+        predicted = parts.unet(scheduler.add_noise(latents, noise, t), t, parts.text_encoder(batch["input_ids"])[0]).sample
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+        (F.mse_loss(predicted, target) / len(batches)).backward()
+
+
+@pytest.mark.parametrize(("sizes", "prediction"), [([1, 1, 1, 1], "epsilon"), ([2, 1, 2], "v_prediction")])
+def test_fused_micro_batches_give_the_accumulated_update(tiny_sd_dir, sizes, prediction):
+    from diffusers import DDPMScheduler
+
+    updates, gradients = [], []
+    for fused in (False, True):
+        parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+        token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
+        row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
+        optimizer = torch.optim.AdamW([row.vector], lr=0.05, weight_decay=0.1)
+        scheduler = DDPMScheduler.from_config(parts.scheduler.config, prediction_type=prediction)
+        batches = micro_batches(parts.tokenizer, sizes)
+        torch.manual_seed(3)
+        if fused:
+            groups = ti.fuse(batches, ti.FUSED_SAMPLES)
+            assert len(groups) < len(batches)
+            for group in groups:
+                ti.denoising_loss(parts, eager(parts), scheduler, group, len(batches), nullcontext).backward()
+        else:
+            original_accumulation(parts, scheduler, batches)
+        gradients.append(row.vector.grad.clone())
+        optimizer.step()
+        updates.append(row.vector.detach() - initial)
+    assert gradients[0].abs().max() > 0
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(updates[1], updates[0], rtol=1e-4, atol=1e-7)
+
+
+def test_fuse_groups_consecutive_micro_batches_up_to_the_limit():
+    def sizes(groups):
+        return [[len(b["input_ids"]) for b in group] for group in groups]
+
+    def batches(*ns):
+        return [{"input_ids": torch.zeros(n, 77, dtype=torch.long)} for n in ns]
+
+    assert sizes(ti.fuse(batches(1, 1, 1, 1), 4)) == [[1, 1, 1, 1]]
+    assert sizes(ti.fuse(batches(1, 1, 1, 1, 1), 4)) == [[1, 1, 1, 1], [1]]
+    assert sizes(ti.fuse(batches(2, 1, 2), 4)) == [[2, 1], [2]]
+    assert sizes(ti.fuse(batches(16, 16), 4)) == [[16], [16]]
+    assert sizes(ti.fuse(batches(2, 2), 1)) == [[2], [2]]
+
+
+def test_unet_graph_captures_one_shape_and_falls_back(tiny_sd_dir, monkeypatch, capsys):
+    """Which UNet calls replay the graph (the first shape only), and the eager fallback when capture fails."""
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    replays = []
+
+    def fake_capture(fn, args):
+        shapes = tuple(a.shape for a in args)
+        return lambda *inputs: replays.append(shapes) or fn(*inputs)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    nets = ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
+    two = (torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 32))
+    one = (torch.randn(1, 4, 8, 8), torch.tensor([700]), torch.randn(1, 77, 32))
+    for args in (two, one, two):
+        torch.testing.assert_close(nets.denoise(*args), eager(parts).denoise(*args))
+    assert replays == [tuple(a.shape for a in two)] * 2
+    pixels = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(nets.encode(pixels), eager(parts).encode(pixels))  # CPU tensors: eager
+
+    def broken(fn, args):
+        raise RuntimeError("capture failed\ndetails")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", broken)
+    nets = ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
+    capsys.readouterr()
+    torch.testing.assert_close(nets.denoise(*two), eager(parts).denoise(*two))
+    assert capsys.readouterr().out == ("note: CUDA graph capture of the UNet failed (capture failed); running it "
+                                       "eagerly (slower). --no_cuda_graph skips the attempt.\n")
+    assert not nets.graphs
+    nets.denoise(*two)  # no second attempt, no second notice
+    assert capsys.readouterr().out == ""
+
+
+def test_pipeline_saves_from_a_channels_last_unet(tiny_sd_dir, tmp_path):
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    parts.unet.to(memory_format=torch.channels_last)
+    ti.save_pipeline(parts, tmp_path)
+    saved, original = load_stable_diffusion(str(tmp_path), CPU, fp16=False).unet.state_dict(), parts.unet.state_dict()
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in original)
+
+
+def test_loader_workers(tiny_sd_dir, tmp_path):
+    argv = ti_args(tiny_sd_dir, tmp_path, tmp_path / "out")
+    assert ti.loader_workers(ti.parse_args(argv), CPU) == 0
+    assert ti.loader_workers(ti.parse_args(argv + ["--dataloader_num_workers", "3"]), CPU) == 3
+    assert 1 <= ti.loader_workers(ti.parse_args(argv), torch.device("cuda")) <= 6
 
 
 # ---------------------------------------------------------------- data
@@ -220,6 +356,43 @@ def test_augmentation_keeps_size_and_range_and_is_seeded(tmp_path, tiny_sd_dir, 
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert len({tuple(x.flatten()[:64].tolist()) for x in first}) > 1  # items differ from each other
+
+
+def spec_pipeline(size: int, heavy: bool) -> T.Compose:
+    """The augmentation exactly as the spec lists it, applied to the photo each time."""
+    if not heavy:
+        return T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BICUBIC), T.RandomHorizontalFlip()])
+    big = int(1.25 * size)
+    return T.Compose([
+        T.Resize(big), T.CenterCrop(big),
+        T.RandomApply([T.RandomRotation(10, interpolation=InterpolationMode.NEAREST, fill=255),
+                       T.CenterCrop(int(size * 5 / 6)), T.Resize(size)], p=0.75),
+        T.RandomResizedCrop(size, scale=(0.85, 1.15)),
+        T.RandomApply([T.ColorJitter(0.04, 0.04, 0.04, 0.04)], p=0.75),
+        T.RandomGrayscale(p=0.1),
+        T.RandomApply([T.GaussianBlur(5, (0.1, 2))], p=0.1),
+        T.RandomHorizontalFlip(),
+    ])
+
+
+@pytest.mark.parametrize(("heavy", "range_01"), [(True, False), (True, True), (False, False)])
+def test_dataset_items_equal_the_per_item_pipeline(tmp_path, tiny_sd_dir, heavy, range_01):
+    """Framing once per image, captions tokenised once and the NumPy conversion change no value."""
+    write_rgba(tmp_path / "rgba.png", size=(48, 40))
+    images = ti_dataset.load_images(tmp_path)
+    tokenizer = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False).tokenizer
+    dataset = ti_dataset.TextualInversionDataset(images, tokenizer, "_obj_", size=32, repeats=12,
+                                                 use_augmentations=heavy, augment_range_01=range_01)
+    pipeline = spec_pipeline(32, heavy)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        pixels = T.functional.to_tensor(pipeline(images[0]))
+        caption = ti_dataset.OBJECT_TEMPLATES[int(torch.randint(27, ()))].format("_obj_")
+        torch.manual_seed(seed)
+        item = dataset[seed]
+        assert torch.equal(item["pixel_values"], pixels if range_01 else pixels * 2 - 1)
+        assert torch.equal(item["input_ids"], tokenizer(caption, padding="max_length", max_length=77,
+                                                        return_tensors="pt").input_ids[0])
 
 
 def test_templates():
@@ -354,6 +527,34 @@ def test_autoinit_errors(tiny_clip, tmp_path, capsys, case):
     assert code == 2
     one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "token_autoinit.txt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_graphs_give_the_eager_loss_and_gradient(tiny_sd_dir, dtype):
+    from diffusers import DDPMScheduler
+
+    cuda = torch.device("cuda")
+    parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=False)
+    token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
+    row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(cuda)
+    parts.unet.to(dtype)
+    parts.vae.to(dtype)
+    scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+    autocast = partial(torch.autocast, "cuda", dtype=dtype, enabled=dtype != torch.float32, cache_enabled=False)
+    graphed, eager_nets = (ti.FrozenNetworks(parts.vae, parts.unet, dtype, autocast, graphs=g) for g in (True, False))
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    for seed in range(3):  # replays with new inputs and new draws
+        batches = micro_batches(parts.tokenizer, [1, 1, 1, 1], resolution=32, seed=seed)
+        results = []
+        for nets in (graphed, eager_nets):
+            torch.manual_seed(seed)
+            loss = ti.denoising_loss(parts, nets, scheduler, batches, 4, autocast)
+            results.append((loss.detach(), torch.autograd.grad(loss, row.vector)[0]))
+        assert graphed.denoiser is not None and graphed.encoder.graph is not None and not graphed.encoder.failed
+        torch.testing.assert_close(results[0][0], results[1][0], **tolerance)
+        torch.testing.assert_close(results[0][1], results[1][1], **tolerance)
+        assert results[0][1].abs().max() > 0
 
 
 @pytest.mark.gpu

@@ -32,20 +32,29 @@ RGBA composited on white (``ti_dataset.py``); heavy augmentations reach the VAE 
 (``--augment_range_01`` restores [0, 1]); one process only (no multi-GPU); trackers are tensorboard
 and wandb. The LR scheduler is built, like the original's, with warm-up and total counts multiplied
 by --gradient_accumulation_steps and is stepped once per optimisation step.
+
+Speed (same loss, same steps; ``scripts/benchmark.py ti`` measures it): the micro-batches of one
+optimisation step go through the networks as one batch (each sample keeps its own VAE sample, noise and
+timestep, drawn in the original's order; the step's loss is still the mean of the micro-batch losses);
+on CUDA the frozen VAE encoder and UNet are replayed from CUDA graphs (``--no_cuda_graph`` turns
+this off), the UNet runs channels-last, the augmentations run in DataLoader worker processes, the
+optimiser is the fused AdamW, and losses are read back from the GPU every few steps, not every step.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
 import shutil
 import sys
 import tempfile
+import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 HERE = Path(__file__).resolve().parent
 for folder in (HERE, HERE.parent):  # the repository's nerf package and this folder's modules
@@ -57,6 +66,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from nerf.errors import UserError  # noqa: E402
+from nerf.cuda_graphs import GraphedInference  # noqa: E402
 from nerf.fileio import write_atomic  # noqa: E402
 from nerf.guidance import DEFAULT_MODEL, StableDiffusionParts, load_stable_diffusion, register_token  # noqa: E402
 from ti_dataset import TextualInversionDataset, load_images  # noqa: E402
@@ -90,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diffusers schedule: linear, cosine, cosine_with_restarts, polynomial, constant, "
                         "constant_with_warmup")
     p.add_argument("--lr_warmup_steps", type=int, default=500, help="warm-up steps (times accumulation)")
-    p.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--dataloader_num_workers", type=int, default=None,
+                   help="data loading processes (default: none on the CPU; on CUDA enough to keep the GPU busy)")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=1e-2)
@@ -114,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume_from_checkpoint", default=None, help="'latest', a checkpoint-N name, or a path")
     p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
     p.add_argument("--use_augmentations", action="store_true", help="RealFusion's heavy single-image augmentation")
+    p.add_argument("--no_cuda_graph", action="store_true",
+                   help="run the frozen VAE encoder and UNet eagerly instead of replaying CUDA graphs")
     p.add_argument("--augment_range_01", action="store_true",
                    help="feed augmented images to the VAE in [0, 1] as the original did (default [-1, 1])")
     args = p.parse_args(argv)
@@ -122,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_images"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.dataloader_num_workers is not None and args.dataloader_num_workers < 0:
+        raise UserError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
     if not args.placeholder_token.strip():
         raise UserError("--placeholder_token is empty; give a new word such as _my_object_.")
     return args
@@ -313,6 +328,7 @@ def save_pipeline(parts: StableDiffusionParts, output_dir: Path) -> None:
     """The whole model with the new token, swapped into --output_dir folder by folder once complete."""
     from diffusers import StableDiffusionPipeline
 
+    parts.unet.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
     pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                    unet=parts.unet, scheduler=parts.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -357,26 +373,176 @@ def validation_images(parts: StableDiffusionParts, args: argparse.Namespace, aut
                 for _ in range(args.num_validation_images)]
 
 
-def diffusion_loss(parts: StableDiffusionParts, noise_scheduler: Any, batch: dict[str, torch.Tensor],
-                   weight_dtype: torch.dtype, autocast: Callable[[], Any]) -> torch.Tensor:
-    """The denoising loss of one micro-batch: MSE between the UNet's prediction and the noise (or velocity)."""
+# Micro-batches of one optimisation step share a forward pass up to this many samples (more would
+# need more memory than the original's one-micro-batch-at-a-time loop by a larger factor).
+FUSED_SAMPLES = 4
+# Losses are read back from the GPU (a wait for the GPU) once every this many steps.
+LOG_EVERY = 10
+# What `train(on_phase=...)` reports, in the order the phases end within a step.
+PHASES = ("data", "vae_encode", "text_encoder", "unet_forward", "backward", "optimizer", "logging")
+
+
+class FrozenNetworks:
+    """The frozen VAE encoder and UNet of the loss, replayed from CUDA graphs when enabled.
+
+    Launching these networks' thousands of small kernels from Python takes the CPU longer than the GPU
+    needs to run them, so an eager step waits on the CPU. A CUDA graph records the kernels of one call
+    and replays them with a single launch: the same kernels on the same weights, so the same values.
+    Graphs need fixed shapes: the shape of the first call is captured and any other (an epoch's last,
+    smaller batch) runs eagerly; if capturing fails, a notice says why and the network runs eagerly.
+    The encoder uses the reconstruction stage's inference wrapper; the UNet, whose gradient flows to
+    one of its three inputs, is captured forward and backward by ``make_graphed_callables``.
+    """
+
+    def __init__(self, vae: Any, unet: Any, dtype: torch.dtype, autocast: Callable[[], Any], graphs: bool) -> None:
+        self.vae, self.unet, self.dtype, self.autocast = vae, unet, dtype, autocast
+        self.encoder = GraphedInference(self._encode, "VAE encoder") if graphs else None
+        self.graphs = graphs  # False once the UNet's capture failed
+        self.denoiser: tuple[tuple[torch.Size, ...], Callable[..., torch.Tensor]] | None = None
+
+    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(pixels).latent_dist
+        return dist.mean, dist.std
+
+    def _denoise(self, noisy: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.unet(noisy, t, states).sample
+
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the VAE's latent distribution (no gradient; the graph's
+        buffers when replayed, which the next call overwrites)."""
+        if self.encoder is not None:
+            return self.encoder(pixels)
+        with torch.no_grad():
+            return self._encode(pixels)
+
+    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction; differentiable with respect to the text states only."""
+        args = (noisy, t, states)
+        shapes = tuple(a.shape for a in args)
+        if self.graphs and self.denoiser is None:
+            sample = (noisy.clone(), t.clone(), states.detach().clone().requires_grad_(states.requires_grad))
+            try:
+                with warnings.catch_warnings():  # the warm-up's side stream is not the one the sample was made on
+                    warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+                    self.denoiser = (shapes, torch.cuda.make_graphed_callables(self._denoise, sample))
+            except (RuntimeError, AssertionError) as exc:
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                print(f"note: CUDA graph capture of the UNet failed ({reason}); running it eagerly (slower). "
+                      f"--no_cuda_graph skips the attempt.")
+                self.graphs = False
+        if self.denoiser is not None and self.denoiser[0] == shapes:
+            return self.denoiser[1](*args)
+        return self._denoise(*args)
+
+
+def fuse(micro_batches: list[dict[str, torch.Tensor]], limit: int) -> list[list[dict[str, torch.Tensor]]]:
+    """Consecutive micro-batches grouped for one forward pass each, at most `limit` samples per group
+    (a micro-batch larger than that forms a group of its own)."""
+    groups: list[list[dict[str, torch.Tensor]]] = []
+    size = limit
+    for batch in micro_batches:
+        n = len(batch["input_ids"])
+        if groups and size + n <= limit:
+            groups[-1].append(batch)
+            size += n
+        else:
+            groups.append([batch])
+            size = n
+    return groups
+
+
+def no_mark(phase: str) -> None:
+    """The default phase hook of `train`: nothing."""
+
+
+def denoising_loss(parts: StableDiffusionParts, nets: FrozenNetworks, noise_scheduler: Any,
+                   micro_batches: list[dict[str, torch.Tensor]], accumulation: int, autocast: Callable[[], Any],
+                   mark: Callable[[str], None] = no_mark) -> torch.Tensor:
+    """Sum over `micro_batches` of each one's denoising loss / `accumulation`, from one batched pass.
+
+    Each micro-batch's loss is the original's: the mean squared error between the UNet's prediction
+    and the noise (or velocity) over its samples. Its random draws -- VAE sample, noise, timesteps --
+    are made micro-batch after micro-batch in the original's order and shapes, so each sample keeps
+    its own (on CUDA, where the data's randomness lives on the CPU generator, the very numbers of the
+    one-at-a-time loop). Every sample goes through the networks independently of the others in its
+    batch, so the sum's gradient is the accumulated gradient of the original up to rounding.
+    """
     device = parts.device
-    pixels = batch["pixel_values"].to(device, weight_dtype)
-    with torch.no_grad():
-        latents = parts.vae.encode(pixels).latent_dist.sample() * parts.vae.config.scaling_factor
-    noise = torch.randn_like(latents)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    pixels = torch.cat([b["pixel_values"].to(device, non_blocking=True) for b in micro_batches]).to(nets.dtype)
+    ids = torch.cat([b["input_ids"].to(device, non_blocking=True) for b in micro_batches])
+    mark("data")
+    mean, std = (x.contiguous() for x in nets.encode(pixels))
+    sizes = [len(b["input_ids"]) for b in micro_batches]
+    latents, noise, t = [], [], []
+    for part_mean, part_std in zip(mean.split(sizes), std.split(sizes)):
+        # randn of an explicit shape: randn_like follows its argument's memory layout, which depends on
+        # the convolution backend (channels-last on some CPU paths), and would place the numbers elsewhere
+        shape, dtype = part_mean.shape, part_mean.dtype
+        latents.append((part_mean + part_std * torch.randn(shape, device=device, dtype=dtype))
+                       * parts.vae.config.scaling_factor)
+        noise.append(torch.randn(shape, device=device, dtype=dtype))
+        t.append(torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(part_mean),), device=device))
+    latents, noise, t = torch.cat(latents), torch.cat(noise), torch.cat(t)
     noisy = noise_scheduler.add_noise(latents, noise, t)
+    mark("vae_encode")
     with autocast():
-        states = parts.text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
-        predicted = parts.unet(noisy, t, states).sample
+        states = parts.text_encoder(ids)[0].to(nets.dtype)
+    mark("text_encoder")
+    predicted = nets.denoise(noisy, t, states)
     epsilon = noise_scheduler.config.prediction_type == "epsilon"
     target = noise if epsilon else noise_scheduler.get_velocity(latents, noise, t)
-    return F.mse_loss(predicted.float(), target.float())
+    losses = [F.mse_loss(p.float(), q.float()) for p, q in zip(predicted.split(sizes), target.split(sizes))]
+    loss = torch.stack(losses).sum() / accumulation
+    mark("unet_forward")
+    return loss
 
 
-def train(args: argparse.Namespace) -> Path:
-    """The whole run; returns the path of learned_embeds.bin."""
+def endless(loader: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's micro-batches epoch after epoch (accumulation runs across epoch boundaries)."""
+    while True:
+        yield from loader
+
+
+def loader_workers(args: argparse.Namespace, device: torch.device) -> int:
+    """--dataloader_num_workers, or by default none on the CPU and, on CUDA, enough worker processes for
+    the augmentations (tens of milliseconds of CPU per image) to keep ahead of the GPU."""
+    if args.dataloader_num_workers is not None:
+        return args.dataloader_num_workers
+    return 0 if device.type != "cuda" else max(1, min(6, (os.cpu_count() or 1) - 2))
+
+
+class StepLog:
+    """Loss and learning rate of every step for the trackers and the progress bar.
+
+    The loss stays on the GPU until `LOG_EVERY` steps have gathered: reading it makes the CPU wait for
+    the GPU, and doing so every step would keep the CPU from queueing the next step's work meanwhile.
+    """
+
+    def __init__(self, trackers: Trackers, bar: Any) -> None:
+        self.trackers, self.bar = trackers, bar
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, loss.detach(), lr))
+        if len(self.pending) >= LOG_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack([loss for _, loss, _ in self.pending]).tolist()
+        for (step, _, lr), loss in zip(self.pending, losses):
+            self.trackers.scalars({"loss": loss, "lr": lr}, step)
+        self.bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.pending[-1][2]:.2e}")
+        self.pending.clear()
+
+
+def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -> Path:
+    """The whole run; returns the path of learned_embeds.bin.
+
+    `on_phase(name)` is called as each phase of a step (`PHASES`) ends -- a hook for timing the real loop.
+    """
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
@@ -402,6 +568,8 @@ def train(args: argparse.Namespace) -> Path:
     row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(device)
     for module in (parts.unet, parts.vae):  # nn.Module casts: diffusers' .to(dtype) warns about fp32 modules
         {torch.float16: module.half, torch.bfloat16: module.bfloat16}.get(weight_dtype, module.float)()
+    if device.type == "cuda":  # measured: the UNet is faster channels-last, the VAE encoder slower
+        parts.unet.to(memory_format=torch.channels_last)
     parts.text_encoder.train()
     if args.gradient_checkpointing:
         parts.unet.train()  # diffusers checkpoints only in training mode
@@ -418,8 +586,10 @@ def train(args: argparse.Namespace) -> Path:
     dataset = TextualInversionDataset(images, parts.tokenizer, args.placeholder_token, args.resolution,
                                       args.repeats, args.learnable_property, args.center_crop,
                                       args.use_augmentations, args.augment_range_01)
+    workers = loader_workers(args, device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True,
-                                         num_workers=args.dataloader_num_workers)
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
     if args.validation_epochs is not None:
         print("note: --validation_epochs is deprecated; use --validation_steps")
         args.validation_steps = args.validation_epochs * len(dataset)
@@ -428,8 +598,9 @@ def train(args: argparse.Namespace) -> Path:
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
     learning_rate = args.learning_rate * (accumulation * args.train_batch_size if args.scale_lr else 1)
 
+    fused = device.type == "cuda"  # one kernel, and it takes the loss scaler's inf check without a host sync
     optimizer = torch.optim.AdamW([row.vector], lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=fused)
     try:
         lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accumulation,
                                      num_training_steps=args.max_train_steps * accumulation)
@@ -441,44 +612,51 @@ def train(args: argparse.Namespace) -> Path:
     if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"the model predicts '{noise_scheduler.config.prediction_type}'; textual inversion supports "
                         f"epsilon and v_prediction.")
-    autocast = partial(torch.autocast, device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+    # No weight-cast cache: each autocast region calls a network once, and CUDA graphs cannot capture it.
+    autocast = partial(torch.autocast, device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32,
+                       cache_enabled=False)
+    graphs = device.type == "cuda" and not (args.no_cuda_graph or args.gradient_checkpointing
+                                            or args.enable_xformers_memory_efficient_attention)
+    nets = FrozenNetworks(parts.vae, parts.unet, weight_dtype, autocast, graphs)
+    fuse_limit = 1 if args.gradient_checkpointing else FUSED_SAMPLES
 
     step = 0
     resume = checkpoint_to_resume(args, output_dir)
     if resume is not None:
         step = load_checkpoint(resume, args.placeholder_token, row, optimizer, lr_scheduler, scaler)
+        for group in optimizer.param_groups:  # this run's device decides, not the checkpoint's
+            group["fused"] = fused
     trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
     print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch {args.train_batch_size} "
           f"x {accumulation} accumulation, {args.max_train_steps} steps, lr {learning_rate:g}, on {device}")
 
     bar = tqdm(total=args.max_train_steps, initial=step, desc="textual inversion")
-    losses: list[float] = []
+    log = StepLog(trackers, bar)
+    stream = endless(loader)
     while step < args.max_train_steps:
-        for batch in loader:
-            loss = diffusion_loss(parts, noise_scheduler, batch, weight_dtype, autocast)
-            scaler.scale(loss / accumulation).backward()
-            losses.append(loss.item())
-            if len(losses) < accumulation:
-                continue
-            scaler.step(optimizer)
-            scaler.update()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            logs = {"loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0]}
-            losses.clear()
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-            trackers.scalars(logs, step)
-            if step % args.save_steps == 0:
-                save_embeds(output_dir / f"learned_embeds-steps-{step}.bin", args.placeholder_token, row.vector)
-            if step % args.checkpointing_steps == 0:
-                save_checkpoint(output_dir, step, args.placeholder_token, row, optimizer, lr_scheduler, scaler,
-                                args.checkpoints_total_limit)
-            if args.validation_prompt is not None and step % args.validation_steps == 0:
-                trackers.images("validation", validation_images(parts, args, autocast), args.validation_prompt, step)
-            if step >= args.max_train_steps:
-                break
+        step_loss = torch.zeros((), device=device)
+        for group in fuse(list(itertools.islice(stream, accumulation)), fuse_limit):
+            loss = denoising_loss(parts, nets, noise_scheduler, group, accumulation, autocast, on_phase)
+            scaler.scale(loss).backward()
+            step_loss += loss.detach()
+            on_phase("backward")
+        scaler.step(optimizer)
+        scaler.update()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        on_phase("optimizer")
+        bar.update(1)
+        log.add(step, step_loss, lr_scheduler.get_last_lr()[0])
+        if step % args.save_steps == 0:
+            save_embeds(output_dir / f"learned_embeds-steps-{step}.bin", args.placeholder_token, row.vector)
+        if step % args.checkpointing_steps == 0:
+            save_checkpoint(output_dir, step, args.placeholder_token, row, optimizer, lr_scheduler, scaler,
+                            args.checkpoints_total_limit)
+        if args.validation_prompt is not None and step % args.validation_steps == 0:
+            trackers.images("validation", validation_images(parts, args, autocast), args.validation_prompt, step)
+        on_phase("logging")
+    log.flush()
     bar.close()
     trackers.close()
 

@@ -13,6 +13,11 @@ Item i uses image i mod n_images; the dataset has n_images * repeats items. Each
 drawn from the templates with the placeholder token filled in, tokenised to the tokenizer's maximum
 length. All randomness (caption, augmentation) comes from torch's global generator, which
 ``--seed`` seeds (and DataLoader workers derive their seeds from it).
+
+Speed (an item costs tens of milliseconds of CPU, four items make one optimisation step): the
+augmentation's deterministic first step (resize and centre crop to 1.25 x size) is applied once per
+image instead of once per item, the captions are tokenised once, and the image becomes a tensor
+through NumPy in one pass. Each gives exactly the values of the per-item computation.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -92,12 +98,15 @@ def center_crop_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def heavy_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
-    """RealFusion's augmentation for a single photo (PIL in, PIL out, size x size)."""
+def heavy_framing(size: int) -> Callable[[Image.Image], Image.Image]:
+    """The first, deterministic step of RealFusion's augmentation: a square of 1.25 x size around the centre."""
     big = int(1.25 * size)
+    return T.Compose([T.Resize(big), T.CenterCrop(big)])
+
+
+def heavy_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
+    """The random steps of RealFusion's augmentation, applied to a `heavy_framing` image (PIL in, PIL out)."""
     return T.Compose([
-        T.Resize(big),
-        T.CenterCrop(big),
         T.RandomApply([
             T.RandomRotation(10, interpolation=InterpolationMode.NEAREST, fill=255),
             T.CenterCrop(int(size * 5 / 6)),
@@ -109,6 +118,16 @@ def heavy_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
         T.RandomApply([T.GaussianBlur(5, (0.1, 2))], p=0.10),
         T.RandomHorizontalFlip(p=0.5),
     ])
+
+
+def to_pixels(image: Image.Image, range_01: bool) -> torch.Tensor:
+    """CHW float32 in [-1, 1] (or [0, 1]): torchvision's to_tensor values, computed by NumPy in one pass."""
+    pixels = np.asarray(image).transpose(2, 0, 1).astype(np.float32)
+    pixels /= np.float32(255)
+    if not range_01:
+        pixels *= 2
+        pixels -= 1
+    return torch.from_numpy(pixels)
 
 
 def plain_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
@@ -125,25 +144,26 @@ class TextualInversionDataset(torch.utils.data.Dataset):
     def __init__(self, images: list[Image.Image], tokenizer: Any, placeholder_token: str, size: int = 512,
                  repeats: int = 100, learnable_property: str = "object", center_crop: bool = False,
                  use_augmentations: bool = False, augment_range_01: bool = False) -> None:
-        self.images = [center_crop_square(image) for image in images] if center_crop else list(images)
-        self.tokenizer = tokenizer
-        self.placeholder_token = placeholder_token
-        self.templates = TEMPLATES[learnable_property]
+        images = [center_crop_square(image) for image in images] if center_crop else list(images)
+        if use_augmentations:
+            frame = heavy_framing(size)
+            images = [frame(image) for image in images]
+        self.images = images
         self.repeats = repeats
         self.augment = heavy_augmentation(size) if use_augmentations else plain_augmentation(size)
         # The original fed heavy augmentations to the VAE in [0, 1]; [-1, 1] is what the VAE expects.
         self.range_01 = use_augmentations and augment_range_01
+        # One caption at a time: batch tokenisation would start the tokenizer's threads before the
+        # DataLoader forks its workers.
+        self.captions = torch.stack([
+            tokenizer(template.format(placeholder_token), padding="max_length", truncation=True,
+                      max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+            for template in TEMPLATES[learnable_property]])
 
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
-    def caption(self) -> str:
-        template = self.templates[int(torch.randint(len(self.templates), ()))]
-        return template.format(self.placeholder_token)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        pixels = T.functional.to_tensor(self.augment(self.images[index % len(self.images)]))
-        tok = self.tokenizer
-        ids = tok(self.caption(), padding="max_length", truncation=True, max_length=tok.model_max_length,
-                  return_tensors="pt").input_ids[0]
-        return {"pixel_values": pixels if self.range_01 else pixels * 2 - 1, "input_ids": ids}
+        pixels = to_pixels(self.augment(self.images[index % len(self.images)]), self.range_01)
+        caption = int(torch.randint(len(self.captions), ()))
+        return {"pixel_values": pixels, "input_ids": self.captions[caption].clone()}
