@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
 from nerf.errors import UserError
@@ -245,7 +246,9 @@ class SDSGuidance:
         size = self.image_size
         x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
         vae = self.parts.vae
-        with self.autocast():
+        # The VAE's one attention layer has a single 512-wide head over 64x64 positions: the fused attention
+        # kernels are slow at that width (their backward above all), plain matrix products are not.
+        with self.autocast(), sdpa_kernel(SDPBackend.MATH):
             moments = vae.encoder(x * 2 - 1)
             if vae.quant_conv is not None:
                 moments = vae.quant_conv(moments)
