@@ -124,7 +124,8 @@ class Options:
     occupancy_grid_size: int = 128
     """Cells per axis of the occupancy grid (smaller grids make CPU runs faster)."""
     max_ray_batch: int = 4096
-    """Rays rendered per chunk in validation and test renders."""
+    """Rays rendered per chunk in validation and test renders with the PyTorch marcher (the CUDA marcher
+    renders whole frames)."""
     albedo: bool = False
     """Albedo shading for the whole run (sets albedo_iters = iters)."""
     albedo_iters: int = 1000

@@ -111,7 +111,9 @@ class Renderer(nn.Module):
         if self.training:
             out = self._render_train(rays_o, rays_d, light_d, settings)
         else:
-            chunk = max_ray_batch or rays_o.shape[0]
+            # Chunks bound the reference marcher's memory; the CUDA marcher takes a whole frame at once (as
+            # the original did), which needs far fewer launches per frame.
+            chunk = max_ray_batch if max_ray_batch and self.ops.name == "torch" else rays_o.shape[0]
             parts = [self._render_infer(rays_o[i:i + chunk], rays_d[i:i + chunk], light_d, settings)
                      for i in range(0, rays_o.shape[0], chunk)]
             out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
