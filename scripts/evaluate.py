@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Evaluate reconstructions: input view, novel views, geometry; or run the synthetic benchmark.
+
+    python scripts/evaluate.py WORKSPACE [--gt_mesh MESH] [--gt_views DIR] [--out report.json]
+    python scripts/evaluate.py --compare WS_A WS_B ... [--gt_mesh MESH] [--gt_views DIR] [--out compare.json]
+    python scripts/evaluate.py --suite synthetic [--device cuda] [--size reduced|default] [--out suite.json]
+
+A workspace is the --workspace folder of a main.py run (options.json + checkpoints/latest.pth); it is rendered
+with its averaged (EMA) weights. The input view is compared with the run's --image_path (or --image_path here).
+--gt_views holds RGBA renders of the circular validation path (view k at azimuth k/N * 360 degrees, view 0 at the
+input camera) and --gt_mesh a mesh in the reconstruction's world frame; scripts/make-synthetic-scene.py writes both.
+The suite makes every synthetic scene, trains a prior-free and an oracle-guided reconstruction of each and scores
+them (reduced size: a CPU run of some minutes; default size: the reconstruction's default options, for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from nerf.errors import UserError  # noqa: E402
+from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # noqa: E402
+from nerf.evaluation.oracle import DEFAULT_STRENGTH  # noqa: E402
+from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
+from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
+from nerf.evaluation.scenes import FAMILIES  # noqa: E402
+from nerf.evaluation.suite import SUITE_SIZES, run_suite  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("workspace", nargs="?", type=Path, help="a reconstruction workspace")
+    what.add_argument("--compare", nargs="+", type=Path, metavar="WORKSPACE", help="several workspaces side by side")
+    what.add_argument("--suite", choices=["synthetic"], help="the synthetic benchmark")
+    parser.add_argument("--gt_mesh", type=Path, help="ground-truth mesh in the reconstruction's frame")
+    parser.add_argument("--gt_views", type=Path, help="folder of ground-truth RGBA renders of the validation path")
+    parser.add_argument("--image_path", type=Path, help="input RGBA (default: the workspace's --image_path)")
+    parser.add_argument("--out", type=Path, help="JSON report (default: evaluation.json, compare.json or suite.json)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--mesh_resolution", type=int, help="density grid of the mesh (default: the workspace's)")
+    parser.add_argument("--surface_points", type=int, default=EvaluationSettings.surface_points)
+    parser.add_argument("--voxel_resolution", type=int, default=EvaluationSettings.voxel_resolution)
+    parser.add_argument("--no_perceptual", action="store_true", help="do not try to load LPIPS and CLIP")
+    parser.add_argument("--clip_model", default=DEFAULT_CLIP_MODEL, help="CLIP vision model: hub id or folder")
+    suite = parser.add_argument_group("suite")
+    suite.add_argument("--size", choices=sorted(SUITE_SIZES), default="reduced")
+    suite.add_argument("--scenes", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="scene families")
+    suite.add_argument("--work_dir", type=Path, default=Path("outputs/evaluation-suite"),
+                       help="scenes and workspaces of the suite")
+    suite.add_argument("--seed", type=int, default=0)
+    suite.add_argument("--oracle_strength", type=float, default=DEFAULT_STRENGTH)
+    return parser.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device cpu.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def settings_from(args: argparse.Namespace) -> EvaluationSettings:
+    return EvaluationSettings(mesh_resolution=args.mesh_resolution, surface_points=args.surface_points,
+                              voxel_resolution=args.voxel_resolution, perceptual=not args.no_perceptual,
+                              clip_model=args.clip_model)
+
+
+def print_notices(reports: list[dict]) -> None:
+    for notice in dict.fromkeys(n for report in reports for n in report.get("notices", [])):
+        print(f"notice: {notice}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        device = pick_device(args.device)
+        if args.suite:
+            result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength)
+            print_notices([row["report"] for row in result["rows"]])
+            print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
+            out = args.out or Path("suite.json")
+        else:
+            workspaces = args.compare or [args.workspace]
+            reports = {str(ws): evaluate_workspace(ws, args.gt_mesh, args.gt_views, args.image_path,
+                                                   settings_from(args), device) for ws in workspaces}
+            print_notices(list(reports.values()))
+            print(comparison_table(reports))
+            result = {"reports": reports} if args.compare else next(iter(reports.values()))
+            out = args.out or Path("compare.json" if args.compare else "evaluation.json")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
