@@ -101,6 +101,8 @@ class Trainer:
         self.global_step = 0
         self.bad_steps = 0
         self.skipped_steps = 0
+        self._bad_run = torch.zeros((), dtype=torch.long, device=device)  # device-side counters, read by
+        self._skipped = torch.zeros((), dtype=torch.long, device=device)  # check_divergence
         self.writer = None
         for sub in ("checkpoints", "validation", "results"):
             (workspace / sub).mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,7 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        self.check_divergence()
         path = save_checkpoint(self.workspace / "checkpoints" / LATEST, self.state_dict())
         log.info("saved checkpoint %s at step %d", path, self.global_step)
         return path
@@ -163,6 +166,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = int(state["skipped_steps"])
+        self._skipped.fill_(self.skipped_steps)
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if self.device.type == "cuda" and state["rng"]["cuda"].numel():
@@ -280,22 +284,40 @@ class Trainer:
             if self.use_real and step >= opt.real_iters and step % opt.real_every == 0:
                 loss_real, real_terms = self.real_step()
                 loss, terms = loss + loss_real, {**terms, **real_terms}
-        if not torch.isfinite(loss):
-            self.bad_steps += 1
-            self.skipped_steps += 1
-            log.warning("step %d: non-finite loss, step skipped (%d in a row)", step, self.bad_steps)
-            if self.bad_steps >= opt.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{self.bad_steps} consecutive non-finite losses at step {step}; stopped without saving. "
-                    "Lower --lr, or try without --fp16/--O, or resume from the last checkpoint.")
-        else:
-            self.bad_steps = 0
+        finite = torch.isfinite(loss)
+        if self.scaler.is_enabled():
+            # Decided on the device, without a host read: a non-finite loss makes every gradient NaN through the
+            # gate, so the GradScaler skips the step (and lowers its scale, as it does for any overflow).
             if loss.requires_grad:
-                self.scaler.scale(loss).backward()
+                gate = torch.where(finite, 1.0, float("nan"))
+                self.scaler.scale(loss * gate).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+        elif bool(finite) and loss.requires_grad:
+            loss.backward()
+            self.optimizer.step()
+        self._bad_run = torch.where(finite, torch.zeros_like(self._bad_run), self._bad_run + 1)
+        self._skipped += (~finite).long()
+        if not self.scaler.is_enabled() or step % LOG_EVERY == 0:
+            self.check_divergence()
         self.scheduler.step()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def check_divergence(self) -> None:
+        """Read the device-side counts of non-finite iterations; stop after --max_bad_steps in a row.
+
+        Runs every iteration without a loss scaler and every LOG_EVERY iterations with one (a host read per
+        iteration would stall the GPU queue), and always before a checkpoint is written.
+        """
+        skipped, in_a_row = int(self._skipped), int(self._bad_run)
+        if skipped > self.skipped_steps:
+            log.warning("step %d: %d non-finite iteration(s) skipped so far (%d in a row)",
+                        self.global_step, skipped, in_a_row)
+        self.skipped_steps, self.bad_steps = skipped, in_a_row
+        if in_a_row >= self.opt.max_bad_steps:
+            raise TrainingDiverged(
+                f"{in_a_row} consecutive non-finite losses at step {self.global_step}; stopped without saving. "
+                "Lower --lr, or try without --fp16/--O, or resume from the last checkpoint.")
 
     # --- loops ----------------------------------------------------------------
     def train(self) -> None:
