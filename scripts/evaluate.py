@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="scenes and workspaces of the suite")
     suite.add_argument("--seed", type=int, default=0)
     suite.add_argument("--oracle_strength", type=float, default=DEFAULT_STRENGTH)
+    suite.add_argument("--jobs", type=int, default=1,
+                       help="runs in parallel worker processes (several share one GPU well; on a CPU, one per core)")
     return parser.parse_args(argv)
 
 
@@ -83,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         device = pick_device(args.device)
+        if args.jobs < 1:
+            raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
         if args.suite:
-            result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength)
+            result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength,
+                               args.jobs)
             print_notices([row["report"] for row in result["rows"]])
             print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
             out = args.out or Path("suite.json")

@@ -87,7 +87,7 @@ def evaluate_workspace(workspace: str | Path, gt_mesh: str | Path | None = None,
     if gt_views is not None:
         perceptual = PerceptualMetrics(device, settings.clip_model) if settings.perceptual else None
         report["novel_views"] = novel_views(field, gt_views, perceptual)
-        report["notices"] += perceptual.notices if perceptual is not None else ["LPIPS and CLIP similarity not requested."]
+        report["notices"] += perceptual.notices if perceptual else ["LPIPS and CLIP similarity not requested."]
     if gt_mesh is not None:
         truth = load_mesh(gt_mesh)
         try:

@@ -40,7 +40,8 @@ def load_mesh(path: str | Path) -> Mesh:
     try:
         mesh = trimesh.load(str(path), force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for unreadable or foreign files
-        raise UserError(f"cannot read mesh {path} ({type(exc).__name__}); give an OBJ, PLY, GLB, STL or OFF file.") from None
+        raise UserError(f"cannot read mesh {path} ({type(exc).__name__}); "
+                        "give an OBJ, PLY, GLB, STL or OFF file.") from None
     if not hasattr(mesh, "faces") or len(mesh.faces) == 0:
         raise UserError(f"mesh {path} has no triangles; give a triangle mesh.")
     return Mesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64))
@@ -125,8 +126,9 @@ def _column_crossings(vertices: np.ndarray, faces: np.ndarray, grid: VoxelGrid) 
     while start < len(tri):
         budget = (ends[start - 1] if start else 0) + PAIRS_PER_CHUNK
         stop = max(int(np.searchsorted(ends, budget, side="right")), start + 1)
-        which = np.repeat(np.arange(start, stop), counts[start:stop])
-        offset = np.arange(len(which)) - np.repeat(np.cumsum(counts[start:stop]) - counts[start:stop], counts[start:stop])
+        chunk_counts = counts[start:stop]
+        which = np.repeat(np.arange(start, stop), chunk_counts)
+        offset = np.arange(len(which)) - np.repeat(np.cumsum(chunk_counts) - chunk_counts, chunk_counts)
         width = extent[which, 0]
         ci, cj = lo[which, 0] + offset % width, lo[which, 1] + offset // width
         p = np.stack([ci, cj], -1) * step + grid.origin[:2] + 0.5 * step + shift

@@ -169,7 +169,8 @@ def _union(rng: np.random.Generator) -> list[Part]:
     arm = (rng.uniform(0.08, 0.11), rng.uniform(0.14, 0.18))
     return [
         _part(rng, "box", body, (-0.05, -0.12, 0), 0, yaw),
-        _part(rng, "sphere", (head,), (rng.uniform(-0.2, 0.05), -0.12 + body[1] + 0.6 * head, rng.uniform(-0.08, 0.08))),
+        _part(rng, "sphere", (head,),
+              (rng.uniform(-0.2, 0.05), -0.12 + body[1] + 0.6 * head, rng.uniform(-0.08, 0.08))),
         _part(rng, "cylinder", arm, (-0.05 + body[0] + 0.5 * arm[1], rng.uniform(-0.15, -0.05), 0), 90,
               90 + yaw + rng.uniform(-15, 15)),
     ]

@@ -8,11 +8,15 @@ the pipeline (field, renderer, losses, optimiser, mesh export) can reach when th
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -22,9 +26,10 @@ from nerf.evaluation.reconstruct import MODES, reconstruct
 from nerf.evaluation.report import format_table, lookup
 from nerf.evaluation.scene_files import Conventions, write_scene
 from nerf.evaluation.scenes import FAMILIES, make_scene
+from nerf.evaluation.workspace import build_renderer
 from nerf.options import Options
 
-log = logging.getLogger("realfusion")
+log = logging.getLogger("realfusion.suite")
 
 
 @dataclass(frozen=True)
@@ -50,28 +55,84 @@ SUITE_COLUMNS = (("input PSNR", ("input_view", "psnr")), ("input IoU", ("input_v
                  ("F@2%", ("geometry", "fscore", "2%")), ("volume IoU", ("geometry", "volume_iou")))
 
 
+@dataclass(frozen=True)
+class SuiteTask:
+    """One entry of the suite: train one mode on one scene, then evaluate it (picklable for worker processes)."""
+
+    scene: str
+    scene_dir: Path
+    workspace: Path
+    mode: str
+    size: str
+    device: str
+    seed: int
+    oracle_strength: float
+
+
+def run_task(task: SuiteTask) -> dict:
+    device, spec = torch.device(task.device), SUITE_SIZES[task.size]
+    start = time.time()
+    workspace = reconstruct(task.scene_dir, task.workspace, task.mode, spec.train, device, task.seed,
+                            task.oracle_strength)
+    seconds = time.time() - start
+    report = evaluate_workspace(workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
+                                settings=spec.evaluation, device=device)
+    log.info("%s %s: F@2%% %s in %.0f s", task.scene, task.mode, lookup(report, ("geometry", "fscore", "2%")), seconds)
+    return {"scene": task.scene, "mode": task.mode, "train_seconds": seconds, "report": report}
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Processes started inside the block show no tqdm bars (they would interleave); tqdm reads TQDM_DISABLE when
+    it is imported, which in a worker happens before any initializer runs, so it is inherited from here."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _quiet_worker() -> None:
+    """Worker processes: a log line per finished run instead of the trainer's messages, one CPU thread."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("realfusion").setLevel(logging.WARNING)  # the trainers would all talk at once
+    log.setLevel(logging.INFO)
+    torch.set_num_threads(1)
+
+
 def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device | None = None,
-              families: Sequence[str] = FAMILIES, seed: int = 0, oracle_strength: float = DEFAULT_STRENGTH) -> dict:
-    """Make every scene, train both modes on it, evaluate; returns {settings, rows, table}."""
+              families: Sequence[str] = FAMILIES, seed: int = 0, oracle_strength: float = DEFAULT_STRENGTH,
+              jobs: int = 1) -> dict:
+    """Make every scene, train both modes on it, evaluate; returns {settings, rows, table}.
+
+    With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
+    Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
+    """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work_dir, spec = Path(work_dir), SUITE_SIZES[size]
     conventions = Conventions.from_options(Options())
-    rows = []
+    tasks = []
     for family in families:
         name = f"{family}-{seed}"
         scene_dir = write_scene(make_scene(family, seed), work_dir / "scenes" / name, conventions, spec.input_size,
                                 spec.view_size, spec.views, spec.gt_mesh_resolution)
-        for mode in MODES:
-            start = time.time()
-            workspace = reconstruct(scene_dir, work_dir / "runs" / name / mode, mode, spec.train, device, seed,
-                                    oracle_strength)
-            seconds = time.time() - start
-            report = evaluate_workspace(workspace, scene_dir / "mesh.ply", scene_dir / "views",
-                                        settings=spec.evaluation, device=device)
-            rows.append({"scene": name, "mode": mode, "train_seconds": seconds, "report": report})
-            log.info("%s %s: F@2%% %s in %.0f s", name, mode, lookup(report, ("geometry", "fscore", "2%")), seconds)
-    settings = {"size": size, "device": str(device), "seed": seed, "oracle_strength": oracle_strength,
-                "torch": torch.__version__, "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+        tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / mode, mode, size, str(device), seed,
+                            oracle_strength) for mode in MODES]
+    if jobs > 1:
+        if device.type == "cuda":
+            build_renderer(Options(), device)  # compile the CUDA extensions once, before the workers load them
+        context = multiprocessing.get_context("spawn")
+        with _no_progress_bars(), ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_worker) as pool:
+            rows = list(pool.map(run_task, tasks))
+    else:
+        rows = [run_task(task) for task in tasks]
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    settings = {"size": size, "device": str(device), "card": card, "seed": seed, "oracle_strength": oracle_strength,
+                "jobs": jobs, "torch": torch.__version__}
     return {"settings": settings, "rows": rows, "table": suite_table(rows)}
 
 
