@@ -288,6 +288,9 @@ def validate(opt: Options) -> None:
                  "mesh_decimate_target", "warm_iters"):
         value = getattr(opt, name)
         _check(value >= 0, f"--{name} must be >= 0, got {value}.")
+    size = opt.occupancy_grid_size
+    _check(size & (size - 1) == 0, f"--occupancy_grid_size must be a power of two (cells are indexed by Morton "
+                                   f"codes), e.g. 32, 64 or 128; got {size}.")
     _check(opt.bound > 0, f"--bound must be > 0, got {opt.bound}.")
     lo, hi = opt.radius_range
     _check(0 < lo <= hi, f"--radius_range needs 0 < min <= max, got {lo} {hi} (reversed or non-positive range).")

@@ -104,6 +104,7 @@ def test_anneal_from_command_line():
     (["--fovy_range", "40", "190"], "--fovy_range"),
     (["--fovy_range", "0", "40"], "--fovy_range"),
     (["--iters", "0"], "--iters"),
+    (["--occupancy_grid_size", "24"], "power of two"),
     (["--lambda_prior", "1", "2", "3"], "--lambda_prior"),
     (["--lambda_prior", "1", "2", "3", "cosine"], "linear"),
     (["--lambda_prior", "0", "1", "100", "log"], "log"),
