@@ -78,8 +78,7 @@ def build_trainer(opt: Options):
     """Input view, prior, field, renderer and Trainer for resolved options; validates inputs before writing."""
     from nerf.checkpoint import find_checkpoint, load_checkpoint
     from nerf.data import RealView
-    from nerf.network import NeRFNetwork
-    from nerf.renderer import Renderer
+    from nerf.renderer import build_renderer
     from nerf.trainer import Trainer, seed_everything
 
     workspace = Path(opt.workspace or default_workspace(opt))
@@ -87,7 +86,6 @@ def build_trainer(opt: Options):
         raise UserError(f"--test needs a trained workspace; {workspace} has no checkpoints (give --workspace).")
     seed_everything(opt.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = "auto" if opt.cuda_ray else "torch"
     real_view = RealView.from_file(opt.image_path, opt.HW_real, opt.pose_angle, opt.orbit_radius, opt.default_fovy,
                                    left_handed=opt.uses("left_handed"))
     checkpoint = find_checkpoint(workspace, opt.ckpt)
@@ -99,12 +97,8 @@ def build_trainer(opt: Options):
     setup_logging(workspace)
     save_options(opt, workspace / "options.json")
     log.info("workspace: %s | device: %s", workspace, device)
-    field = NeRFNetwork(bound=opt.bound, grid_levels=opt.grid_levels, grid_resolution=opt.grid_resolution,
-                        grid_type=opt.grid_type, log2_hashmap_size=opt.log2_hashmap_size,
-                        blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
-                        grid_levels_mask=opt.grid_levels_mask, backend=backend)
-    renderer = Renderer(field, opt.bound, opt.density_thresh, opt.min_near, opt.dt_gamma, opt.max_steps,
-                        grid_size=opt.occupancy_grid_size, backend=backend)
+    renderer = build_renderer(opt, device)
+    field = renderer.field
     log.info("backends: grid encoder %s, ray marching %s", field.encoder.backend_name, renderer.ops.name)
     trainer = Trainer(opt, renderer, real_view, guidance, workspace, device)
     trainer.restore()

@@ -18,6 +18,7 @@ from torch import Tensor
 import raymarching
 from nerf.cameras import safe_normalize
 from nerf.network import NeRFNetwork
+from nerf.options import Options
 
 T_THRESH = 1e-4
 ALIGN = 128
@@ -186,3 +187,15 @@ class Renderer(nn.Module):
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def build_renderer(opt: Options, device: torch.device) -> Renderer:
+    """The field and renderer of a run, from its options (main.py and the evaluation tools)."""
+    backend = "auto" if opt.cuda_ray else "torch"
+    field = NeRFNetwork(bound=opt.bound, grid_levels=opt.grid_levels, grid_resolution=opt.grid_resolution,
+                        grid_type=opt.grid_type, log2_hashmap_size=opt.log2_hashmap_size,
+                        blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
+                        grid_levels_mask=opt.grid_levels_mask, backend=backend)
+    renderer = Renderer(field, opt.bound, opt.density_thresh, opt.min_near, opt.dt_gamma, opt.max_steps,
+                        grid_size=opt.occupancy_grid_size, backend=backend)
+    return renderer.to(device)

@@ -19,24 +19,11 @@ from nerf.checkpoint import LATEST, load_checkpoint
 from nerf.errors import UserError
 from nerf.evaluation.geometry import Mesh
 from nerf.mesh import extract_surface, keep_main_components, sample_grid
-from nerf.network import NeRFNetwork
 from nerf.optim import EMA
 from nerf.options import Options, load_options
-from nerf.renderer import Renderer, RenderSettings
+from nerf.renderer import Renderer, RenderSettings, build_renderer
 
 FLOATER_RATIO = 0.1  # as the mesh export: parts under a tenth of the largest part's area are dropped
-
-
-def build_renderer(opt: Options, device: torch.device) -> Renderer:
-    """The field and renderer of a run, from its options (the same construction as main.build_trainer)."""
-    backend = "auto" if opt.cuda_ray else "torch"
-    field = NeRFNetwork(bound=opt.bound, grid_levels=opt.grid_levels, grid_resolution=opt.grid_resolution,
-                        grid_type=opt.grid_type, log2_hashmap_size=opt.log2_hashmap_size,
-                        blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
-                        grid_levels_mask=opt.grid_levels_mask, backend=backend)
-    renderer = Renderer(field, opt.bound, opt.density_thresh, opt.min_near, opt.dt_gamma, opt.max_steps,
-                        grid_size=opt.occupancy_grid_size, backend=backend)
-    return renderer.to(device)
 
 
 @dataclass
