@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from nerf.cuda_ext import resolve_backend, use_compiled
-
 from . import cuda
+from .cuda_build import resolve_backend, use_compiled
 from .reference import freq_encode
 
 PACKAGE_DIR = Path(__file__).resolve().parent

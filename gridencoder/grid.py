@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nerf.cuda_ext import resolve_backend, use_compiled
-
 from . import cuda
+from .cuda_build import resolve_backend, use_compiled
 from .reference import GRID_TYPES, INTERPOLATIONS, grid_encode, level_offsets
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from nerf.cuda_ext import resolve_backend
 from raymarching import reference
+from raymarching.cuda_build import resolve_backend
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OPS = ("near_far_from_aabb", "sph_from_ray", "morton3D", "morton3D_invert", "packbits", "march_rays_train",

@@ -14,8 +14,8 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
-from nerf.cuda_ext import use_compiled
 from raymarching import reference
+from raymarching.cuda_build import use_compiled
 from raymarching.reference import round_up, step_bounds
 
 F = TypeVar("F", bound=Callable)

@@ -4,15 +4,11 @@ The build needs the installed torch (hence no build isolation) and nvcc. Without
 package compiles the same sources the first time the CUDA backend is asked for.
 """
 
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
 try:
-    from nerf.cuda_ext import setup_extension
-except ImportError as exc:
-    raise SystemExit(f"{exc}: build with the project's torch: pip install --no-build-isolation ./{HERE.name}")
+    from cuda_build import setup_extension  # the sibling file: setup.py runs with its own folder on sys.path
+except ImportError as exc:  # usually torch missing from an isolated build environment
+    raise SystemExit(f"{exc}: build with the project's torch: pip install --no-build-isolation ./raymarching")
 
-setup_extension("raymarching", HERE)
+setup_extension("raymarching", Path(__file__).resolve().parent)

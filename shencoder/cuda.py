@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from nerf.cuda_ext import load_extension
-
+from .cuda_build import load_extension
 from .reference import MAX_DEGREE, sh_coefficients
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -1,9 +1,12 @@
-"""Finding the compiled CUDA extensions: a prebuilt module, else a JIT build, else the reason why not.
+"""Finding a compiled CUDA extension: a prebuilt module, else a JIT build, else the reason why not.
 
 Every extension package (`gridencoder`, `shencoder`, `freqencoder`, `raymarching`) has a `src/` folder of
-CUDA/C++ sources. `pip install --no-build-isolation ./<package>` prebuilds them as the top-level module `_<package>`; without
-that, the first use compiles them with ninja into a per-user cache. When neither works the caller falls
-back to the PyTorch reference, and the user is told once per extension why.
+CUDA/C++ sources. `pip install --no-build-isolation ./<package>` prebuilds them as the top-level module
+`_<package>`; without that, the first use compiles them with ninja into a per-user cache. When neither works
+the caller falls back to the PyTorch reference, and the user is told once per extension why.
+
+This file is canonical in `gridencoder/` and copied verbatim into the other packages (tests/test_copies.py
+keeps the copies equal), so that each package and its `setup.py` stand alone: no relative imports here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from nerf.errors import UserError
-from nerf.fileio import write_text_atomic
 
 BACKENDS = ("auto", "cuda", "torch")
 BUILD_ROOT = Path(os.environ.get("REALFUSION_EXTENSIONS_DIR", Path.home() / ".cache" / "realfusion" / "torch_extensions"))
@@ -86,13 +86,16 @@ def _jit_build(module_name: str, package_dir: Path) -> tuple[types.ModuleType | 
         )
     except Exception as exc:  # the compiler's output is in the exception text; keep it for the user
         log = build_dir / "build-error.log"
-        write_text_atomic(log, f"{type(exc).__name__}: {exc}\n")
+        log.write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
         return None, f"build error (log: {log})"
     return module, f"built in {build_dir}"
 
 
 def load_extension(name: str, package_dir: Path) -> tuple[types.ModuleType | None, str]:
-    """Return (`_<name>` module, how it was found) or (None, why not); the outcome is cached per process."""
+    """Return (`_<name>` module, how it was found) or (None, why not); the outcome is cached per process.
+
+    Each package's copy of this file has its own cache, so ask the copy of the package that `name` belongs to.
+    """
     if name not in _loaded:
         module_name = f"_{name}"
         try:
@@ -108,14 +111,17 @@ def load_extension(name: str, package_dir: Path) -> tuple[types.ModuleType | Non
 
 
 def resolve_backend(requested: str, name: str, package_dir: Path) -> types.ModuleType | None:
-    """The compiled module to use for `requested` ("auto" | "cuda" | "torch"), or None for the reference."""
+    """The compiled module to use for `requested` ("auto" | "cuda" | "torch"), or None for the reference.
+
+    ValueError for an unknown name; RuntimeError when "cuda" is forced but cannot be loaded.
+    """
     if requested not in BACKENDS:
-        raise UserError(f"unknown backend {requested!r} for {name}: use one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {requested!r} for {name}: use one of {', '.join(BACKENDS)}")
     if requested == "torch":
         return None
     module, how = load_extension(name, package_dir)
     if module is None and requested == "cuda":
-        raise UserError(f"the CUDA {name} extension is unavailable ({how}); fix that or use the torch backend")
+        raise RuntimeError(f"the CUDA {name} extension is unavailable ({how}); fix that or use the torch backend")
     if name not in _reported:
         _reported.add(name)
         if module is None:
