@@ -136,7 +136,7 @@ def _uniform(low: float, high: float, size: int, generator: torch.Generator | No
     return torch.rand(size, generator=generator) * (high - low) + low
 
 
-def random_cameras(size: int, height: int, radius_range: tuple[float, float], fovy_range: tuple[float, float],
+def random_cameras(size: int, height: int, *, radius_range: tuple[float, float], fovy_range: tuple[float, float],
                    uniform_sphere_rate: float, angle_overhead: float, angle_front: float,
                    jitter: bool = False, left_handed: bool = False,
                    theta_range: tuple[float, float] = THETA_RANGE, phi_range: tuple[float, float] = PHI_RANGE,

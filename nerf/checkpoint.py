@@ -9,7 +9,8 @@ import torch
 from nerf.errors import UserError
 from nerf.fileio import atomic_path
 
-FORMAT = "realfusion-checkpoint-v1"
+FORMAT = "realfusion-checkpoint-v2"  # v2: the field split into geometry and background modules
+OLD_FORMATS = ("realfusion-checkpoint-v1",)
 LATEST = "latest.pth"
 
 
@@ -29,6 +30,9 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
         reason = "unsafe or foreign pickle" if "weights_only" in str(exc).lower() else type(exc).__name__
         raise UserError(f"checkpoint {path} cannot be read ({reason}); delete it or pass --ckpt scratch.") from None
+    if isinstance(state, dict) and state.get("format") in OLD_FORMATS:
+        raise UserError(f"checkpoint {path} was written by an older version of this project ({state['format']}); "
+                        "pass another --ckpt or --ckpt scratch.")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} was not written by this project's main.py; pass another --ckpt or --ckpt scratch.")
     return state

@@ -40,6 +40,3 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    return write_atomic(path, lambda p: p.write_bytes(data))

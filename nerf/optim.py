@@ -110,13 +110,18 @@ class EMA:
     def averaged(self) -> Iterator[None]:
         """Swap the averaged weights in for the duration of the block."""
         live = [p.detach().clone() for p in self.params]
-        for p, avg in zip(self.params, self.shadow):
-            p.copy_(avg)
+        self.copy_to_params()
         try:
             yield
         finally:
             for p, value in zip(self.params, live):
                 p.copy_(value)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """Put the averaged weights in place of the live ones."""
+        for p, avg in zip(self.params, self.shadow):
+            p.copy_(avg)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [t.clone() for t in self.shadow]}

@@ -1,29 +1,24 @@
-"""Every command-line option of the reconstruction stage, in one dataclass.
+"""Every command-line option of the reconstruction stage: one dataclass, grouped for the reader.
 
-Names, types, defaults and meanings follow the original RealFusion options (underscored flags such as
-``--image_path`` and the ``--O``/``--O2`` presets). Where the original had a bug the fixed behaviour is the
-default and the original's behaviour stays available through ``--legacy NAME`` (see README, "Differences from
-the original"). Presets and validation run in :func:`resolve`, right after parsing, so an invalid combination
-fails before anything is loaded or written.
+Names, types, defaults and meanings follow the original RealFusion options. The groups are nested dataclasses
+for `--help` and so that each component receives only its slice (`opt.field` builds the field, `opt.prior` the
+guidance, ...), but the flags stay flat and underscored as in the original (``--image_path``, ``--lambda_prior``,
+``--O``). Where the original had a bug the fixed behaviour is the default and the original's stays available
+through ``--legacy NAME`` (README, "Differences from the original"). Presets and validation run in
+:func:`nerf.option_checks.resolve`, right after parsing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
-import math
-from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence
 
-from nerf.errors import UserError
-from nerf.fileio import write_text_atomic
+from nerf.anneal import AnnealSpec
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IMAGE = "examples/natural-images/cat/rgba.png"
-
-AnnealSpec = list[Union[float, str]]
-"""``[v]`` constant; ``[start, end]`` linear over training; ``[start, end, end_iters, 'linear'|'log']``."""
+DEFAULT_PROMPT = "A high-resolution DSLR image of a <token>"
+ITERS_PER_EPOCH = 100
 
 LegacyBehaviour = Literal[
     "camera_replacement",  # known issue 1: random camera rendered, front prompt on 9 of 10 steps
@@ -40,166 +35,65 @@ def _anneal(values: Sequence[float]) -> AnnealSpec:
 
 
 @dataclasses.dataclass
-class Options:
-    """RealFusion reconstruction: fit a NeRF to one RGBA image with a Stable Diffusion prior."""
+class PriorOptions:
+    """The 2-D prior: prompt, diffusion model, learned token, score distillation."""
 
-    # --- presets and run modes ---
-    O: bool = False
-    """Recommended preset: fp16, view-dependent prompts, CUDA ray marching (with a PyTorch fallback)."""
-    O2: bool = False
-    """Preset for machines without the CUDA extensions: fp16 only with --albedo, view-dependent prompts,
-    pure-PyTorch ray marching."""
-    test: bool = False
-    """Test mode: render the 360-degree videos from the latest checkpoint, no training."""
-    seed: int = 101
-    run_name: str = "default"
-    """Automatic workspaces are outputs/{run_name}/{date}--seed-{seed}."""
-    workspace: Optional[str] = None
-    """Output folder; a run on an existing workspace resumes from its latest checkpoint."""
-
-    # --- prompt and diffusion model ---
-    text: str = "A high-resolution DSLR image of a <token>"
+    guidance: Literal["sd", "oracle"] = "sd"
+    """Prior by name: sd (Stable Diffusion + score distillation) or oracle (a synthetic scene's ground truth)."""
+    guidance_scene: Optional[str] = None
+    """Oracle only: FAMILY[:SEED] of a procedural scene, or a scene folder written by make-synthetic-scene.py."""
+    oracle_strength: float = 10.0
+    """Oracle only: pull of a synthetic pixel towards the ground truth, relative to an input-view pixel."""
+    text: str = DEFAULT_PROMPT
     """Prompt; <token> is replaced by the learned token."""
     negative: str = ""
     """Negative prompt (the unconditional branch of classifier-free guidance)."""
     pretrained_model_name_or_path: str = DEFAULT_MODEL
     """Stable Diffusion: a hub id, a local diffusers folder, or a single .safetensors/.ckpt file."""
     pretrained_model_image_size: int = 512
-    """Accepted for compatibility; score distillation works at the model's native resolution (512 for SD v1.5)."""
+    """Compatibility only: score distillation works at the model's native resolution (512 for SD v1.5)."""
     learned_embeds_path: Optional[str] = None
     """learned_embeds.bin / .safetensors (or a textual-inversion output folder). Without it, <token> becomes the
     word in token_autoinit.txt next to the image."""
     guidance_scale: float = 100.0
-    image_path: str = DEFAULT_IMAGE
-    """The square RGBA input image; alpha is the object mask."""
-
-    # --- cameras ---
-    uniform_sphere_rate: float = 0.5
-    """Probability of sampling a training camera direction on the upper hemisphere instead of in (theta, phi)."""
-    bound: float = 0.75
-    """The scene is the cube [-bound, bound]^3."""
-    dt_gamma: float = 0.0
-    """Adaptive ray-marching step: dt = clamp(t * dt_gamma, dt_min, dt_max); 0 gives a constant step."""
-    min_near: float = 0.1
-    """Nearest distance along a ray that is rendered."""
-    radius_range: tuple[float, float] = (1.0, 1.5)
-    """Camera distance range of random training views."""
-    radius_rot: Optional[float] = 1.8
-    """Distance of the input camera and of the circular validation/test path (default 1.2 * max radius_range)."""
-    fovy_range: tuple[float, float] = (40.0, 70.0)
-    """Vertical field-of-view range (degrees) of training views; fixed views use its mean."""
+    """Classifier-free guidance scale of score distillation."""
     dir_text: bool = True
     """View-dependent prompts (front / side / back / overhead / bottom)."""
     suppress_face: Optional[str] = None
     """Appended to the negative prompt of every view except the front one."""
-    angle_overhead: float = 30.0
-    angle_front: float = 60.0
-    pose_angle: float = 75.0
-    """Polar angle (degrees down from the vertical) of the input camera and of the circular path."""
-    jitter_pose: bool = False
-
-    # --- training schedule ---
-    ckpt: str = "latest"
-    """scratch | latest | latest_model | best | a checkpoint path."""
-    eval_interval: int = 5
-    """Validate and save a checkpoint every this many epochs (one epoch = 100 iterations)."""
-    iters: int = 5000
-    lr_warmup: Optional[bool] = None
-    """Linear warm-up then cosine decay of the learning rate (off by default, as the original effectively ran)."""
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    warm_iters: int = 2000
-
-    # --- rendering ---
-    cuda_ray: bool = True
-    """Use the CUDA extensions when they can be loaded (the PyTorch reference otherwise)."""
-    max_steps: int = 512
-    """Maximum samples per ray; also sets the marching step 2*sqrt(3)/max_steps."""
-    num_steps: int = 64
-    """Accepted for compatibility; every renderer here marches through the occupancy grid."""
-    upsample_steps: int = 32
-    """Accepted for compatibility; every renderer here marches through the occupancy grid."""
-    update_extra_interval: int = 16
-    """Update the occupancy grid every this many iterations."""
-    occupancy_grid_size: int = 128
-    """Cells per axis of the occupancy grid (smaller grids make CPU runs faster)."""
-    max_ray_batch: int = 4096
-    """Rays rendered per chunk in validation and test renders with the PyTorch marcher (the CUDA marcher
-    renders whole frames)."""
-    albedo: bool = False
-    """Albedo shading for the whole run (sets albedo_iters = iters)."""
-    albedo_iters: int = 1000
-    num_rays: int = 4096
-    """Random pixels of the input view per iteration."""
-    HW_synthetic: int = 96
-    HW_real: int = 128
-    HW_vis: int = 128
-
-    # --- field ---
-    backbone: Literal["grid"] = "grid"
-    bg_radius: float = 1.4
-    """> 0: a background network colours rays during training."""
-    density_thresh: float = 10.0
-    blob_density: float = 5.0
-    blob_radius: float = 0.2
-    grid_levels: int = 16
-    grid_resolution: int = 2048
-    """The finest grid level has resolution grid_resolution * bound."""
-    grid_type: Literal["tiled", "hash"] = "tiled"
-    """tiled: the original's grid (fine levels share one xy table along z); hash: instant-NGP hashing."""
-    log2_hashmap_size: int = 16
-    grid_levels_mask: int = 8
-    """Number of finest grid levels disabled early in training (0: none)."""
-    grid_levels_mask_iters: int = 3000
-
-    # --- optimisation ---
-    optim: Literal["adan", "adam", "adamw"] = "adam"
-    fp16: bool = False
     cuda_graph: bool = True
     """On CUDA, replay Stable Diffusion's UNet call and VAE encoder as CUDA graphs (same maths, several times
     faster); falls back to eager execution with a warning if capture fails."""
-    ema_decay: float = 0.95
-    lambda_prior: AnnealSpec = _anneal([1.0])
-    lambda_image: AnnealSpec = _anneal([5.0])
-    lambda_mask: AnnealSpec = _anneal([0.5])
-    lambda_entropy: AnnealSpec = _anneal([1e-4])
-    lambda_opacity: AnnealSpec = _anneal([0.0])
-    lambda_orient: AnnealSpec = _anneal([1e-2])
-    lambda_smooth: AnnealSpec = _anneal([0.0])
-    lambda_smooth_2d: AnnealSpec = _anneal([0.5])
-    real_iters: int = 0
-    """Input-view losses start at this iteration."""
-    real_every: int = 1
-    """Input-view losses every this many iterations."""
-    replace_synthetic_camera_every: int = 10
-    """Every N-th prior step renders the input camera (with the front prompt); 0 disables."""
-    replace_synthetic_camera_noise: float = 0.02
-    noise_real_camera: float = 0.001
-    noise_real_camera_annealing: bool = True
-    max_bad_steps: int = 20
-    """Stop after this many consecutive iterations with a non-finite loss (those steps are skipped)."""
 
-    # --- outputs ---
-    save_mesh: bool = False
-    """Export a textured mesh (obj + mtl + png, glb) at the end."""
-    mesh_resolution: int = 256
-    mesh_threshold: Optional[float] = None
-    """Density iso-level of the mesh (default: the occupancy threshold min(mean density, density_thresh))."""
-    mesh_decimate_target: int = 50_000
-    """Target face count of the exported mesh (0 keeps every face)."""
-    save_test_name: str = "df_test"
-    test_on_real_data: bool = False
-    """Test mode renders the circular path at the input resolution (8 views, PNG frames)."""
-    wandb: bool = False
-    debug: bool = False
-    """Automatic workspace name, no wandb, training renders every 50 iterations."""
-    legacy: tuple[LegacyBehaviour, ...] = ()
-    """Reproduce a fixed behaviour of the original (see README, "Differences from the original")."""
 
-    # ------------------------------------------------------------------
-    @property
-    def max_epoch(self) -> int:
-        return math.ceil(self.iters / ITERS_PER_EPOCH)
+@dataclasses.dataclass
+class DataOptions:
+    """The input view and the cameras: where the photo was taken from, where training views are sampled."""
+
+    image_path: str = DEFAULT_IMAGE
+    """The square RGBA input image; alpha is the object mask."""
+    pose_angle: float = 75.0
+    """Polar angle (degrees down from the vertical) of the input camera and of the circular path."""
+    radius_rot: Optional[float] = 1.8
+    """Distance of the input camera and of the circular validation/test path (default 1.2 * max radius_range)."""
+    radius_range: tuple[float, float] = (1.0, 1.5)
+    """Camera distance range of random training views."""
+    fovy_range: tuple[float, float] = (40.0, 70.0)
+    """Vertical field-of-view range (degrees) of training views; fixed views use its mean."""
+    uniform_sphere_rate: float = 0.5
+    """Probability of sampling a training camera direction on the upper hemisphere instead of in (theta, phi)."""
+    angle_overhead: float = 30.0
+    """Polar angle (degrees) within which a view counts as overhead (or, from below, as bottom)."""
+    angle_front: float = 60.0
+    """Azimuth width (degrees) of the front sector; the back sector starts at 180."""
+    jitter_pose: bool = False
+    """Jitter the centre, target and up vector of random training cameras."""
+    HW_real: int = 128
+    """Side of the input view as trained (the image is resized to it) and of its validation renders."""
+    HW_synthetic: int = 96
+    """Side of the random views rendered for the prior."""
+    num_rays: int = 4096
+    """Random pixels of the input view per iteration."""
 
     @property
     def orbit_radius(self) -> float:
@@ -209,175 +103,185 @@ class Options:
     def default_fovy(self) -> float:
         return (self.fovy_range[0] + self.fovy_range[1]) / 2
 
+
+@dataclasses.dataclass
+class RenderOptions:
+    """Volume rendering: the scene cube, ray marching, the occupancy grid."""
+
+    bound: float = 0.75
+    """The scene is the cube [-bound, bound]^3."""
+    cuda_ray: bool = True
+    """Use the CUDA extensions when they can be loaded (the PyTorch reference otherwise)."""
+    dt_gamma: float = 0.0
+    """Adaptive ray-marching step: dt = clamp(t * dt_gamma, dt_min, dt_max); 0 gives a constant step."""
+    min_near: float = 0.1
+    """Nearest distance along a ray that is rendered."""
+    max_steps: int = 512
+    """Maximum samples per ray; also sets the marching step 2*sqrt(3)/max_steps."""
+    num_steps: int = 64
+    """Compatibility only: every renderer here marches through the occupancy grid."""
+    upsample_steps: int = 32
+    """Compatibility only: every renderer here marches through the occupancy grid."""
+    density_thresh: float = 10.0
+    """Occupancy threshold: a cell is occupied above min(mean density, density_thresh)."""
+    update_extra_interval: int = 16
+    """Update the occupancy grid every this many iterations."""
+    occupancy_grid_size: int = 128
+    """Cells per axis of the occupancy grid, a power of two (smaller grids make CPU runs faster)."""
+    max_ray_batch: int = 4096
+    """Rays per chunk of validation and test renders with the PyTorch marcher (the CUDA marcher renders whole
+    frames)."""
+
+
+@dataclasses.dataclass
+class FieldOptions:
+    """The instant-NGP field: multi-resolution grid, density blob, background network."""
+
+    grid_type: Literal["tiled", "hash"] = "tiled"
+    """tiled: the original's grid (fine levels share one xy table along z); hash: instant-NGP hashing."""
+    grid_levels: int = 16
+    """Levels of the multi-resolution grid (2 features each)."""
+    grid_resolution: int = 2048
+    """The finest grid level has resolution grid_resolution * bound."""
+    log2_hashmap_size: int = 16
+    """log2 of the table size of each grid level."""
+    grid_levels_mask: int = 8
+    """Number of finest grid levels disabled early in training (0: none)."""
+    grid_levels_mask_iters: int = 3000
+    """The masked grid levels are enabled after this many iterations."""
+    blob_density: float = 5.0
+    """Peak of the Gaussian density blob added at the centre (helps the first iterations find the object)."""
+    blob_radius: float = 0.2
+    """Standard deviation of the density blob."""
+    bg_radius: float = 1.4
+    """> 0: a background network colours rays during training; 0: white background."""
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """Optimisation: schedule, learning rate, precision, averaging, checkpoints."""
+
+    iters: int = 5000
+    """Training iterations (one synthetic and one input-view step each)."""
+    eval_interval: int = 5
+    """Validate and save a checkpoint every this many epochs (one epoch = 100 iterations)."""
+    optim: Literal["adan", "adam", "adamw"] = "adam"
+    """Optimiser (the original's adamw ran plain Adam; here adamw is AdamW)."""
+    lr: float = 1e-3
+    """Base learning rate of the MLPs; the grid tables use 10x."""
+    lr_warmup: Optional[bool] = None
+    """Linear warm-up then cosine decay of the learning rate (off by default, as the original effectively ran)."""
+    min_lr: float = 1e-6
+    """Final learning rate of the cosine decay (with --lr_warmup True)."""
+    warm_iters: int = 2000
+    """Warm-up iterations (with --lr_warmup True)."""
+    fp16: bool = False
+    """Mixed precision on CUDA (autocast + loss scaling); set by --O."""
+    ema_decay: float = 0.95
+    """Decay of the weight average used for every render after training (updated once per epoch)."""
+    max_bad_steps: int = 20
+    """Stop after this many consecutive iterations with a non-finite loss (those steps are skipped)."""
+
+
+@dataclasses.dataclass
+class ObjectiveOptions:
+    """The loss: weights (each annealable), shading schedule, input-view schedule and camera noise."""
+
+    lambda_prior: AnnealSpec = _anneal([1.0])
+    """Weight of the prior's gradient (score distillation)."""
+    lambda_image: AnnealSpec = _anneal([5.0])
+    """Masked colour error on the input view."""
+    lambda_mask: AnnealSpec = _anneal([0.5])
+    """Opacity vs. alpha error on the input view."""
+    lambda_entropy: AnnealSpec = _anneal([1e-4])
+    """Binary entropy of the synthetic views' opacity (pushes it to 0 or 1)."""
+    lambda_opacity: AnnealSpec = _anneal([0.0])
+    """Mean squared opacity of the synthetic views (discourages spurious density)."""
+    lambda_orient: AnnealSpec = _anneal([1e-2])
+    """Orientation loss: penalises normals facing away from the camera."""
+    lambda_smooth: AnnealSpec = _anneal([0.0])
+    """3-D smoothness of the normals (a jittered second evaluation)."""
+    lambda_smooth_2d: AnnealSpec = _anneal([0.5])
+    """2-D smoothness of the rendered normal map."""
+    albedo: bool = False
+    """Albedo shading for the whole run (sets albedo_iters = iters)."""
+    albedo_iters: int = 1000
+    """Synthetic views use albedo shading for this many iterations, then random lambertian/textureless ones."""
+    real_iters: int = 0
+    """Input-view losses start at this iteration."""
+    real_every: int = 1
+    """Input-view losses every this many iterations."""
+    replace_synthetic_camera_every: int = 10
+    """Every N-th prior step renders the input camera (with the front prompt); 0 disables."""
+    replace_synthetic_camera_noise: float = 0.02
+    """Std of the offset added to the rays of a replaced camera."""
+    noise_real_camera: float = 0.001
+    """Std of the offset added to the input view's rays."""
+    noise_real_camera_annealing: bool = True
+    """Anneal that offset linearly to 0 over training."""
+
+
+@dataclasses.dataclass
+class OutputOptions:
+    """What a run writes besides checkpoints: videos, real-view renders, the mesh, logging."""
+
+    HW_vis: int = 128
+    """Side of the validation orbit and test video frames."""
+    save_test_name: str = "df_test"
+    """Prefix of the test videos."""
+    test_on_real_data: bool = False
+    """Test mode renders the circular path at the input resolution (8 views, PNG frames)."""
+    save_mesh: bool = False
+    """Export a textured mesh (obj + mtl + png, glb) at the end."""
+    mesh_resolution: int = 256
+    """Marching-cubes grid side of the mesh export."""
+    mesh_threshold: Optional[float] = None
+    """Density iso-level of the mesh (default: the occupancy threshold min(mean density, density_thresh))."""
+    mesh_decimate_target: int = 50_000
+    """Target face count of the exported mesh (0 keeps every face)."""
+    wandb: bool = False
+    """Compatibility only: accepted, logs nothing (tensorboard logs are in the workspace)."""
+
+
+def _group(cls: type) -> dataclasses.Field:
+    return dataclasses.field(default_factory=cls)
+
+
+@dataclasses.dataclass
+class Options:
+    """RealFusion reconstruction: fit a NeRF to one RGBA image with a Stable Diffusion prior."""
+
+    O: bool = False
+    """Recommended preset: fp16, view-dependent prompts, CUDA ray marching (with a PyTorch fallback)."""
+    O2: bool = False
+    """Preset without the CUDA extensions: fp16 only with --albedo, view-dependent prompts, PyTorch marching."""
+    test: bool = False
+    """Test mode: render the 360-degree videos from the latest checkpoint, no training."""
+    workspace: Optional[str] = None
+    """Output folder; a run on an existing workspace resumes from its latest checkpoint."""
+    run_name: str = "default"
+    """Automatic workspaces are outputs/{run_name}/{date}--seed-{seed}."""
+    ckpt: str = "latest"
+    """Checkpoint to start from: scratch | latest | latest_model | best | a checkpoint path."""
+    seed: int = 101
+    """Seeds Python, NumPy and torch, and names automatic workspaces."""
+    debug: bool = False
+    """Automatic workspace name and training renders every 50 iterations."""
+    legacy: tuple[LegacyBehaviour, ...] = ()
+    """Reproduce a fixed behaviour of the original (see README, "Differences from the original")."""
+    prior: PriorOptions = _group(PriorOptions)
+    data: DataOptions = _group(DataOptions)
+    render: RenderOptions = _group(RenderOptions)
+    field: FieldOptions = _group(FieldOptions)
+    train: TrainOptions = _group(TrainOptions)
+    objective: ObjectiveOptions = _group(ObjectiveOptions)
+    output: OutputOptions = _group(OutputOptions)
+
     def uses(self, behaviour: LegacyBehaviour) -> bool:
         return behaviour in self.legacy
 
 
-ITERS_PER_EPOCH = 100
-ANNEALED_FIELDS = tuple(f.name for f in dataclasses.fields(Options) if f.name.startswith("lambda_"))
-
-
-class AnnealedValue:
-    """A loss weight that may change over training (see :data:`AnnealSpec`)."""
-
-    def __init__(self, spec: AnnealSpec | float, iters: int, legacy_constant_4: bool = False) -> None:
-        self.spec = [spec] if isinstance(spec, (int, float)) else list(spec)
-        self.iters = iters
-        self.legacy_constant_4 = legacy_constant_4
-        check_anneal_spec("value", self.spec)
-
-    def value(self, step: int) -> float:
-        spec = self.spec
-        if len(spec) == 1:
-            return float(spec[0])
-        start, end = float(spec[0]), float(spec[1])
-        if len(spec) == 2:
-            frac = min(step / self.iters, 1.0)
-            return frac * end + (1 - frac) * start
-        end_iters, fn = float(spec[2]), str(spec[3])
-        frac = min(end_iters / self.iters if self.legacy_constant_4 else step / end_iters, 1.0)
-        if fn == "log":
-            return end**frac * start ** (1 - frac)
-        return frac * end + (1 - frac) * start
-
-    def ever_nonzero(self) -> bool:
-        return float(self.spec[0]) > 0 or (len(self.spec) > 1 and float(self.spec[1]) > 0)
-
-
-def check_anneal_spec(name: str, spec: Sequence[float | str]) -> None:
-    flag = f"--{name}"
-    if len(spec) not in (1, 2, 4):
-        raise UserError(f"{flag} takes 1, 2 or 4 values (value | start end | start end end_iters linear|log), got {len(spec)}.")
-    numbers = spec[:3] if len(spec) == 4 else spec
-    for item in numbers:
-        if isinstance(item, str):
-            try:
-                float(item)
-            except ValueError:
-                raise UserError(f"{flag}: '{item}' is not a number; give numbers, and linear|log only as 4th value.") from None
-    if len(spec) == 4:
-        if str(spec[3]) not in ("linear", "log"):
-            raise UserError(f"{flag}: the 4th value must be 'linear' or 'log', got '{spec[3]}'.")
-        if float(spec[2]) <= 0:
-            raise UserError(f"{flag}: end_iters (3rd value) must be > 0, got {spec[2]}.")
-        if str(spec[3]) == "log" and (float(spec[0]) <= 0 or float(spec[1]) <= 0):
-            raise UserError(f"{flag}: log annealing needs start and end > 0, got {spec[0]} and {spec[1]}.")
-
-
-def _normalise_anneal(spec: Sequence[float | str]) -> AnnealSpec:
-    """Numbers as floats, the function name (4th entry) as a string."""
-    if len(spec) == 4:
-        return [float(spec[0]), float(spec[1]), float(spec[2]), str(spec[3])]
-    return [float(v) for v in spec]
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-def validate(opt: Options) -> None:
-    """Reject values that would fail later or silently do nothing; one-line messages naming the flag."""
-    _check(opt.iters > 0, f"--iters must be > 0, got {opt.iters}.")
-    for name in ("eval_interval", "HW_synthetic", "HW_real", "HW_vis", "num_rays", "max_steps",
-                 "update_extra_interval", "occupancy_grid_size", "max_ray_batch", "grid_levels", "real_every", "mesh_resolution",
-                 "max_bad_steps"):
-        value = getattr(opt, name)
-        _check(value > 0, f"--{name} must be > 0, got {value}.")
-    for name in ("albedo_iters", "real_iters", "grid_levels_mask_iters", "replace_synthetic_camera_every",
-                 "mesh_decimate_target", "warm_iters"):
-        value = getattr(opt, name)
-        _check(value >= 0, f"--{name} must be >= 0, got {value}.")
-    size = opt.occupancy_grid_size
-    _check(size & (size - 1) == 0, f"--occupancy_grid_size must be a power of two (cells are indexed by Morton "
-                                   f"codes), e.g. 32, 64 or 128; got {size}.")
-    _check(opt.bound > 0, f"--bound must be > 0, got {opt.bound}.")
-    lo, hi = opt.radius_range
-    _check(0 < lo <= hi, f"--radius_range needs 0 < min <= max, got {lo} {hi} (reversed or non-positive range).")
-    lo, hi = opt.fovy_range
-    _check(0 < lo <= hi < 180, f"--fovy_range needs 0 < min <= max < 180 degrees, got {lo} {hi}.")
-    _check(opt.radius_rot is None or opt.radius_rot > 0, f"--radius_rot must be > 0, got {opt.radius_rot}.")
-    _check(0 <= opt.uniform_sphere_rate <= 1, f"--uniform_sphere_rate must be in [0, 1], got {opt.uniform_sphere_rate}.")
-    _check(0 < opt.angle_front <= 180, f"--angle_front must be in (0, 180], got {opt.angle_front}.")
-    _check(0 <= opt.angle_overhead < 90, f"--angle_overhead must be in [0, 90), got {opt.angle_overhead}.")
-    _check(0 <= opt.grid_levels_mask < opt.grid_levels or opt.grid_levels_mask == 0,
-           f"--grid_levels_mask must be in [0, grid_levels), got {opt.grid_levels_mask}.")
-    _check(opt.grid_resolution * opt.bound > 16,
-           f"--grid_resolution * --bound must exceed the base resolution 16, got {opt.grid_resolution * opt.bound}.")
-    _check(0 < opt.ema_decay < 1, f"--ema_decay must be in (0, 1), got {opt.ema_decay}.")
-    _check(opt.lr > 0 and opt.min_lr >= 0, f"--lr must be > 0 and --min_lr >= 0, got {opt.lr} and {opt.min_lr}.")
-    _check(opt.dt_gamma >= 0 and opt.min_near >= 0, "--dt_gamma and --min_near must be >= 0.")
-    _check(opt.guidance_scale >= 0, f"--guidance_scale must be >= 0, got {opt.guidance_scale}.")
-    _check(opt.ckpt in ("scratch", "latest", "latest_model", "best") or opt.ckpt.endswith((".pth", ".pt")),
-           f"--ckpt must be scratch, latest, latest_model, best or a .pth file, got '{opt.ckpt}'.")
-    _check(opt.mesh_threshold is None or opt.mesh_threshold > 0, "--mesh_threshold must be > 0.")
-    for name in ANNEALED_FIELDS:
-        check_anneal_spec(name, getattr(opt, name))
-    prior_off = not AnnealedValue(opt.lambda_prior, opt.iters).ever_nonzero()
-    _check(not (prior_off and (opt.real_iters > 0 or opt.real_every > 1)),
-           "--lambda_prior 0 with --real_iters > 0 or --real_every > 1 leaves iterations with no loss at all; "
-           "drop one of them.")
-    _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
-
-
-def resolve(opt: Options) -> Options:
-    """Apply presets and derived settings, normalise anneal specs, validate. Returns a new object."""
-    changes: dict = {name: _normalise_anneal(getattr(opt, name)) for name in ANNEALED_FIELDS}
-    if opt.O:
-        changes.update(fp16=True, dir_text=True, cuda_ray=True)
-    elif opt.O2:
-        changes.update(fp16=opt.albedo, dir_text=True, cuda_ray=False)
-    if opt.albedo:
-        changes["albedo_iters"] = opt.iters
-    if opt.lr_warmup is None:
-        changes["lr_warmup"] = False
-    if opt.debug:
-        changes.update(wandb=False, workspace=None)
-    changes["legacy"] = tuple(dict.fromkeys(opt.legacy))
-    resolved = dataclasses.replace(opt, **changes)
-    validate(resolved)
-    return resolved
-
-
-def default_workspace(opt: Options, now: datetime.datetime | None = None) -> str:
-    now = now or datetime.datetime.now()
-    return str(Path("outputs") / opt.run_name / f"{now:%Y-%m-%d--%H-%M-%S}--seed-{opt.seed}")
-
-
-def parse(args: Sequence[str] | None = None) -> Options:
-    """Parse the command line with tyro (underscored flags) and resolve presets; UserError on invalid values."""
-    import tyro
-
-    opt = tyro.cli(Options, args=args, use_underscores=True, description=Options.__doc__)
-    return resolve(opt)
-
-
-def to_dict(opt: Options) -> dict:
-    data = dataclasses.asdict(opt)
-    data["legacy"] = list(opt.legacy)
-    return data
-
-
-def save_options(opt: Options, path: str | Path) -> None:
-    write_text_atomic(path, json.dumps(to_dict(opt), indent=2) + "\n")
-
-
-def options_from_dict(data: dict) -> Options:
-    """Rebuild Options from a saved dict; unknown keys are rejected so a foreign file is noticed."""
-    names = {f.name for f in dataclasses.fields(Options)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"options file has unknown keys {unknown}; it was not written by this version of main.py.")
-    values = dict(data)
-    for key in ("radius_range", "fovy_range", "legacy"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return Options(**values)
-
-
-def load_options(path: str | Path) -> Options:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read options file {path}: {exc}.") from None
-    return options_from_dict(data)
+GROUPS = tuple(f.name for f in dataclasses.fields(Options)
+               if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory))
+"""The nested option groups, in --help order."""
+ANNEALED_FIELDS = tuple(f.name for f in dataclasses.fields(ObjectiveOptions) if f.name.startswith("lambda_"))

@@ -17,8 +17,7 @@ from torch import Tensor
 
 import raymarching
 from nerf.cameras import safe_normalize
-from nerf.network import NeRFNetwork
-from nerf.options import Options
+from nerf.field import Field
 
 T_THRESH = 1e-4
 ALIGN = 128
@@ -39,9 +38,12 @@ class RenderSettings:
 
 
 class Renderer(nn.Module):
-    """Owns the field and the occupancy grid (buffers, so they are checkpointed with the weights)."""
+    """Owns the field and the occupancy grid (buffers, so they are checkpointed with the weights).
 
-    def __init__(self, field: NeRFNetwork, bound: float, density_thresh: float = 10.0, min_near: float = 0.1,
+    Any `Field` will do; a learned one (an nn.Module) is a submodule, so it moves and saves with the renderer.
+    """
+
+    def __init__(self, field: Field, bound: float, density_thresh: float = 10.0, min_near: float = 0.1,
                  dt_gamma: float = 0.0, max_steps: int = 512, grid_size: int = 128, backend: str = "auto") -> None:
         super().__init__()
         self.field = field
@@ -93,8 +95,9 @@ class Renderer(nn.Module):
         return safe_normalize(rays_o[0] + torch.randn(3, device=rays_o.device))
 
     def _background(self, rays_d: Tensor, settings: RenderSettings) -> Tensor:
-        if self.training and self.field.bg_net is not None:
-            return self.field.background(rays_d)
+        learned = self.field.background(rays_d) if self.training else None
+        if learned is not None:
+            return learned
         if settings.bg_color is None:
             return torch.ones(1, 3, device=rays_d.device)
         bg = settings.bg_color
@@ -127,14 +130,18 @@ class Renderer(nn.Module):
             out[key] = out[key].reshape(prefix)
         return out
 
+    def _grid_arguments(self) -> dict:
+        """The occupancy grid as the marchers take it."""
+        return {"bound": self.bound, "density_bitfield": self.density_bitfield, "C": self.cascade, "H": self.grid_size}
+
     def _march_bounds(self, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor]:
         return self.ops.near_far_from_aabb(rays_o, rays_d, self.aabb, self.min_near)
 
     def _render_train(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
         nears, fars = self._march_bounds(rays_o, rays_d)
         xyzs, dirs, deltas, rays = self.ops.march_rays_train(
-            rays_o, rays_d, self.bound, self.density_bitfield, self.cascade, self.grid_size, nears, fars,
-            None, -1, settings.perturb, ALIGN, True, self.dt_gamma, self.max_steps)
+            rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=settings.perturb, align=ALIGN,
+            force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps)
         sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                            need_normals=settings.need_normals or settings.need_smooth)
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
@@ -166,17 +173,19 @@ class Renderer(nn.Module):
             n_alive = alive.numel()
             n_step = max(min(count // n_alive, 8), 1)
             xyzs, dirs, deltas = self.ops.march_rays(
-                n_alive, n_step, alive, rays_t, rays_o, rays_d, self.bound, self.density_bitfield, self.cascade,
-                self.grid_size, nears, fars, ALIGN, settings.perturb and step == 0, self.dt_gamma, self.max_steps)
+                n_alive, n_step, alive, rays_t, rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars,
+                align=ALIGN, perturb=settings.perturb and step == 0, dt_gamma=self.dt_gamma,
+                max_steps=self.max_steps)
             sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                                need_normals=settings.need_normals)
             if normal_image is not None:
                 # Composite normals on copies of the ray state, so the colour pass below advances it exactly once.
-                self.ops.composite_rays(n_alive, n_step, alive.clone(), rays_t.clone(), sigmas.float(),
-                                        normals.float(), deltas, weights_sum.clone(), depth.clone(), normal_image,
-                                        T_THRESH)
-            self.ops.composite_rays(n_alive, n_step, alive, rays_t, sigmas.float(), rgbs.float(), deltas,
-                                    weights_sum, depth, image, T_THRESH)
+                self.ops.composite_rays(n_alive, n_step, alive.clone(), rays_t.clone(), sigmas=sigmas.float(),
+                                        rgbs=normals.float(), deltas=deltas, weights_sum=weights_sum.clone(),
+                                        depth=depth.clone(), image=normal_image, T_thresh=T_THRESH)
+            self.ops.composite_rays(n_alive, n_step, alive, rays_t, sigmas=sigmas.float(), rgbs=rgbs.float(),
+                                    deltas=deltas, weights_sum=weights_sum, depth=depth, image=image,
+                                    T_thresh=T_THRESH)
             alive = alive[alive >= 0]
             step += n_step
         out = {"image": image, "depth": depth, "weights_sum": weights_sum}
@@ -188,14 +197,3 @@ class Renderer(nn.Module):
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
-
-def build_renderer(opt: Options, device: torch.device) -> Renderer:
-    """The field and renderer of a run, from its options (main.py and the evaluation tools)."""
-    backend = "auto" if opt.cuda_ray else "torch"
-    field = NeRFNetwork(bound=opt.bound, grid_levels=opt.grid_levels, grid_resolution=opt.grid_resolution,
-                        grid_type=opt.grid_type, log2_hashmap_size=opt.log2_hashmap_size,
-                        blob_density=opt.blob_density, blob_radius=opt.blob_radius, bg_radius=opt.bg_radius,
-                        grid_levels_mask=opt.grid_levels_mask, backend=backend)
-    renderer = Renderer(field, opt.bound, opt.density_thresh, opt.min_near, opt.dt_gamma, opt.max_steps,
-                        grid_size=opt.occupancy_grid_size, backend=backend)
-    return renderer.to(device)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from nerf.errors import UserError  # noqa: E402
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # noqa: E402
-from nerf.evaluation.oracle import DEFAULT_STRENGTH  # noqa: E402
+from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
 from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
 from nerf.evaluation.scenes import FAMILIES  # noqa: E402

@@ -28,9 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from nerf.errors import UserError  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
+from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PROMPT = "A high-resolution DSLR image of a <token>"
 TI_DATA = "ti_data"  # per-job folder holding only rgba.png: image.png/mask.png beside it would be read as photos
 # The README's single-image textual-inversion recipe (effective learning rate 5e-4 * 4 = 2e-3).
 TI_SETTINGS = (
@@ -121,7 +120,7 @@ def plan_job(rgba: Path, args: argparse.Namespace, main_args: list[str]) -> JobS
     stages.append(("reconstruction", [
         *shlex.split(args.main_command), "--O", "--image_path", str(rgba.resolve()), *token,
         "--pretrained_model_name_or_path", args.pretrained_model_name_or_path,
-        "--text", PROMPT, "--workspace", str(workspace), *main_args,
+        "--text", DEFAULT_PROMPT, "--workspace", str(workspace), *main_args,
     ]))
     return JobSpec(name, str(REPO), str(out_dir), stages, str(workspace), str(embeds) if embeds else None)
 

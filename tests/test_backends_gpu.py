@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import main as main_module
+from nerf.build import build_run
 from nerf.cameras import fixed_cameras
-from nerf.options import DEFAULT_IMAGE, parse
+from nerf.option_checks import parse
+from nerf.options import DEFAULT_IMAGE
 from nerf.renderer import RenderSettings
 from tests.test_reconstruction import ITERS, SMALL, input_view_metrics, shaded_sphere_rgba
 
@@ -24,16 +26,17 @@ def trained(repo, tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     opt = parse(["--O", "--lambda_prior", "0", "--image_path", str(repo / DEFAULT_IMAGE), "--iters", "300",
                  "--seed", "0", "--workspace", str(root / "cuda")])
-    trainer = main_module.build_trainer(opt)
+    trainer = build_run(opt).trainer
     assert trainer.field.encoder.backend_name == "cuda" and trainer.renderer.ops.name == "cuda"
     trainer.train()
-    return trainer, root
+    return trainer, opt, root
 
 
-def reference_renderer(trainer, root):
+def reference_renderer(trainer, opt, root):
     """The same field, occupancy grid included, behind the PyTorch reference ops."""
-    opt = dataclasses.replace(trainer.opt, cuda_ray=False, workspace=str(root / "torch"))
-    renderer = main_module.build_trainer(opt).renderer
+    opt = dataclasses.replace(opt, render=dataclasses.replace(opt.render, cuda_ray=False),
+                              workspace=str(root / "torch"))
+    renderer = build_run(opt).renderer
     assert renderer.field.encoder.backend_name == "torch" and renderer.ops.name == "torch"
     renderer.load_state_dict(trainer.renderer.state_dict())
     return renderer
@@ -48,11 +51,11 @@ def render(renderer, camera) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_both_backends_render_the_same_images(trained):
-    trainer, root = trained
-    opt = trainer.opt
-    reference = reference_renderer(trainer, root)
-    orbit = fixed_cameras(opt.pose_angle, torch.tensor([120.0]), opt.orbit_radius, opt.default_fovy,
-                          opt.HW_real).to(trainer.device)
+    trainer, opt, root = trained
+    reference = reference_renderer(trainer, opt, root)
+    data = opt.data
+    orbit = fixed_cameras(data.pose_angle, torch.tensor([120.0]), data.orbit_radius, data.default_fovy,
+                          data.HW_real).to(trainer.device)
     for camera in (trainer.real_view.camera, orbit):
         image_cuda, opacity_cuda = render(trainer.renderer, camera)
         image_ref, opacity_ref = render(reference, camera)

@@ -10,6 +10,9 @@ import torch
 from nerf.cameras import (BOTTOM, FRONT, OVERHEAD, circle_cameras, direction_prompts, fixed_cameras, get_rays,
                           look_at, random_cameras, sphere_point, view_direction)
 
+# The default sampling of training cameras (radius, field of view, hemisphere rate, bucket angles).
+SAMPLING = dict(radius_range=(1.0, 1.5), fovy_range=(40, 70), uniform_sphere_rate=0.5, angle_overhead=30, angle_front=60)
+
 
 def test_sphere_point_conventions():
     # phi = 0 on +z, phi = 90 on +x, theta from +y.
@@ -22,7 +25,7 @@ def test_sphere_point_conventions():
 
 @pytest.mark.parametrize("left_handed", [False, True])
 def test_cameras_look_at_origin(left_handed):
-    cams = random_cameras(64, 16, (1.0, 1.5), (40, 70), 0.5, 30, 60, generator=torch.Generator().manual_seed(0),
+    cams = random_cameras(64, 16, **SAMPLING, generator=torch.Generator().manual_seed(0),
                           left_handed=left_handed)
     forward = cams.poses[:, :3, 2]
     to_origin = -cams.centers / cams.centers.norm(dim=-1, keepdim=True)
@@ -106,7 +109,7 @@ def test_direction_prompts():
 
 def test_sampler_statistics():
     g = torch.Generator().manual_seed(0)
-    batches = [random_cameras(256, 8, (1.0, 1.5), (40, 70), 0.5, 30, 60, generator=g) for _ in range(400)]
+    batches = [random_cameras(256, 8, **SAMPLING, generator=g) for _ in range(400)]
     radii = torch.cat([b.centers.norm(dim=-1) for b in batches])
     assert radii.min() >= 1.0 - 1e-5 and radii.max() <= 1.5 + 1e-5
     assert abs(float(radii.mean()) - 1.25) < 0.01
@@ -119,11 +122,12 @@ def test_sampler_statistics():
     focal = torch.tensor([b.focal for b in batches])
     fovy = 2 * torch.rad2deg(torch.atan(8 / (2 * focal)))
     assert fovy.min() >= 40 - 1e-3 and fovy.max() <= 70 + 1e-3
-    only_uniform = random_cameras(512, 8, (1.0, 1.0), (55, 55), 1.0, 30, 60, generator=g)
+    fixed_radius_fovy = {**SAMPLING, "radius_range": (1.0, 1.0), "fovy_range": (55, 55), "uniform_sphere_rate": 1.0}
+    only_uniform = random_cameras(512, 8, **fixed_radius_fovy, generator=g)
     assert (only_uniform.centers[:, 1] >= 0).all()
 
 
 def test_sampler_is_seeded():
-    a = random_cameras(4, 8, (1.0, 1.5), (40, 70), 0.5, 30, 60, generator=torch.Generator().manual_seed(3))
-    b = random_cameras(4, 8, (1.0, 1.5), (40, 70), 0.5, 30, 60, generator=torch.Generator().manual_seed(3))
+    a = random_cameras(4, 8, **SAMPLING, generator=torch.Generator().manual_seed(3))
+    b = random_cameras(4, 8, **SAMPLING, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.poses, b.poses) and a.focal == b.focal

@@ -16,7 +16,7 @@ from nerf.cameras import fixed_cameras
 from nerf.errors import UserError
 from nerf.evaluation import geometry, image_metrics
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
-from nerf.evaluation.oracle import OracleGuidance
+from nerf.guidance.oracle import OracleGuidance
 from nerf.evaluation.perceptual import PerceptualMetrics
 from nerf.evaluation.raytrace import HIT_EPS, render_rgba, trace
 from nerf.evaluation.reconstruct import reconstruct
@@ -193,7 +193,7 @@ def test_scene_folder_round_trip_and_script(repo, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     scene, conventions = load_scene(tmp_path / "a")
     assert scene.to_dict() == make_scene("union", 2).to_dict()
-    defaults = Options()
+    defaults = Options().data
     assert conventions == Conventions(defaults.pose_angle, defaults.orbit_radius, defaults.default_fovy)
     # view 0 of the validation path is the input camera
     view0 = read_rgba_png(tmp_path / "a" / "views" / "000.png")
@@ -209,8 +209,8 @@ def test_oracle_gradient_pulls_the_render_towards_the_ground_truth():
     camera = fixed_cameras(60.0, torch.tensor([120.0]), 1.4, 50.0, 16)
     oracle = OracleGuidance(scene, strength=3.0, supersample=1)
     image = torch.rand(1, 3, 16, 16, requires_grad=True)
-    loss, stats = oracle(image, 1, 0.5, camera=camera)
-    loss.backward()
+    loss, stats = oracle(image, 1, camera=camera)
+    (0.5 * loss).backward()  # the objective's weight (lambda_prior) multiplies the loss
     # ground truth by hand: hit pixels carry the lit albedo, the rest is the white background
     rays_o, rays_d, _ = camera.rays()
     hit, points = trace(scene, rays_o[0], rays_d[0])

@@ -11,7 +11,7 @@ import trimesh
 
 import main as main_module
 from nerf.checkpoint import load_checkpoint
-from nerf.options import load_options
+from nerf.options_file import load_options
 from tests.test_reconstruction import shaded_sphere_rgba
 
 
@@ -29,7 +29,8 @@ def test_main_with_tiny_stable_diffusion(tiny_sd_dir, tmp_path):
             "--mesh_resolution", "48", "--mesh_threshold", "5", "--seed", "0"]
     assert main_module.main(args) == 0
     opt = load_options(ws / "options.json")
-    assert opt.text == "A high-resolution DSLR image of a _sphere_" and opt.fp16
+    assert opt.prior.text == "A high-resolution DSLR image of a <token>" and opt.train.fp16
+    assert "prompt: A high-resolution DSLR image of a _sphere_" in (ws / "log.txt").read_text()
     assert load_checkpoint(ws / "checkpoints" / "latest.pth")["global_step"] == 30
     assert imageio.get_reader(ws / "results" / "df_test_rgb.mp4").count_frames() == 100
     mesh = trimesh.load(ws / "mesh" / "mesh.glb", force="mesh")

@@ -1,9 +1,13 @@
-"""Stable Diffusion guidance on the tiny random model: loading, the learned token, and the SDS gradient."""
+"""The prior: Stable Diffusion on the tiny random model (loading, the learned token, the SDS gradient), and the
+registry that builds a prior by name (sd, oracle)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
+import inspect
+import json
 import shutil
 import subprocess
 import sys
@@ -14,18 +18,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nerf.cameras import direction_prompts, fixed_cameras
 from nerf.errors import UserError
-from nerf.guidance import (
-    DEFAULT_MODEL,
-    SDSGuidance,
+from nerf.evaluation.raytrace import render_rgba
+from nerf.evaluation.scenes import make_scene
+from nerf.guidance import GUIDANCES, Guidance, build_guidance
+from nerf.guidance.sds import SDSGuidance
+from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
     add_learned_token,
     load_learned_embeds,
     load_stable_diffusion,
     replace_token_placeholder,
     resolve_model_name,
-    surrogate_loss,
+    resolve_prompts,
+    resolve_token,
 )
+from nerf.guidance.surrogate import surrogate_loss
+from nerf.options import DEFAULT_MODEL, PriorOptions
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -340,8 +350,8 @@ def test_sds_gradient_matches_the_hand_computation(parts):
     guidance = SDSGuidance(parts, PROMPTS, guidance_scale=30.0)
 
     latents = guidance.encode(image, generator=torch.Generator().manual_seed(5))
-    grad, t_used = guidance.sds_gradient(latents, direction, weight, t=t, noise=noise)
-    loss = surrogate_loss(latents, grad)
+    grad, t_used = guidance.sds_gradient(latents, direction, t=t, noise=noise)
+    loss = weight * surrogate_loss(latents, grad)  # the objective's weight multiplies the unweighted loss
     (image_grad,) = torch.autograd.grad(loss, image)
 
     post_noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -350,7 +360,7 @@ def test_sds_gradient_matches_the_hand_computation(parts):
 
     assert t_used == t
     torch.testing.assert_close(latents, hand_latents, rtol=1e-5, atol=1e-6)
-    assert_close_to_scale(grad, hand_g)
+    assert_close_to_scale(weight * grad, hand_g)
     assert_close_to_scale(image_grad, hand_image_grad)
     assert image_grad.abs().sum() > 0
 
@@ -359,7 +369,7 @@ def test_sds_call_draws_posterior_noise_then_t_then_eps(parts):
     torch.manual_seed(1)
     image = torch.rand(1, 3, 16, 16, requires_grad=True)
     guidance = SDSGuidance(parts, PROMPTS)
-    loss, stats = guidance(image, 4, 1.0, generator=torch.Generator().manual_seed(11))
+    loss, stats = guidance(image, 4, generator=torch.Generator().manual_seed(11))
     (image_grad,) = torch.autograd.grad(loss, image)
 
     replay = torch.Generator().manual_seed(11)
@@ -379,8 +389,8 @@ def test_single_prompt_serves_every_direction(parts):
     guidance = SDSGuidance(parts, PROMPTS[:1])
     latents = torch.randn(1, 4, 8, 8)
     noise = torch.randn(1, 4, 8, 8)
-    g0, _ = guidance.sds_gradient(latents, 0, 1.0, t=300, noise=noise)
-    g5, _ = guidance.sds_gradient(latents, 5, 1.0, t=300, noise=noise)
+    g0, _ = guidance.sds_gradient(latents, 0, t=300, noise=noise)
+    g5, _ = guidance.sds_gradient(latents, 5, t=300, noise=noise)
     assert torch.equal(g0, g5)
 
 
@@ -388,7 +398,7 @@ def test_t_covers_the_closed_range(parts):
     stand_in = dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config))
     guidance = SDSGuidance(stand_in, PROMPTS[:1], min_step=20, max_step=22)
     gen = torch.Generator().manual_seed(0)
-    seen = {guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, 1.0, generator=gen)[1] for _ in range(40)}
+    seen = {guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, generator=gen)[1] for _ in range(40)}
     assert seen == {20, 21, 22}
 
 
@@ -401,7 +411,7 @@ def test_surrogate_gradient_is_exactly_g():
 
 def test_nan_predictions_become_finite(parts):
     guidance = SDSGuidance(dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config, float("nan"))), PROMPTS[:1])
-    grad, _ = guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, 1.0, t=500, noise=torch.zeros(1, 4, 8, 8))
+    grad, _ = guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, t=500, noise=torch.zeros(1, 4, 8, 8))
     assert torch.isfinite(grad).all()
 
 
@@ -453,7 +463,7 @@ def test_sds_with_an_oracle_denoiser_pulls_the_image_to_the_target(parts):
     generator = torch.Generator().manual_seed(0)
     for _ in range(30):
         optimizer.zero_grad()
-        loss, _ = guidance(image, 0, 1.0, generator=generator)
+        loss, _ = guidance(image, 0, generator=generator)
         loss.backward()
         optimizer.step()
     assert distance() < 0.5 * start
@@ -472,7 +482,8 @@ def test_fp16_sds_on_cuda_matches_fp32_and_passes_through_the_grad_scaler(tiny_s
 
     def image_grad(parts: StableDiffusionParts, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
         x = image.clone().requires_grad_()
-        loss, stats = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)(x, 1, 1.0, torch.Generator(cuda).manual_seed(1))
+        loss, stats = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)(
+            x, 1, generator=torch.Generator(cuda).manual_seed(1))
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         if scaler is None:
             loss.backward()
@@ -504,7 +515,7 @@ def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(tiny_sd_dir, 
 
     def run(guidance: SDSGuidance, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         x = images[k].clone().requires_grad_()
-        loss, stats = guidance(x, k % len(PROMPTS), 1.0, torch.Generator(cuda).manual_seed(10 + k))
+        loss, stats = guidance(x, k % len(PROMPTS), generator=torch.Generator(cuda).manual_seed(10 + k))
         loss.backward()
         return loss.detach().clone(), x.grad.clone(), float(stats["t"])
 
@@ -530,8 +541,131 @@ def test_cuda_graph_capture_failure_falls_back_to_eager_with_a_warning(tiny_sd_d
     guidance = SDSGuidance(parts, PROMPTS, cuda_graph=True)
     x = torch.rand(1, 3, 12, 12, device=cuda, requires_grad=True)
     with caplog.at_level("WARNING", logger="realfusion"):
-        loss, _ = guidance(x, 0, 1.0, torch.Generator(cuda).manual_seed(0))
+        loss, _ = guidance(x, 0, generator=torch.Generator(cuda).manual_seed(0))
         loss.backward()
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
     assert sum("CUDA graph capture" in r.message for r in caplog.records) == 2  # VAE encoder and UNet, once each
     assert guidance.moments.failed and guidance.predict_noise.failed
+
+
+# ---------------------------------------------------------------- the prior by name: registry and builders
+
+
+def test_import_of_the_package_does_not_import_diffusers():
+    code = "import sys, nerf.guidance; assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_every_registered_builder_resolves():
+    assert set(GUIDANCES) == {"sd", "oracle"}
+    for target in GUIDANCES.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_unknown_guidance_is_a_one_line_user_error():
+    with pytest.raises(UserError) as excinfo:
+        build_guidance(PriorOptions(guidance="nope"), device=CPU, fp16=False, image_path="x.png")
+    message = one_line_error(excinfo)
+    assert "nope" in message and all(name in message for name in GUIDANCES)
+
+
+def call_parameters(guidance: object) -> list[tuple[str, object]]:
+    return [(p.name, p.kind) for p in inspect.signature(guidance).parameters.values()]
+
+
+def assert_guidance_protocol(guidance: object) -> None:
+    """Image and direction first, the camera by keyword, and no weight: the objective applies lambda_prior."""
+    assert isinstance(guidance, Guidance)
+    params = call_parameters(guidance)
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert params[:2] == [("image", positional), ("direction", positional)]
+    assert ("camera", inspect.Parameter.KEYWORD_ONLY) in params
+    assert "weight" not in dict(params)
+
+
+def test_oracle_by_name_gives_the_unweighted_image_gradient():
+    prior = PriorOptions(guidance="oracle", guidance_scene="union:3", oracle_strength=4.0)
+    guidance = build_guidance(prior, device=CPU, fp16=False, image_path="unused.png")
+    assert_guidance_protocol(guidance)
+    camera = fixed_cameras(60.0, torch.tensor([45.0]), 1.4, 50.0, 12)
+    image = torch.rand(1, 3, 12, 12, requires_grad=True)
+    loss, stats = guidance(image, 1, camera=camera)
+    loss.backward()
+    rgba = render_rgba(make_scene("union", 3), camera, 2)[0]  # the oracle's supersampling: 2
+    target = (rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]).permute(2, 0, 1)[None]  # over white
+    assert (target < 0.99).any()  # the object is in view
+    torch.testing.assert_close(image.grad, 4.0 * (image.detach() - target) / (12 * 12))
+    assert all(isinstance(v, torch.Tensor) for v in stats.values())
+
+
+def test_oracle_scene_from_a_folder_or_its_json(tmp_path):
+    scene = make_scene("thin", 1)
+    conventions = {"pose_angle": 75.0, "radius": 1.8, "fovy": 55.0}
+    (tmp_path / "scene.json").write_text(json.dumps({**scene.to_dict(), "conventions": conventions}))
+    for spec in (str(tmp_path), str(tmp_path / "scene.json")):
+        guidance = build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), device=CPU, fp16=False,
+                                  image_path="unused.png")
+        assert guidance.scene.to_dict() == scene.to_dict()
+    default_seed = build_guidance(PriorOptions(guidance="oracle", guidance_scene="thin", oracle_strength=2.5),
+                                  device=CPU, fp16=False, image_path="unused.png")
+    assert default_seed.scene.to_dict() == make_scene("thin", 0).to_dict() and default_seed.strength == 2.5
+
+
+@pytest.mark.parametrize("spec", [None, "", "sphere", "union:x", "union:-1", "no/such/folder", "EMPTY_FOLDER"])
+def test_bad_guidance_scene_is_a_one_line_user_error(tmp_path, spec):
+    spec = str(tmp_path) if spec == "EMPTY_FOLDER" else spec
+    with pytest.raises(UserError) as excinfo:
+        build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), device=CPU, fp16=False,
+                       image_path="unused.png")
+    message = one_line_error(excinfo)
+    assert "--guidance_scene" in message and "FAMILY[:SEED]" in message and "make-synthetic-scene.py" in message
+
+
+def test_sd_by_name_with_a_learned_token(tiny_sd_dir, tmp_path, caplog):
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    vector = torch.randn(parts.text_encoder.config.hidden_size)
+    torch.save({"_obj_": vector}, tmp_path / "learned_embeds.bin")
+    prior = PriorOptions(text="a photo of a <token>", negative="blurry <token>", learned_embeds_path=str(tmp_path),
+                         pretrained_model_name_or_path=str(tiny_sd_dir), guidance_scale=12.0, dir_text=True,
+                         suppress_face="face", cuda_graph=False)
+    with caplog.at_level("INFO", logger="realfusion"):
+        guidance = build_guidance(prior, device=CPU, fp16=True, image_path=str(tmp_path / "rgba.png"))
+    assert_guidance_protocol(guidance)
+    assert isinstance(guidance, SDSGuidance) and guidance.guidance_scale == 12.0
+    assert (guidance.prompt, guidance.negative_prompt) == ("a photo of a _obj_", "blurry _obj_")
+    assert any("a photo of a _obj_" in r.message and "blurry _obj_" in r.message for r in caplog.records)
+    assert guidance.parts.dtype == torch.float32  # fp16 applies on CUDA only
+    # the direction prompts, with the learned row in the text encoder
+    add_learned_token(parts, "_obj_", vector)
+    pairs = direction_prompts("a photo of a _obj_", "blurry _obj_", True, "face")
+    assert len(pairs) == guidance.text_embeddings.shape[0] > 1
+    for k, (positive, negative) in enumerate(pairs):
+        torch.testing.assert_close(guidance.text_embeddings[k], text_states(parts, [negative, positive]))
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    loss, stats = guidance(image, 2, camera=None, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+    assert set(stats) == {"sds_grad_norm", "t"}
+
+
+def test_sd_prompts_without_the_placeholder_need_no_token(tmp_path):
+    prior = PriorOptions(text="a photo of a cat", negative="", dir_text=False)
+    prompts = resolve_prompts(prior, str(tmp_path / "rgba.png"))
+    assert (prompts.text, prompts.pairs, prompts.token, prompts.vector) == (
+        "a photo of a cat", [("a photo of a cat", "")], None, None)
+
+
+def test_token_from_autoinit_with_a_notice_else_a_user_error(tmp_path, caplog):
+    prior = PriorOptions(text="a photo of a <token>", negative="", dir_text=False)
+    image_path = str(tmp_path / "rgba.png")
+    with pytest.raises(UserError) as excinfo:
+        resolve_prompts(prior, image_path)
+    message = one_line_error(excinfo)
+    assert "--learned_embeds_path" in message and "token_autoinit.txt" in message
+    (tmp_path / "token_autoinit.txt").write_text("teapot ceramic\n")
+    with caplog.at_level("INFO", logger="realfusion"):
+        assert resolve_token(prior, image_path) == ("teapot", None)
+        prompts = resolve_prompts(prior, image_path)
+    assert prompts.pairs == [("a photo of a teapot", "")] and prompts.vector is None
+    assert any("teapot" in r.message and "token_autoinit.txt" in r.message for r in caplog.records)

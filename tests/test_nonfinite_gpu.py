@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import main as main_module
 from nerf import losses
-from nerf.options import parse
+from nerf.build import build_run
+from nerf.option_checks import parse
 from nerf.trainer import LOG_EVERY, TrainingDiverged
 from tests.test_reconstruction import shaded_sphere_rgba
 
@@ -16,8 +16,8 @@ SMALL = ["--O", "--lambda_prior", "0", "--HW_real", "32", "--num_rays", "1024", 
 @pytest.mark.gpu
 def test_fp16_non_finite_steps_leave_the_weights_untouched_and_stop_the_run(tmp_path, monkeypatch):
     image = shaded_sphere_rgba(tmp_path / "sphere.png")
-    trainer = main_module.build_trainer(parse(
-        ["--image_path", str(image), "--workspace", str(tmp_path / "ws"), "--max_bad_steps", "3", *SMALL]))
+    trainer = build_run(parse(
+        ["--image_path", str(image), "--workspace", str(tmp_path / "ws"), "--max_bad_steps", "3", *SMALL])).trainer
     assert trainer.scaler.is_enabled()
     trainer.renderer.train()
     for _ in range(5):  # healthy steps first: the weights move

@@ -4,11 +4,16 @@ validation and the options.json round trip."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
 import pytest
 
+from nerf.anneal import AnnealedValue
 from nerf.errors import UserError
-from nerf.options import AnnealedValue, Options, load_options, parse, save_options
+from nerf.option_checks import parse
+from nerf.options import GROUPS, Options
+from nerf.options_file import load_options, save_options, to_dict
 
 # name -> default, as listed in the specification of the original's options.
 ORIGINAL_DEFAULTS = {
@@ -21,7 +26,7 @@ ORIGINAL_DEFAULTS = {
     "min_lr": 1e-6, "warm_iters": 2000, "cuda_ray": True, "max_steps": 512, "num_steps": 64,
     "upsample_steps": 32, "update_extra_interval": 16, "max_ray_batch": 4096, "albedo": False,
     "albedo_iters": 1000, "num_rays": 4096, "HW_synthetic": 96, "HW_real": 128, "HW_vis": 128,
-    "backbone": "grid", "bg_radius": 1.4, "density_thresh": 10.0, "blob_density": 5.0, "blob_radius": 0.2,
+    "bg_radius": 1.4, "density_thresh": 10.0, "blob_density": 5.0, "blob_radius": 0.2,
     "grid_levels": 16, "grid_resolution": 2048, "grid_levels_mask": 8, "grid_levels_mask_iters": 3000,
     "fp16": False, "ema_decay": 0.95, "lambda_prior": [1.0], "lambda_image": [5.0], "lambda_mask": [0.5],
     "lambda_entropy": [1e-4], "lambda_opacity": [0.0], "lambda_orient": [1e-2], "lambda_smooth": [0.0],
@@ -36,12 +41,46 @@ CHANGED_DEFAULTS = {
     "image_path": "examples/natural-images/cat/rgba.png",
     "optim": "adam",
 }
+# Flags that are accepted and do nothing here; their help says so.
+COMPATIBILITY_ONLY = ("pretrained_model_image_size", "num_steps", "upsample_steps", "wandb")
+
+
+def flat(opt: Options) -> dict:
+    """Every option by its flag name, whatever group it lives in."""
+    values = {f.name: getattr(opt, f.name) for f in dataclasses.fields(Options) if f.name not in GROUPS}
+    for group in GROUPS:
+        values.update({f.name: getattr(getattr(opt, group), f.name)
+                       for f in dataclasses.fields(type(getattr(opt, group)))})
+    return values
 
 
 def test_every_original_option_exists_with_its_default():
-    defaults = Options()
+    defaults = flat(Options())
     for name, value in {**ORIGINAL_DEFAULTS, **CHANGED_DEFAULTS}.items():
-        assert getattr(defaults, name) == value, name
+        assert defaults[name] == value, name
+
+
+def test_flag_names_are_unique_across_groups():
+    names = [f.name for group in GROUPS for f in dataclasses.fields(type(getattr(Options(), group)))]
+    top = [f.name for f in dataclasses.fields(Options) if f.name not in GROUPS]
+    assert len(set(names + top)) == len(names + top)
+
+
+def test_every_option_has_a_one_line_help(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = capsys.readouterr().out
+    entries = {}  # flag -> its help text (the lines up to the next flag)
+    for chunk in re.split(r"\n[│ ]{1,3}(?=--\w)", text)[1:]:  # an entry starts at the left edge
+        flag = re.match(r"--(\w+)", chunk).group(1)
+        entries[flag] = " ".join(line.strip("│ ") for line in re.split("╰|\n\n", chunk)[0].splitlines())
+    for name in flat(Options()):
+        help_text = entries[name].split(" ", 1)[1].split("(default")[0]
+        assert len(help_text.split()) >= 4, name
+    for name in COMPATIBILITY_ONLY:
+        assert "Compatibility only" in entries[name], name
+    for group in GROUPS:
+        assert f"{group} options" in text, group
 
 
 def test_help_lists_every_option_with_underscores(capsys):
@@ -55,20 +94,21 @@ def test_help_lists_every_option_with_underscores(capsys):
 
 def test_presets():
     o = parse(["--O"])
-    assert (o.fp16, o.dir_text, o.cuda_ray) == (True, True, True)
+    assert (o.train.fp16, o.prior.dir_text, o.render.cuda_ray) == (True, True, True)
     o2 = parse(["--O2", "--no_dir_text"])
-    assert (o2.fp16, o2.dir_text, o2.cuda_ray) == (False, True, False)
-    assert parse(["--O2", "--albedo"]).fp16 is True
-    assert parse(["--albedo", "--iters", "300"]).albedo_iters == 300
-    assert parse([]).lr_warmup is False
-    debug = parse(["--debug", "--workspace", "w", "--wandb"])
-    assert debug.workspace is None and debug.wandb is False
+    assert (o2.train.fp16, o2.prior.dir_text, o2.render.cuda_ray) == (False, True, False)
+    assert parse(["--O2", "--albedo"]).train.fp16 is True
+    assert parse(["--albedo", "--iters", "300"]).objective.albedo_iters == 300
+    assert parse([]).train.lr_warmup is False
+    debug = parse(["--debug", "--workspace", "w"])
+    assert debug.workspace is None
 
 
 def test_original_flag_spellings_parse():
     o = parse(["--image_path", "x.png", "--learned_embeds_path", "e.bin", "--text", "a <token>",
                "--pretrained_model_name_or_path", "m", "--radius_range", "1", "2", "--lambda_prior", "0.5", "2"])
-    assert o.radius_range == (1.0, 2.0) and o.lambda_prior == [0.5, 2.0] and o.learned_embeds_path == "e.bin"
+    assert o.data.radius_range == (1.0, 2.0) and o.objective.lambda_prior == [0.5, 2.0]
+    assert o.prior.learned_embeds_path == "e.bin" and o.data.image_path == "x.png"
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -96,7 +136,7 @@ def test_legacy_four_entry_anneal_is_constant():
 
 def test_anneal_from_command_line():
     o = parse(["--lambda_entropy", "1e-4", "1e-2", "2000", "log"])
-    assert o.lambda_entropy == [1e-4, 1e-2, 2000.0, "log"]
+    assert o.objective.lambda_entropy == [1e-4, 1e-2, 2000.0, "log"]
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -111,6 +151,11 @@ def test_anneal_from_command_line():
     (["--lambda_prior", "0", "--real_every", "2"], "--lambda_prior 0"),
     (["--O", "--O2"], "--O"),
     (["--ckpt", "something"], "--ckpt"),
+    (["--lambda_prior", "abc"], "--lambda_prior"),
+    (["--lambda_mask", "nan"], "--lambda_mask"),
+    (["--lr", "inf"], "--lr"),
+    (["--seed", "-1"], "--seed"),
+    (["--guidance", "oracle"], "--guidance_scene"),
 ])
 def test_invalid_values_give_one_line_errors(args, fragment):
     with pytest.raises(UserError) as exc:
@@ -130,3 +175,21 @@ def test_options_json_round_trip(tmp_path):
     save_options(opt, tmp_path / "options.json")
     back = load_options(tmp_path / "options.json")
     assert dataclasses.asdict(back) == dataclasses.asdict(opt)
+
+
+def test_options_json_is_grouped_and_flat_files_still_load(tmp_path):
+    opt = parse(["--iters", "300", "--pose_angle", "80", "--lambda_mask", "0.25"])
+    grouped = to_dict(opt)
+    assert grouped["train"]["iters"] == 300 and grouped["data"]["pose_angle"] == 80.0
+    older = {k: v for k, v in grouped.items() if k not in GROUPS}
+    for group in GROUPS:
+        older.update(grouped[group])
+    older["backbone"] = "grid"  # a removed option with a single value
+    (tmp_path / "flat.json").write_text(json.dumps(older))
+    assert load_options(tmp_path / "flat.json") == opt
+
+
+def test_foreign_options_file_is_refused(tmp_path):
+    (tmp_path / "options.json").write_text(json.dumps({"iters": 10, "no_such_option": 1}))
+    with pytest.raises(UserError, match="no_such_option"):
+        load_options(tmp_path / "options.json")

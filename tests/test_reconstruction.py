@@ -14,7 +14,9 @@ import torch
 import main as main_module
 from nerf import losses
 from nerf.checkpoint import load_checkpoint
-from nerf.options import load_options, parse
+from nerf.build import build_run
+from nerf.option_checks import parse
+from nerf.options_file import load_options
 from nerf.renderer import RenderSettings
 from nerf.trainer import TrainingDiverged
 
@@ -48,10 +50,11 @@ def trained(tmp_path_factory):
 
 
 def input_view_metrics(args):
-    trainer = main_module.build_trainer(parse(args + ["--test", "--ckpt", "latest"]))
+    run = build_run(parse(args + ["--test", "--ckpt", "latest"]))
+    trainer = run.trainer
     trainer.renderer.eval()
     with trainer.ema.averaged():
-        out = trainer.render_camera(trainer.real_view.camera, 0, RenderSettings())
+        out = run.frames.render(trainer.real_view.camera, 0, RenderSettings())
     gt = trainer.real_view.rgba
     gt_rgb = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:])
     mse = float(((out["image"].clamp(0, 1) - gt_rgb) ** 2).mean())
@@ -68,7 +71,7 @@ def test_prior_free_run_reproduces_the_input_view(trained):
 
 def test_run_writes_its_outputs(trained):
     ws = trained["workspace"]
-    assert load_options(ws / "options.json").iters == ITERS
+    assert load_options(ws / "options.json").train.iters == ITERS
     state = load_checkpoint(ws / "checkpoints" / "latest.pth")
     assert state["global_step"] == ITERS
     assert (ws / "validation" / "real_ep0002.png").is_file() and (ws / "validation" / "orbit_ep0002.png").is_file()
@@ -81,7 +84,7 @@ def test_run_writes_its_outputs(trained):
 
 def test_resume_continues_with_the_saved_optimiser_state(trained, tmp_path):
     saved = load_checkpoint(trained["workspace"] / "checkpoints" / "latest.pth")
-    trainer = main_module.build_trainer(parse(trained["args"] + ["--iters", str(ITERS + 100)]))
+    trainer = build_run(parse(trained["args"] + ["--iters", str(ITERS + 100)])).trainer
     assert trainer.global_step == ITERS
     restored = trainer.optimizer.state_dict()["state"]
     for key, value in saved["optimizer"]["state"].items():
@@ -116,8 +119,8 @@ def test_corrupt_checkpoint_is_refused_and_left_untouched(trained, tmp_path, cap
 
 def test_non_finite_losses_are_skipped_then_stop_without_a_checkpoint(trained, tmp_path, monkeypatch):
     ws = tmp_path / "ws"
-    trainer = main_module.build_trainer(parse(
-        ["--image_path", str(trained["image"]), "--workspace", str(ws), "--iters", "100", "--max_bad_steps", "3", *SMALL]))
+    trainer = build_run(parse(
+        ["--image_path", str(trained["image"]), "--workspace", str(ws), "--iters", "100", "--max_bad_steps", "3", *SMALL])).trainer
     before = [p.detach().clone() for p in trainer.field.parameters()]
     monkeypatch.setattr(losses, "mask_loss", lambda ws_, alpha: torch.tensor(float("nan")))
     with pytest.raises(TrainingDiverged, match="3 consecutive"):

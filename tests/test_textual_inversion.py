@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from nerf.guidance import load_learned_embeds, load_stable_diffusion
+from nerf.guidance.stable_diffusion import load_learned_embeds, load_stable_diffusion
 
 REPO = Path(__file__).resolve().parents[1]
 TI_DIR = REPO / "textual-inversion"

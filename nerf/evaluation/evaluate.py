@@ -43,8 +43,8 @@ def _mean(values: list[float | None]) -> float | None:
 def input_view(field: TrainedField, image_path: str | Path) -> dict[str, float]:
     """The final render of the input camera against the input RGBA (at the resolution it was trained with)."""
     opt = field.opt
-    rgba = load_rgba(image_path, opt.HW_real)
-    camera = Conventions.from_options(opt).input_camera(opt.HW_real, left_handed=opt.uses("left_handed"))
+    rgba = load_rgba(image_path, opt.data.HW_real)
+    camera = Conventions.from_options(opt).input_camera(opt.data.HW_real, left_handed=opt.uses("left_handed"))
     return _image_scores(field.render(camera), rgba)
 
 
@@ -83,7 +83,7 @@ def evaluate_workspace(workspace: str | Path, gt_mesh: str | Path | None = None,
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     field = TrainedField.load(workspace, device)
     report: dict = {"workspace": str(workspace), "step": field.step, "notices": []}
-    report["input_view"] = input_view(field, image_path or field.opt.image_path)
+    report["input_view"] = input_view(field, image_path or field.opt.data.image_path)
     if gt_views is not None:
         perceptual = PerceptualMetrics(device, settings.clip_model) if settings.perceptual else None
         report["novel_views"] = novel_views(field, gt_views, perceptual)

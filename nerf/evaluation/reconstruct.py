@@ -1,6 +1,5 @@
-"""Reconstructions for the benchmark: the project's Trainer on a synthetic scene's input view, either prior-free
-or with the oracle as its guidance. The Trainer receives the oracle through the same argument as Stable Diffusion
-and cannot tell them apart; main.py offers no way to select it."""
+"""Reconstructions for the benchmark: `main.py`'s own run (nerf.build) on a synthetic scene's input view, either
+prior-free or with the oracle chosen by name (`--guidance oracle --guidance_scene SCENE`)."""
 
 from __future__ import annotations
 
@@ -10,13 +9,10 @@ from typing import Sequence
 
 import torch
 
-from nerf.data import RealView
-from nerf.evaluation.oracle import DEFAULT_STRENGTH, OracleGuidance
+from nerf.build import build_run
 from nerf.evaluation.scene_files import load_scene
-from nerf.evaluation.workspace import build_renderer
-from nerf.options import parse, save_options
-from nerf.trainer import Trainer, seed_everything
-
+from nerf.guidance.oracle import DEFAULT_STRENGTH
+from nerf.option_checks import parse
 log = logging.getLogger("realfusion")
 
 # Reduced (CPU): the prior-free CPU test's sizes (tests/test_reconstruction.py), a 32^2 synthetic view, 128 samples
@@ -31,7 +27,17 @@ SIZES: dict[str, list[str]] = {
 MODES = ("prior_free", "oracle")
 # Albedo renders throughout: the oracle's target is the object's colour, and a view shaded under a random light
 # (the lambertian/textureless steps after --albedo_iters) has no ground truth to compare with.
-MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo"]}
+MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle"]}
+
+
+def reconstruction_args(scene_dir: Path, workspace: Path, mode: str, size: str = "default", seed: int = 0,
+                        oracle_strength: float = DEFAULT_STRENGTH, extra_args: Sequence[str] = (),
+                        cuda: bool = True) -> list[str]:
+    """The main.py command line of one suite run: the scene's input view, the size, the prior by name."""
+    args = ["--image_path", str(scene_dir / "rgba.png"), "--workspace", str(workspace), "--seed", str(seed),
+            "--ckpt", "scratch", "--guidance_scene", str(scene_dir), "--oracle_strength", str(oracle_strength),
+            *SIZES[size], *MODE_ARGS[mode], *extra_args]
+    return args if cuda else [*args, "--no_cuda_ray"]
 
 
 def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: str = "default",
@@ -40,20 +46,12 @@ def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: s
     """Train from scratch on SCENE/rgba.png into `workspace` (checkpoint + options.json, as main.py writes)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scene_dir, workspace = Path(scene_dir), Path(workspace)
-    args = ["--image_path", str(scene_dir / "rgba.png"), "--workspace", str(workspace), "--seed", str(seed),
-            "--ckpt", "scratch", *SIZES[size], *MODE_ARGS[mode], *extra_args]
-    if device.type != "cuda":
-        args.append("--no_cuda_ray")
-    opt = parse(args)
-    scene, conventions = load_scene(scene_dir)
-    if (conventions.pose_angle, conventions.radius, conventions.fovy) != (opt.pose_angle, opt.orbit_radius,
-                                                                         opt.default_fovy):
+    opt = parse(reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
+                                    cuda=device.type == "cuda"))
+    _, conventions = load_scene(scene_dir)
+    data = opt.data
+    if (conventions.pose_angle, conventions.radius, conventions.fovy) != (data.pose_angle, data.orbit_radius,
+                                                                         data.default_fovy):
         log.warning("scene %s was rendered with other camera conventions than the options use", scene_dir)
-    seed_everything(opt.seed)
-    real_view = RealView.from_file(opt.image_path, opt.HW_real, opt.pose_angle, opt.orbit_radius, opt.default_fovy)
-    guidance = OracleGuidance(scene, strength=oracle_strength) if mode == "oracle" else None
-    workspace.mkdir(parents=True, exist_ok=True)
-    save_options(opt, workspace / "options.json")
-    trainer = Trainer(opt, build_renderer(opt, device), real_view, guidance, workspace, device)
-    trainer.train()
+    build_run(opt, device=device).trainer.train()
     return workspace

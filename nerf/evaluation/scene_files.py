@@ -42,7 +42,7 @@ class Conventions:
 
     @classmethod
     def from_options(cls, opt: Options) -> "Conventions":
-        return cls(opt.pose_angle, opt.orbit_radius, opt.default_fovy)
+        return cls(opt.data.pose_angle, opt.data.orbit_radius, opt.data.default_fovy)
 
     def input_camera(self, size: int, left_handed: bool = False) -> CameraBatch:
         return fixed_cameras(self.pose_angle, torch.zeros(1), self.radius, self.fovy, size, left_handed=left_handed)

@@ -21,12 +21,12 @@ from typing import Iterator, Sequence
 import torch
 
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
-from nerf.evaluation.oracle import DEFAULT_STRENGTH
+from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.evaluation.reconstruct import MODES, reconstruct
 from nerf.evaluation.report import format_table, lookup
 from nerf.evaluation.scene_files import Conventions, write_scene
 from nerf.evaluation.scenes import FAMILIES, make_scene
-from nerf.evaluation.workspace import build_renderer
+from nerf.build import build_renderer
 from nerf.options import Options
 
 log = logging.getLogger("realfusion.suite")

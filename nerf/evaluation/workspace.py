@@ -1,12 +1,13 @@
 """A trained workspace as the evaluation sees it: the field with its averaged (EMA) weights, renders of any
 camera, and the density mesh.
 
-The field and renderer are built from the workspace's options.json exactly as main.build_trainer builds them, and
-nothing is written to the workspace (build_trainer would rewrite options.json and open its log).
+The run is assembled by `nerf.build.build_run` from the workspace's options.json, as main.py --test assembles it,
+with nothing written to the workspace.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nerf.build import build_run
 from nerf.cameras import CameraBatch
-from nerf.checkpoint import LATEST, load_checkpoint
 from nerf.errors import UserError
 from nerf.evaluation.geometry import Mesh
 from nerf.mesh import extract_surface, keep_main_components, sample_grid
-from nerf.optim import EMA
-from nerf.options import Options, load_options
-from nerf.renderer import Renderer, RenderSettings, build_renderer
+from nerf.options import Options
+from nerf.options_file import load_options
+from nerf.renderer import Renderer, RenderSettings
 
 FLOATER_RATIO = 0.1  # as the mesh export: parts under a tenth of the largest part's area are dropped
 
@@ -42,22 +43,12 @@ class TrainedField:
         if not (workspace / "options.json").is_file():
             raise UserError(f"{workspace} is not a reconstruction workspace (no options.json); "
                             "give the --workspace folder of a main.py run.")
-        opt = load_options(workspace / "options.json")
-        state = load_checkpoint(workspace / "checkpoints" / LATEST)
-        renderer = build_renderer(opt, device)
-        ema = EMA(renderer.field.parameters(), opt.ema_decay)
-        try:
-            renderer.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise UserError(f"the checkpoint of {workspace} does not match its options.json "
-                            f"({str(exc).splitlines()[0]}); evaluate an unmodified workspace.") from None
-        renderer.field.grid_levels_mask = int(state["grid_levels_mask"])
-        with torch.no_grad():
-            for param, average in zip(ema.params, ema.shadow):
-                param.copy_(average)
-        renderer.eval()
-        return cls(workspace, opt, renderer, device, int(state["global_step"]))
+        opt = dataclasses.replace(load_options(workspace / "options.json"), test=True, ckpt="latest",
+                                  workspace=str(workspace))
+        trainer = build_run(opt, device=device, write=False).trainer
+        trainer.ema.copy_to_params()
+        trainer.renderer.eval()
+        return cls(workspace, opt, trainer.renderer, device, trainer.global_step)
 
     @torch.no_grad()
     def render(self, camera: CameraBatch, index: int = 0) -> dict[str, Tensor]:
@@ -66,7 +57,7 @@ class TrainedField:
                            camera.directions[index:index + 1], camera.theta[index:index + 1],
                            camera.phi[index:index + 1]).to(self.device)
         rays_o, rays_d, _ = view.rays()
-        out = self.renderer.render(rays_o, rays_d, RenderSettings(), max_ray_batch=self.opt.max_ray_batch)
+        out = self.renderer.render(rays_o, rays_d, RenderSettings(), max_ray_batch=self.opt.render.max_ray_batch)
         size = camera.height
         return {"image": out["image"].reshape(size, size, 3).float().clamp(0, 1).cpu(),
                 "opacity": out["weights_sum"].reshape(size, size).float().cpu()}
@@ -76,11 +67,11 @@ class TrainedField:
         """The surface the mesh export would extract (same grid, threshold and floater removal), closed at the
         scene cube's faces so that its inside is well defined."""
         opt, field = self.opt, self.renderer.field
-        resolution = resolution or opt.mesh_resolution
-        threshold = opt.mesh_threshold or self.renderer.occupancy_threshold
-        sigma = sample_grid(lambda x: field.density(x)["sigma"], opt.bound, resolution, 1 << 16, self.device)
+        resolution = resolution or opt.output.mesh_resolution
+        threshold = opt.output.mesh_threshold or self.renderer.occupancy_threshold
+        sigma = sample_grid(lambda x: field.density(x)["sigma"], opt.render.bound, resolution, 1 << 16, self.device)
         padded = np.pad(sigma, 1, constant_values=0.0)  # one empty layer outside the cube
-        spacing = 2 * opt.bound / (resolution - 1)
-        vertices, faces = extract_surface(padded, threshold, opt.bound + spacing)
+        spacing = 2 * opt.render.bound / (resolution - 1)
+        vertices, faces = extract_surface(padded, threshold, opt.render.bound + spacing)
         vertices, faces = keep_main_components(vertices, faces, FLOATER_RATIO)
         return Mesh(vertices.astype(np.float64), faces)

@@ -3,7 +3,7 @@
 Every row times the same inputs through both backends on one device (CUDA-event medians on the GPU). The
 encoder and marching rows isolate one op each; the marching rows drive the real `Renderer` with an analytic
 ball in place of the network, so only marching, compositing and their glue are timed. The last two rows use
-the real `NeRFNetwork` + `Renderer` of `main.build_trainer` with default `--O` options, fitted prior-free to
+the real `RadianceField` + `Renderer` of `nerf.build.build_run` with default `--O` options, fitted prior-free to
 the bundled example for a few hundred iterations so that rays meet a realistic density.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import math
 import tempfile
 import time
@@ -160,19 +161,30 @@ def encoder_cases(device: torch.device, fast: str, sizes: Sizes) -> list[tuple[s
 
 # --- ray marching with an analytic field ---------------------------------------------------------------------
 class BallField(nn.Module):
-    """A dense ball (density 30, 0.5 elsewhere) with a colour ramp: the network's place in the marching rows."""
+    """A dense ball (density 30, 0.5 elsewhere) with a colour ramp: the learned field's place in the marching rows
+    (a `nerf.field.Field`; unshaded, no normals, no background, so the renderer composites on white)."""
 
-    bg_net = None  # no background network: the renderer composites on white
+    grid_levels_mask = 0
 
     def __init__(self) -> None:
         super().__init__()
-        self.density = nn.Parameter(torch.tensor(30.0))
+        self.inside = nn.Parameter(torch.tensor(30.0))
         self.ramp = nn.Parameter(torch.tensor(4.0))
+
+    def density(self, x: Tensor) -> dict[str, Tensor]:
+        sigma = self.inside * (x.norm(dim=-1) < BALL_RADIUS).float() + 0.5
+        return {"sigma": sigma, "albedo": torch.sigmoid(x * self.ramp)}
+
+    def normal(self, x: Tensor) -> Tensor:
+        return nn.functional.normalize(x, dim=-1)
+
+    def background(self, d: Tensor) -> None:
+        return None
 
     def forward(self, x: Tensor, d: Tensor | None = None, light_d: Tensor | None = None, ratio: float = 1.0,
                 shading: str = "albedo", need_normals: bool = False) -> tuple[Tensor, Tensor, None]:
-        sigma = self.density * (x.norm(dim=-1) < BALL_RADIUS).float() + 0.5
-        return sigma, torch.sigmoid(x * self.ramp), None
+        out = self.density(x)
+        return out["sigma"], out["albedo"], None
 
 
 def ball_renderer(backend: str, device: torch.device, sizes: Sizes):
@@ -226,21 +238,29 @@ def marching_cases(device: torch.device, fast: str, sizes: Sizes) -> list[tuple[
 
 
 # --- the --O field and renderer -------------------------------------------------------------------------------
+def field_args(sizes: Sizes, workdir: Path) -> list[str]:
+    """main.py's command line of the --O field the renderer rows time (prior-free on the bundled example)."""
+    from nerf.options import DEFAULT_IMAGE
+
+    return ["--O", "--lambda_prior", "0", "--image_path", str(ROOT / DEFAULT_IMAGE), "--seed", "0",
+            "--workspace", str(workdir / "fast"), *sizes.field_options]
+
+
 def fitted_trainers(device: torch.device, sizes: Sizes, iters: int, workdir: Path):
     """Trainers of the compiled and the reference backend sharing one field fitted prior-free for `iters` steps."""
-    import main as main_module
-    from nerf.options import DEFAULT_IMAGE, parse
+    from nerf.build import build_run
+    from nerf.option_checks import parse
 
-    args = ["--O", "--lambda_prior", "0", "--image_path", str(ROOT / DEFAULT_IMAGE), "--seed", "0",
-            "--workspace", str(workdir / "fast"), *sizes.field_options]
-    opt = parse(args)
-    fast = main_module.build_trainer(opt)
+    opt = parse(field_args(sizes, workdir))
+    fast = build_run(opt).trainer
     fast.renderer.train()
     with torch.no_grad(), fast.autocast():
         fast.renderer.update_occupancy()
     for _ in range(iters):
         fast.train_step()
-    reference = main_module.build_trainer(dataclasses.replace(opt, cuda_ray=False, workspace=str(workdir / "ref")))
+    torch_only = dataclasses.replace(opt, render=dataclasses.replace(opt.render, cuda_ray=False),
+                                     workspace=str(workdir / "ref"))
+    reference = build_run(torch_only).trainer
     reference.renderer.load_state_dict(fast.renderer.state_dict())
     for trainer in (fast, reference):
         trainer.renderer.to(device)
@@ -249,9 +269,8 @@ def fitted_trainers(device: torch.device, sizes: Sizes, iters: int, workdir: Pat
 
 def synthetic_pass(trainer, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, sds_grad: Tensor,
                    device: torch.device) -> Callable[[], None]:
-    """The synthetic step's render with Lambertian shading and normals, its regularisers, and backward;
-    a fixed image gradient stands in for score distillation."""
-    from nerf import losses
+    """The synthetic step's render with Lambertian shading and normals, its regularisers (the objective's own),
+    and backward; a fixed image gradient stands in for score distillation."""
     from nerf.renderer import RenderSettings
 
     renderer, size, step = trainer.renderer, sds_grad.shape[-1], trainer.global_step
@@ -263,19 +282,15 @@ def synthetic_pass(trainer, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, sds
         with half_autocast(device):
             out = renderer.render(rays_o, rays_d, settings)
             image = out["image"].reshape(1, size, size, 3).permute(0, 3, 1, 2)
-            normals = out["normal_image"].reshape(1, size, size, 3).permute(0, 3, 1, 2)
-            loss = ((image * sds_grad).sum()
-                    + trainer.weights("entropy", step) * losses.entropy_loss(out["weights_sum"])
-                    + trainer.weights("orient", step) * out["loss_orient"]
-                    + trainer.weights("smooth_2d", step) * losses.smooth_2d_loss(normals))
+            regularisers = trainer.objective.regularisers(out, size, step)
+            loss = (image * sds_grad).sum() + sum(regularisers.values())
         loss.backward()
 
     return run
 
 
 def real_pass(trainer, rays_o: Tensor, rays_d: Tensor, target: Tensor, device: torch.device) -> Callable[[], None]:
-    """The input-view step: albedo render of random pixels, image and mask losses, backward."""
-    from nerf import losses
+    """The input-view step: albedo render of random pixels, the objective's image and mask terms, backward."""
     from nerf.renderer import RenderSettings
 
     renderer, step = trainer.renderer, trainer.global_step
@@ -286,8 +301,7 @@ def real_pass(trainer, rays_o: Tensor, rays_d: Tensor, target: Tensor, device: t
         renderer.zero_grad(set_to_none=True)
         with half_autocast(device):
             out = renderer.render(rays_o, rays_d, settings)
-            loss = (trainer.weights("image", step) * losses.image_loss(out["image"], target[..., :3], target[..., 3:])
-                    + trainer.weights("mask", step) * losses.mask_loss(out["weights_sum"], target[..., 3]))
+            loss = sum(trainer.objective.real_terms(out, target, step).values())
         loss.backward()
 
     return run
@@ -308,9 +322,9 @@ def renderer_cases(device: torch.device, sizes: Sizes, iters: int,
     from nerf.cameras import fixed_cameras
 
     trainers = fitted_trainers(device, sizes, iters, workdir)
-    opt, real_view = trainers["cuda"].opt, trainers["cuda"].real_view.to(device)
-    radius = sum(opt.radius_range) / 2
-    side = fixed_cameras(opt.pose_angle, torch.tensor([90.0]), radius, opt.default_fovy, sizes.synthetic)
+    data, real_view = trainers["cuda"].objective.views.data, trainers["cuda"].real_view.to(device)
+    radius = sum(data.radius_range) / 2
+    side = fixed_cameras(data.pose_angle, torch.tensor([90.0]), radius, data.default_fovy, sizes.synthetic)
     syn_o, syn_d, _ = side.to(device).rays()
     light_d = side.centers[0].to(device)
     gen = torch.Generator().manual_seed(0)
@@ -329,15 +343,15 @@ def renderer_cases(device: torch.device, sizes: Sizes, iters: int,
 
 # --- reporting ------------------------------------------------------------------------------------------------
 def extension_load_seconds(device: torch.device) -> dict[str, dict]:
-    """Load (and on a fresh machine JIT-build) each extension; seconds and how it was found."""
-    from nerf.cuda_ext import load_extension
-
+    """Load (and on a fresh machine JIT-build) each extension through its package's own `cuda_build` copy, whose
+    cache the package then reuses; seconds and how it was found."""
     if device.type != "cuda":
         return {}
     found = {}
     for name in EXTENSIONS:
+        cuda_build = importlib.import_module(f"{name}.cuda_build")
         began = time.perf_counter()
-        module, how = load_extension(name, ROOT / name)
+        module, how = cuda_build.load_extension(name, ROOT / name)
         if module is None:
             raise UserError(f"the CUDA {name} extension is unavailable ({how}); fix that before benchmarking it")
         found[name] = {"seconds": round(time.perf_counter() - began, 2), "how": how}

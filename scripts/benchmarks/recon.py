@@ -24,9 +24,9 @@ import torch
 
 from benchmarks import common
 from benchmarks.sd15 import build_sd15
+from nerf.options import DEFAULT_PROMPT
 
 EXAMPLE = common.ROOT / "examples" / "natural-images" / "cat" / "rgba.png"
-PROMPT = "A high-resolution DSLR image of a <token>"
 TOKEN = "_cat_"
 STAGES = ("real_render", "synthetic_render", "vae_encode", "unet", "backward", "optimizer_grid", "other")
 
@@ -54,7 +54,7 @@ def learned_embedding(folder: Path, width: int) -> Path:
 
 
 def main_argv(model: Path, embeds: Path, workspace: Path, extra: str) -> list[str]:
-    return ["--O", "--image_path", str(EXAMPLE), "--learned_embeds_path", str(embeds), "--text", PROMPT,
+    return ["--O", "--image_path", str(EXAMPLE), "--learned_embeds_path", str(embeds), "--text", DEFAULT_PROMPT,
             "--pretrained_model_name_or_path", str(model), "--workspace", str(workspace), *shlex.split(extra)]
 
 
@@ -103,9 +103,10 @@ def instrumented(trainer) -> Iterator[StageTimer]:
             return fn(*args, **kwargs)
         return run
 
-    renderer, scaler, guidance = trainer.renderer, trainer.scaler, trainer.guidance
-    patches = [(trainer, "real_step", in_phase("real", trainer.real_step)),
-               (trainer, "synthetic_step", in_phase("synthetic", trainer.synthetic_step)),
+    renderer, scaler, objective = trainer.renderer, trainer.scaler, trainer.objective
+    guidance = objective.guidance
+    patches = [(objective, "real_step", in_phase("real", objective.real_step)),
+               (objective, "synthetic_step", in_phase("synthetic", objective.synthetic_step)),
                (renderer, "render", timer.wrap(renderer.render, lambda: f"{phase['name']}_render")),
                (renderer, "update_occupancy", timer.wrap(renderer.update_occupancy, "optimizer_grid")),
                (scaler, "step", timer.wrap(scaler.step, "optimizer_grid")),
@@ -151,10 +152,11 @@ def profile_table(trainer, steps: int) -> str:
 
 
 def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace) -> dict[str, Any]:
-    import main as realfusion
+    from nerf.build import build_run
+    from nerf.option_checks import parse
 
-    opt = realfusion.parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
-    trainer = realfusion.build_trainer(opt)
+    opt = parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
+    trainer = build_run(opt).trainer
     trainer.renderer.train()
     trainer.renderer.update_occupancy()
     for _ in range(args.warmup):
@@ -186,6 +188,8 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
 def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A complete default run (model loading, training, validations, final videos) through main.main."""
     import main as realfusion
+    from nerf import outputs
+    from nerf.option_checks import parse
     from nerf.trainer import Trainer
 
     phases: dict[str, float] = defaultdict(float)
@@ -201,11 +205,12 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
                 phases[name] += time.perf_counter() - began
         return run_phase
 
-    patches = {"train": timed("train_s", Trainer.train), "validate": timed("validate_s", Trainer.validate),
-               "test": timed("videos_s", Trainer.test)}
-    originals = {name: getattr(Trainer, name) for name in patches}
-    for name, method in patches.items():
-        setattr(Trainer, name, method)
+    patches = [(Trainer, "train", timed("train_s", Trainer.train)),
+               (Trainer, "validate", timed("validate_s", Trainer.validate)),
+               (outputs, "render_videos", timed("videos_s", outputs.render_videos))]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, method in patches:
+        setattr(owner, name, method)
     try:
         _sync()
         began = time.perf_counter()
@@ -213,9 +218,9 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
         _sync()
         wall = time.perf_counter() - began
     finally:
-        for name, method in originals.items():
-            setattr(Trainer, name, method)
-    iters = realfusion.parse(main_argv(model, embeds, workdir / "full", args.main_args)).iters
+        for owner, name, method in originals:
+            setattr(owner, name, method)
+    iters = parse(main_argv(model, embeds, workdir / "full", args.main_args)).train.iters
     # validations run inside train(): the loop's own time is train minus validation
     loop = phases["train_s"] - phases["validate_s"]
     return {"variant": "full run (main.main)", "exit_code": code, "wall_s": wall, **dict(phases),

@@ -1,33 +1,32 @@
-"""Stable Diffusion as a 2-D prior: model loading, the learned token, and score distillation (SDS).
+"""Stable Diffusion as a prior's source: model loading, the learned token, and the prompts it is asked about.
 
-The NeRF never sees Stable Diffusion's weights change: every SD module is frozen. What flows back is
-the SDS gradient g = lambda * w(t) * (eps_hat - eps) on the VAE latents of a rendered view, pushed
-through the VAE encoder and the bilinear resize into the renderer. It enters training as the surrogate
-loss 0.5 * ||z - stopgrad(z - g)||^2, whose gradient with respect to the latents z is exactly g, so the
-AMP GradScaler scales and unscales it like every other loss term (the original injected g with an
-unscaled ``backward`` and, under fp16, effectively divided it by the loss scale).
+Every SD module is loaded frozen. The learned token (textual inversion) enters as one new row of the text
+encoder's input embeddings, and the literal ``<token>`` in the prompts becomes that token (or, without a learned
+embedding, the one-word description in ``token_autoinit.txt`` next to the input image).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
+from nerf.cameras import direction_prompts
 from nerf.errors import UserError
+from nerf.options import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    from nerf.options import PriorOptions
+
+log = logging.getLogger("realfusion")
+
 # Hub ids that no longer exist, mapped to the official copy of the same weights.
 RETIRED_MODELS = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -195,109 +194,39 @@ def replace_token_placeholder(text: str, token: str) -> str:
     return text.replace(TOKEN_PLACEHOLDER, token)
 
 
-def surrogate_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """0.5 * ||z - stopgrad(z - g)||^2: a scalar whose gradient with respect to z is exactly g."""
-    latents = latents.float()
-    target = (latents - grad.float()).detach()
-    return 0.5 * ((latents - target) ** 2).sum()
+def resolve_token(prior: PriorOptions, image_path: str) -> tuple[str, torch.Tensor | None]:
+    """The word that replaces <token> and its learned vector: the learned token, or the one-word autoinit
+    description next to the image (no vector)."""
+    if prior.learned_embeds_path:
+        return load_learned_embeds(prior.learned_embeds_path)
+    autoinit = Path(image_path).parent / "token_autoinit.txt"
+    if autoinit.is_file() and autoinit.read_text(encoding="utf-8").strip():
+        word = autoinit.read_text(encoding="utf-8").split()[0]
+        log.info("no --learned_embeds_path: %s becomes '%s' from %s", TOKEN_PLACEHOLDER, word, autoinit)
+        return word, None
+    raise UserError(f"the prompt contains {TOKEN_PLACEHOLDER} but there is no --learned_embeds_path and no "
+                    f"{autoinit}; run textual inversion first or write the object's name in the prompt.")
 
 
-class SDSGuidance:
-    """Score distillation from Stable Diffusion with fixed prompts (one pair per view-direction bucket)."""
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts after <token> replacement, one (positive, negative) pair per view bucket, and the learned
+    token still to add to the model (None when the prompts use ordinary words only)."""
 
-    def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
-                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False) -> None:
-        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs."""
-        if not prompts:
-            raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
-        self.parts = parts
-        self.guidance_scale = guidance_scale
-        self.min_step, self.max_step = min_step, max_step
-        # SD's native resolution: the UNet's latent size times the VAE's downsampling factor (512 for SD 1.5).
-        self.image_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
-        self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
-        self.text_embeddings = self.encode_prompts(prompts)
-        self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
-        self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
-        if cuda_graph and parts.device.type == "cuda":
-            self.moments = GraphedDifferentiable(self.encode_moments, "VAE encoder")
-            self.predict_noise = GraphedInference(self.predict_noise_eager, "UNet")
+    text: str
+    negative: str
+    pairs: list[tuple[str, str]]
+    token: str | None
+    vector: torch.Tensor | None
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """[K, 2, 77, D] text encoder states, negative (unconditional) first, computed once."""
-        tok = self.parts.tokenizer
-        texts = [text for positive, negative in prompts for text in (negative, positive)]
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.parts.device)
-        states = self.parts.text_encoder(ids)[0]
-        return states.reshape(len(prompts), 2, *states.shape[1:])
 
-    def autocast(self):
-        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32.
-
-        The cast cache is off: it would keep tensors alive across CUDA-graph capture and replay."""
-        if self.parts.dtype != torch.float16:
-            return nullcontext()
-        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16, cache_enabled=False)
-
-    def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
-        """The VAE posterior's [mean, logvar] (at least fp32) for a [1, 3, h, w] image in [0, 1] at SD's size."""
-        size = self.image_size
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        vae = self.parts.vae
-        # The VAE's one attention layer has a single 512-wide head over 64x64 positions: the fused attention
-        # kernels are slow at that width (their backward above all), plain matrix products are not.
-        with self.autocast(), sdpa_kernel(SDPBackend.MATH):
-            moments = vae.encoder(x * 2 - 1)
-            if vae.quant_conv is not None:
-                moments = vae.quant_conv(moments)
-        return moments.to(torch.promote_types(moments.dtype, torch.float32))
-
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        posterior = DiagonalGaussianDistribution(self.moments(image))
-        return posterior.sample(generator) * self.parts.vae.config.scaling_factor
-
-    def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """The UNet's noise prediction, fp32, for a batch of noisy latents at timesteps `steps`."""
-        with self.autocast():
-            return self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
-
-    @torch.no_grad()
-    def sds_gradient(self, latents: torch.Tensor, direction: int, weight: float, t: int | None = None,
-                     noise: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-        """g = weight * (1 - abar_t) * (eps_hat - eps) for the latents; t and noise are drawn unless given."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if t is None:
-            where = generator.device if generator is not None else "cpu"
-            t = int(torch.randint(self.min_step, self.max_step + 1, (1,), generator=generator, device=where))
-        if noise is None:
-            noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        steps = torch.full((2,), t, device=latents.device, dtype=torch.long)
-        # The forward diffusion q(z_t | z_0) of every SD scheduler's add_noise, with the schedule already on
-        # the device (add_noise copies it there at each call, which waits for the GPU).
-        abar = self.alphas_cumprod[t]
-        noisy = abar.sqrt() * latents.detach().float() + (1 - abar).sqrt() * noise.float()
-        embedding = self.text_embeddings[direction if len(self.text_embeddings) > 1 else 0]
-        eps = self.predict_noise(torch.cat([noisy, noisy]), steps, embedding)
-        eps_uncond, eps_cond = eps.chunk(2)
-        eps_hat = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
-        grad = weight * (1 - self.alphas_cumprod[t]) * (eps_hat - noise.float())
-        return torch.nan_to_num(grad), t
-
-    def __call__(self, image: torch.Tensor, direction: int, weight: float,
-                 generator: torch.Generator | None = None, *,
-                 camera: object = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """SDS on one rendered view: the surrogate loss (its latent gradient is g) and {sds_grad_norm, t}.
-
-        Random draws, in order: VAE posterior noise, t, the diffusion noise eps. The camera is not needed:
-        the prompt bucket `direction` carries all SDS uses of the view.
-        """
-        latents = self.encode(image, generator)
-        grad, t = self.sds_gradient(latents, direction, weight, generator=generator)
-        return surrogate_loss(latents, grad), {"sds_grad_norm": grad.abs().mean(), "t": torch.tensor(float(t))}
+def resolve_prompts(prior: PriorOptions, image_path: str) -> Prompts:
+    """The prompts of a run; the token is resolved before any model is loaded, so a missing one fails fast."""
+    token, vector = None, None
+    if TOKEN_PLACEHOLDER in prior.text + prior.negative or prior.learned_embeds_path:
+        token, vector = resolve_token(prior, image_path)
+    text, negative = prior.text, prior.negative
+    if token is not None:
+        text, negative = replace_token_placeholder(text, token), replace_token_placeholder(negative, token)
+    pairs = direction_prompts(text, negative, prior.dir_text, prior.suppress_face)
+    return Prompts(text, negative, pairs, token, vector)

@@ -1,0 +1,158 @@
+"""The one place a run is assembled from resolved options.
+
+input view -> field + renderer -> prior (by name) -> objective -> trainer -> restored checkpoint. `main.py`, the
+evaluation tools and the benchmarks all call :func:`build_run`; each component receives only its slice of the
+options. Everything that can fail on bad input (the image, the checkpoint, the prior) is checked before the
+workspace is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nerf.anneal import AnnealedValue
+from nerf.checkpoint import find_checkpoint, load_checkpoint
+from nerf.data import RealView
+from nerf.errors import UserError
+from nerf.field import Background, DensityGeometry, RadianceField
+from nerf.guidance import Guidance
+from nerf.objective import Objective
+from nerf.options import Options
+from nerf.options_file import to_dict
+from nerf.outputs import Frames, Orbit
+from nerf.renderer import Renderer
+from nerf.synthetic_views import SyntheticViews
+from nerf.seeding import seed_everything
+from nerf.trainer import Trainer
+from nerf.workspace import default_workspace, open_workspace
+
+log = logging.getLogger("realfusion")
+DEBUG_RENDER_EVERY = 50
+TRAINING_RENDER_EVERY = 100
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def kernel_backend(opt: Options) -> str:
+    """auto: the CUDA extensions when they load, else the PyTorch reference; torch: always the reference."""
+    return "auto" if opt.render.cuda_ray else "torch"
+
+
+def build_renderer(opt: Options, device: torch.device) -> Renderer:
+    """The field (geometry + shading + background) inside its renderer."""
+    field_opt, render, backend = opt.field, opt.render, kernel_backend(opt)
+    geometry = DensityGeometry(bound=render.bound, grid_levels=field_opt.grid_levels,
+                               grid_resolution=field_opt.grid_resolution, grid_type=field_opt.grid_type,
+                               log2_hashmap_size=field_opt.log2_hashmap_size, blob_density=field_opt.blob_density,
+                               blob_radius=field_opt.blob_radius, grid_levels_mask=field_opt.grid_levels_mask,
+                               backend=backend)
+    background = Background(backend=backend) if field_opt.bg_radius > 0 else None
+    renderer = Renderer(RadianceField(geometry, background), bound=render.bound,
+                        density_thresh=render.density_thresh, min_near=render.min_near, dt_gamma=render.dt_gamma,
+                        max_steps=render.max_steps, grid_size=render.occupancy_grid_size, backend=backend)
+    return renderer.to(device)
+
+
+def prior_enabled(opt: Options) -> bool:
+    """The one decision whether a prior is loaded: training, with a lambda_prior that is ever above zero."""
+    return not opt.test and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
+
+
+def build_prior(opt: Options, device: torch.device) -> Guidance | None:
+    if not prior_enabled(opt):
+        return None
+    from nerf.guidance import build_guidance
+
+    return build_guidance(opt.prior, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+
+
+def load_real_view(opt: Options) -> RealView:
+    data = opt.data
+    return RealView.from_file(data.image_path, data.HW_real, data.pose_angle, data.orbit_radius, data.default_fovy,
+                              left_handed=opt.uses("left_handed"))
+
+
+def orbit(opt: Options) -> Orbit:
+    data = opt.data
+    return Orbit(pose_angle=data.pose_angle, radius=data.orbit_radius, fovy=data.default_fovy,
+                 angle_overhead=data.angle_overhead, angle_front=data.angle_front,
+                 left_handed=opt.uses("left_handed"))
+
+
+def read_checkpoint(opt: Options, workspace: Path) -> tuple[Path, dict] | None:
+    """The checkpoint --ckpt selects, located and read (and so validated) once; None to start from scratch."""
+    if opt.test and not (workspace / "checkpoints").is_dir() and not opt.ckpt.endswith((".pth", ".pt")):
+        raise UserError(f"--test needs a trained workspace; {workspace} has no checkpoints (give --workspace).")
+    path = find_checkpoint(workspace, opt.ckpt)
+    if path is None:
+        if opt.ckpt == "scratch" and (workspace / "checkpoints").is_dir():
+            log.info("--ckpt scratch: starting a new run; the checkpoint in %s will be replaced at the first save",
+                     workspace)
+        return None
+    return path, load_checkpoint(path)
+
+
+@dataclass
+class Run:
+    """Everything a run is made of, built once and passed on."""
+
+    opt: Options
+    workspace: Path
+    device: torch.device
+    real_view: RealView
+    renderer: Renderer
+    guidance: Guidance | None
+    frames: Frames
+    trainer: Trainer
+
+
+def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guidance: Guidance | None,
+                  frames: Frames, workspace: Path) -> Trainer:
+    """Objective (with its view sampler) and the Trainer that optimises it; one seeded generator for both."""
+    device = renderer.density_grid.device
+    generator = torch.Generator().manual_seed(opt.seed)
+    objective_opt = opt.objective
+    views = SyntheticViews(opt.data, dir_text=opt.prior.dir_text,
+                           replace_every=objective_opt.replace_synthetic_camera_every,
+                           replace_noise=objective_opt.replace_synthetic_camera_noise,
+                           albedo_iters=objective_opt.albedo_iters, real_camera=real_view.camera,
+                           generator=generator, device=device, left_handed=opt.uses("left_handed"),
+                           legacy_replacement=opt.uses("camera_replacement"))
+    objective = Objective(objective_opt, iters=opt.train.iters, renderer=renderer, views=views, real_view=real_view,
+                          guidance=guidance, num_rays=opt.data.num_rays, generator=generator,
+                          legacy_anneal_4=opt.uses("anneal_4"), unscaled_prior=opt.uses("sds_unscaled"))
+    return Trainer(opt.train, renderer=renderer, objective=objective, frames=frames, real_view=real_view,
+                   workspace=workspace, generator=generator, update_grid_every=opt.render.update_extra_interval,
+                   grid_levels_mask_iters=opt.field.grid_levels_mask_iters, record=to_dict(opt),
+                   training_render_every=DEBUG_RENDER_EVERY if opt.debug else TRAINING_RENDER_EVERY,
+                   empty_grid_start=opt.uses("empty_grid_start"),
+                   live_weights_outputs=opt.uses("live_weights_final_video"))
+
+
+def build_run(opt: Options, *, device: torch.device | None = None, write: bool = True) -> Run:
+    """Assemble and restore a run. With `write`, the workspace is created (log, options.json) only after every
+    input has been read and checked; without it (evaluation) nothing is written."""
+    device = device or default_device()
+    workspace = Path(opt.workspace) if opt.workspace else default_workspace(opt)
+    seed_everything(opt.seed)
+    real_view = load_real_view(opt).to(device)
+    checkpoint = read_checkpoint(opt, workspace)
+    renderer = build_renderer(opt, device)
+    guidance = build_prior(opt, device)
+    frames = Frames(renderer, orbit(opt), opt.render.max_ray_batch, half=opt.train.fp16 and device.type == "cuda")
+    trainer = build_trainer(opt, renderer=renderer, real_view=real_view, guidance=guidance, frames=frames,
+                            workspace=workspace)
+    if checkpoint is not None:
+        path, state = checkpoint
+        trainer.load(state, path, model_only=opt.ckpt == "latest_model")
+    if write:
+        open_workspace(workspace, opt)
+        log.info("workspace: %s | device: %s | backends: grid encoder %s, ray marching %s", workspace, device,
+                 renderer.field.encoder.backend_name, renderer.ops.name)
+    return Run(opt, workspace, device, real_view, renderer, guidance, frames, trainer)

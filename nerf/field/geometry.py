@@ -1,0 +1,100 @@
+"""The density geometry: a multi-resolution grid and a tiny MLP give density (and albedo) at 3-D points.
+
+Sizes follow the original: 16 grid levels x 2 features (tiled by default), a 3-layer 64-wide MLP with 4 outputs
+(density logit, albedo logits) and a Gaussian density blob at the centre. The albedo comes with the geometry
+because one MLP produces both. Normals are central finite differences of the density.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.autograd import Function
+
+from gridencoder import GridEncoder
+from nerf.cameras import safe_normalize
+from nerf.field.mlp import mlp
+
+NORMAL_TYPES = ("finite_difference",)
+NORMAL_EPS = 0.01
+
+
+class _TruncExp(Function):
+    """exp with a gradient clamped at exp(15), so large density logits cannot explode the update."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x.float())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.float().clamp(max=15))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    return _TruncExp.apply(x)
+
+
+def finite_difference_normal(sigma: Callable[[Tensor], Tensor], x: Tensor, bound: float,
+                             eps: float = NORMAL_EPS) -> Tensor:
+    """Outward unit normals -grad(sigma)/|grad(sigma)| at x [N, 3] by central differences: the six shifted copies
+    go through `sigma` in one batched call (clamped to the scene cube); a zero gradient gives a zero normal."""
+    offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
+    offsets = torch.cat([offsets, -offsets])  # +x, +y, +z, -x, -y, -z
+    shifted = (x[None] + offsets[:, None]).clamp(-bound, bound).reshape(-1, 3)
+    values = sigma(shifted).reshape(6, -1)
+    gradient = (values[:3] - values[3:]).T / (2 * eps)
+    return torch.nan_to_num(safe_normalize(-gradient))
+
+
+class DensityGeometry(nn.Module):
+    """Density sigma and albedo at points (world units, inside the cube of half-side `bound`) and their normals."""
+
+    def __init__(self, bound: float = 0.75, grid_levels: int = 16, grid_resolution: int = 2048,
+                 grid_type: str = "tiled", log2_hashmap_size: int = 16, blob_density: float = 5.0,
+                 blob_radius: float = 0.2, grid_levels_mask: int = 0, normal_type: str = "finite_difference",
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if normal_type not in NORMAL_TYPES:
+            raise ValueError(f"unknown normal_type {normal_type!r}; choose one of {NORMAL_TYPES}")
+        self.bound = bound
+        self.blob_density = blob_density
+        self.blob_radius = blob_radius
+        self.normal_type = normal_type
+        self.grid_levels_mask = grid_levels_mask  # the finest levels zeroed (coarse-to-fine start of a run)
+        self.encoder = GridEncoder(input_dim=3, num_levels=grid_levels, level_dim=2, base_resolution=16,
+                                   log2_hashmap_size=log2_hashmap_size, desired_resolution=grid_resolution * bound,
+                                   gridtype=grid_type, align_corners=False, interpolation="linear", backend=backend)
+        self.mlp = mlp(self.encoder.output_dim, 4, 64, 3)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Grid features [N, levels * 2] with the `grid_levels_mask` finest levels zeroed."""
+        features = self.encoder(x, bound=self.bound)
+        if self.grid_levels_mask > 0:
+            keep = features.shape[-1] - self.grid_levels_mask * 2
+            mask = torch.zeros(features.shape[-1], dtype=features.dtype, device=features.device)
+            mask[:keep] = 1
+            features = features * mask
+        return features
+
+    def blob(self, x: Tensor) -> Tensor:
+        """The Gaussian density logit bias that starts every run with an object at the centre."""
+        return self.blob_density * torch.exp(-(x * x).sum(-1) / (2 * self.blob_radius**2))
+
+    def density(self, x: Tensor) -> dict[str, Tensor]:
+        """sigma [N] and albedo [N, 3] at points x [N, 3]."""
+        h = self.mlp(self.features(x))
+        sigma = trunc_exp(h[..., 0] + self.blob(x))
+        albedo = torch.sigmoid(h[..., 1:])
+        return {"sigma": sigma, "albedo": albedo}
+
+    def normal(self, x: Tensor) -> Tensor:
+        """Outward unit normals [N, 3] at x, by the method `normal_type` names."""
+        if self.normal_type == "finite_difference":
+            return finite_difference_normal(lambda p: self.density(p)["sigma"], x, self.bound)
+        raise ValueError(f"unknown normal_type {self.normal_type!r}; choose one of {NORMAL_TYPES}")

@@ -1,0 +1,146 @@
+"""Score distillation (SDS) from Stable Diffusion, and the builder of the ``sd`` prior.
+
+The NeRF never sees Stable Diffusion's weights change. What flows back is the SDS gradient
+g = w(t) * (eps_hat - eps) on the VAE latents of a rendered view, pushed through the VAE encoder and the bilinear
+resize into the renderer as the surrogate loss (`surrogate.py`); the objective multiplies that loss by
+``lambda_prior``, which makes the gradient lambda * g.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
+from nerf.guidance.stable_diffusion import (
+    StableDiffusionParts,
+    add_learned_token,
+    load_stable_diffusion,
+    resolve_prompts,
+)
+from nerf.guidance.surrogate import surrogate_loss
+
+if TYPE_CHECKING:
+    from nerf.options import PriorOptions
+
+log = logging.getLogger("realfusion")
+
+
+def build(prior: PriorOptions, *, device: torch.device, fp16: bool, image_path: str) -> SDSGuidance:
+    """Stable Diffusion with the learned token and the view-dependent prompts; fp16 weights on CUDA only."""
+    prompts = resolve_prompts(prior, image_path)
+    parts = load_stable_diffusion(prior.pretrained_model_name_or_path, device, fp16=fp16)
+    if prompts.vector is not None:
+        add_learned_token(parts, prompts.token, prompts.vector)
+    log.info("prompt: %s | negative: %s", prompts.text, prompts.negative or "(empty)")
+    guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, cuda_graph=prior.cuda_graph)
+    guidance.prompt, guidance.negative_prompt = prompts.text, prompts.negative
+    return guidance
+
+
+class SDSGuidance:
+    """Score distillation from Stable Diffusion with fixed prompts (one pair per view-direction bucket)."""
+
+    def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
+                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False) -> None:
+        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs."""
+        if not prompts:
+            raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
+        self.parts = parts
+        # The prompts before view suffixes, after <token> replacement: set by `build`, for the caller's records.
+        self.prompt: str | None = None
+        self.negative_prompt: str | None = None
+        self.guidance_scale = guidance_scale
+        self.min_step, self.max_step = min_step, max_step
+        # SD's native resolution: the UNet's latent size times the VAE's downsampling factor (512 for SD 1.5).
+        self.image_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
+        self.text_embeddings = self.encode_prompts(prompts)
+        self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
+        self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
+        if cuda_graph and parts.device.type == "cuda":
+            self.moments = GraphedDifferentiable(self.encode_moments, "VAE encoder")
+            self.predict_noise = GraphedInference(self.predict_noise_eager, "UNet")
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """[K, 2, 77, D] text encoder states, negative (unconditional) first, computed once."""
+        tok = self.parts.tokenizer
+        texts = [text for positive, negative in prompts for text in (negative, positive)]
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.parts.device)
+        states = self.parts.text_encoder(ids)[0]
+        return states.reshape(len(prompts), 2, *states.shape[1:])
+
+    def autocast(self):
+        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32.
+
+        The cast cache is off: it would keep tensors alive across CUDA-graph capture and replay."""
+        if self.parts.dtype != torch.float16:
+            return nullcontext()
+        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16, cache_enabled=False)
+
+    def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior's [mean, logvar] (at least fp32) for a [1, 3, h, w] image in [0, 1] at SD's size."""
+        size = self.image_size
+        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+        vae = self.parts.vae
+        # The VAE's one attention layer has a single 512-wide head over 64x64 positions: the fused attention
+        # kernels are slow at that width (their backward above all), plain matrix products are not.
+        with self.autocast(), sdpa_kernel(SDPBackend.MATH):
+            moments = vae.encoder(x * 2 - 1)
+            if vae.quant_conv is not None:
+                moments = vae.quant_conv(moments)
+        return moments.to(torch.promote_types(moments.dtype, torch.float32))
+
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        posterior = DiagonalGaussianDistribution(self.moments(image))
+        return posterior.sample(generator) * self.parts.vae.config.scaling_factor
+
+    def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction, fp32, for a batch of noisy latents at timesteps `steps`."""
+        with self.autocast():
+            return self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
+
+    @torch.no_grad()
+    def sds_gradient(self, latents: torch.Tensor, direction: int, t: int | None = None,
+                     noise: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+        """g = (1 - abar_t) * (eps_hat - eps) for the latents; t and noise are drawn unless given."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if t is None:
+            where = generator.device if generator is not None else "cpu"
+            t = int(torch.randint(self.min_step, self.max_step + 1, (1,), generator=generator, device=where))
+        if noise is None:
+            noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = torch.full((2,), t, device=latents.device, dtype=torch.long)
+        # The forward diffusion q(z_t | z_0) of every SD scheduler's add_noise, with the schedule already on
+        # the device (add_noise copies it there at each call, which waits for the GPU).
+        abar = self.alphas_cumprod[t]
+        noisy = abar.sqrt() * latents.detach().float() + (1 - abar).sqrt() * noise.float()
+        embedding = self.text_embeddings[direction if len(self.text_embeddings) > 1 else 0]
+        eps = self.predict_noise(torch.cat([noisy, noisy]), steps, embedding)
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps_hat = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
+        grad = (1 - self.alphas_cumprod[t]) * (eps_hat - noise.float())
+        return torch.nan_to_num(grad), t
+
+    def __call__(self, image: torch.Tensor, direction: int, *, camera: object = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """SDS on one rendered view: the surrogate loss (its latent gradient is g) and {sds_grad_norm, t}.
+
+        Random draws, in order: VAE posterior noise, t, the diffusion noise eps. The camera is not needed:
+        the prompt bucket `direction` carries all SDS uses of the view.
+        """
+        latents = self.encode(image, generator)
+        grad, t = self.sds_gradient(latents, direction, generator=generator)
+        return surrogate_loss(latents, grad), {"sds_grad_norm": grad.abs().mean(), "t": torch.tensor(float(t))}

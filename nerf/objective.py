@@ -1,0 +1,157 @@
+"""The loss of one iteration: the prior on a synthetic view plus its regularisers, and the input-view terms.
+
+Every weight is applied here, `lambda_prior` included (a guidance returns the unweighted surrogate loss), each
+evaluated at the current step from its annealing spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from nerf import losses
+from nerf.anneal import AnnealedValue
+from nerf.cameras import CameraBatch
+from nerf.data import RealView
+from nerf.guidance import Guidance
+from nerf.options import ObjectiveOptions
+from nerf.renderer import Renderer, RenderSettings
+from nerf.synthetic_views import SyntheticViews
+
+TERMS = ("prior", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d")
+
+
+class LossWeights:
+    """The annealed lambda of every loss term, read at a step."""
+
+    def __init__(self, objective: ObjectiveOptions, iters: int, legacy_anneal_4: bool = False) -> None:
+        self.values = {name: AnnealedValue(getattr(objective, f"lambda_{name}"), iters, legacy_anneal_4)
+                       for name in TERMS}
+
+    def __call__(self, name: str, step: int) -> float:
+        return self.values[name].value(step)
+
+    def ever_nonzero(self, name: str) -> bool:
+        return self.values[name].ever_nonzero()
+
+
+@dataclass
+class SyntheticRender:
+    """The prior's view of this iteration, kept for the training-image dumps."""
+
+    out: dict[str, Tensor]
+    camera: CameraBatch
+
+
+@dataclass
+class StepLoss:
+    loss: Tensor
+    terms: dict[str, Tensor]  # weighted, as they enter the loss
+    synthetic: SyntheticRender | None = None
+
+
+def _image(values: Tensor, size: int) -> Tensor:
+    """Rendered rays [1, size*size, C] as an image batch [1, C, size, size]."""
+    return values.reshape(1, size, size, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _offset(rays: Tensor, std: float) -> Tensor:
+    """One random offset shared by all rays (the original's camera noise)."""
+    return rays + torch.randn(3, device=rays.device) * std if std > 0 else rays
+
+
+class Objective:
+    """Synthetic step (prior + regularisers) and input-view step, weighted and summed."""
+
+    def __init__(self, objective: ObjectiveOptions, *, iters: int, renderer: Renderer,
+                 views: SyntheticViews, real_view: RealView | None, guidance: Guidance | None, num_rays: int,
+                 generator: torch.Generator, legacy_anneal_4: bool = False, unscaled_prior: bool = False) -> None:
+        """`unscaled_prior`: divide the prior's loss by the fp16 loss scale (the original's SDS gradient)."""
+        self.options = objective
+        self.iters = iters
+        self.renderer = renderer
+        self.views = views
+        self.real_view = real_view
+        self.guidance = guidance
+        self.num_rays = num_rays
+        self.generator = generator
+        self.lambdas = LossWeights(objective, iters, legacy_anneal_4)
+        self.unscaled_prior = unscaled_prior
+        self.use_prior = guidance is not None
+        self.use_real = real_view is not None and (self.lambdas.ever_nonzero("image")
+                                                   or self.lambdas.ever_nonzero("mask"))
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.use_prior or self.use_real)
+
+    def __call__(self, step: int, loss_scale: Callable[[], float] = lambda: 1.0) -> StepLoss:
+        """The weighted loss of iteration `step`; `loss_scale` is read only for the legacy unscaled prior."""
+        device = self.renderer.density_grid.device
+        loss, terms, synthetic = torch.zeros((), device=device), {}, None
+        if self.use_prior:
+            synthetic_loss = self.synthetic_step(step, loss_scale)
+            loss, terms, synthetic = loss + synthetic_loss.loss, synthetic_loss.terms, synthetic_loss.synthetic
+        options = self.options
+        if self.use_real and step >= options.real_iters and step % options.real_every == 0:
+            real_loss = self.real_step(step)
+            loss, terms = loss + real_loss.loss, {**terms, **real_loss.terms}
+        return StepLoss(loss, terms, synthetic)
+
+    def synthetic_step(self, step: int, loss_scale: Callable[[], float]) -> StepLoss:
+        w = self.lambdas
+        view = self.views.view(step)
+        rays_o, rays_d, _ = view.camera.rays()
+        rays_o, rays_d = _offset(rays_o, view.ray_noise), _offset(rays_d, view.ray_noise)
+        shading, ratio = self.views.shading(step)
+        need_normals = shading != "albedo" or w("orient", step) > 0 or w("smooth_2d", step) > 0
+        settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,
+                                  need_smooth=w("smooth", step) > 0)
+        out = self.renderer.render(rays_o, rays_d, settings)
+        size = view.camera.height
+        terms: dict[str, Tensor] = {}
+        if self.guidance is not None and w("prior", step) > 0:
+            prior, _ = self.guidance(_image(out["image"], size), view.direction, camera=view.camera)
+            if self.unscaled_prior:
+                prior = prior / loss_scale()
+            terms["sds"] = w("prior", step) * prior
+        terms.update(self.regularisers(out, size, step))
+        loss = sum(terms.values(), torch.zeros((), device=rays_o.device))
+        return StepLoss(loss, terms, SyntheticRender(out, view.camera))
+
+    def regularisers(self, out: dict[str, Tensor], size: int, step: int) -> dict[str, Tensor]:
+        """The weighted regularisers of a synthetic render of `size`^2 rays (the terms whose weight is above 0)."""
+        opacity = out["weights_sum"].reshape(1, 1, size, size)
+        unweighted: dict[str, Callable[[], Tensor]] = {
+            "opacity": lambda: losses.opacity_loss(opacity),
+            "entropy": lambda: losses.entropy_loss(opacity),
+            "orient": lambda: out["loss_orient"],
+            "smooth": lambda: out["loss_smooth"],
+            "smooth_2d": lambda: losses.smooth_2d_loss(_image(out["normal_image"], size)),
+        }
+        return {name: self.lambdas(name, step) * term() for name, term in unweighted.items()
+                if self.lambdas(name, step) > 0}
+
+    def real_step(self, step: int) -> StepLoss:
+        options = self.options
+        assert self.real_view is not None
+        rays_o, rays_d, target = self.real_view.sample(self.num_rays, self.generator)
+        anneal = (1 - step / self.iters) if options.noise_real_camera_annealing else 1.0
+        std = options.noise_real_camera * anneal
+        rays_o, rays_d = _offset(rays_o, std), _offset(rays_d, std)
+        out = self.renderer.render(rays_o, rays_d, RenderSettings(shading="albedo", ratio=1.0, perturb=True))
+        terms = self.real_terms(out, target, step)
+        return StepLoss(sum(terms.values(), torch.zeros((), device=rays_o.device)), terms)
+
+    def real_terms(self, out: dict[str, Tensor], target: Tensor, step: int) -> dict[str, Tensor]:
+        """The weighted input-view terms of a render of pixels whose RGBA is `target` [..., 4]."""
+        w, terms = self.lambdas, {}
+        gt_rgb, gt_alpha = target[..., :3], target[..., 3:]
+        if w("image", step) > 0:
+            terms["image"] = w("image", step) * losses.image_loss(out["image"], gt_rgb, gt_alpha)
+        if w("mask", step) > 0:
+            terms["mask"] = w("mask", step) * losses.mask_loss(out["weights_sum"], gt_alpha[..., 0])
+        return terms

@@ -1,0 +1,132 @@
+"""From the command line to resolved options: parse, apply presets, reject what would fail later.
+
+Everything here runs before a model is loaded or a file is written, so a bad value costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from nerf.anneal import AnnealedValue, check_anneal_spec, normalise_anneal_spec
+from nerf.errors import UserError
+from nerf.options import ANNEALED_FIELDS, GROUPS, Options
+
+CKPT_NAMES = ("scratch", "latest", "latest_model", "best")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _check_finite(opt: Options) -> None:
+    """NaN or infinite numbers would silently switch terms off or poison the weights."""
+    for group in GROUPS:
+        for name, value in dataclasses.asdict(getattr(opt, group)).items():
+            values = value if isinstance(value, (tuple, list)) else [value]
+            for item in values:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise UserError(f"--{name} must be a finite number, got {value}.")
+
+
+def _check_sizes(opt: Options) -> None:
+    positive = {"train": ("iters", "eval_interval", "max_bad_steps"),
+                "data": ("HW_synthetic", "HW_real", "num_rays"),
+                "render": ("max_steps", "update_extra_interval", "occupancy_grid_size", "max_ray_batch"),
+                "field": ("grid_levels",), "objective": ("real_every",), "output": ("HW_vis", "mesh_resolution")}
+    non_negative = {"objective": ("albedo_iters", "real_iters", "replace_synthetic_camera_every"),
+                    "field": ("grid_levels_mask_iters",), "output": ("mesh_decimate_target",),
+                    "train": ("warm_iters",)}
+    for group, names in positive.items():
+        for name in names:
+            value = getattr(getattr(opt, group), name)
+            _check(value > 0, f"--{name} must be > 0, got {value}.")
+    for group, names in non_negative.items():
+        for name in names:
+            value = getattr(getattr(opt, group), name)
+            _check(value >= 0, f"--{name} must be >= 0, got {value}.")
+    size = opt.render.occupancy_grid_size
+    _check(size & (size - 1) == 0, f"--occupancy_grid_size must be a power of two (cells are indexed by Morton "
+                                   f"codes), e.g. 32, 64 or 128; got {size}.")
+
+
+def _check_cameras(opt: Options) -> None:
+    data = opt.data
+    lo, hi = data.radius_range
+    _check(0 < lo <= hi, f"--radius_range needs 0 < min <= max, got {lo} {hi} (reversed or non-positive range).")
+    lo, hi = data.fovy_range
+    _check(0 < lo <= hi < 180, f"--fovy_range needs 0 < min <= max < 180 degrees, got {lo} {hi}.")
+    _check(data.radius_rot is None or data.radius_rot > 0, f"--radius_rot must be > 0, got {data.radius_rot}.")
+    _check(0 <= data.uniform_sphere_rate <= 1,
+           f"--uniform_sphere_rate must be in [0, 1], got {data.uniform_sphere_rate}.")
+    _check(0 < data.angle_front <= 180, f"--angle_front must be in (0, 180], got {data.angle_front}.")
+    _check(0 <= data.angle_overhead < 90, f"--angle_overhead must be in [0, 90), got {data.angle_overhead}.")
+
+
+def _check_model(opt: Options) -> None:
+    field, render, train = opt.field, opt.render, opt.train
+    _check(render.bound > 0, f"--bound must be > 0, got {render.bound}.")
+    _check(0 <= field.grid_levels_mask < field.grid_levels or field.grid_levels_mask == 0,
+           f"--grid_levels_mask must be in [0, grid_levels), got {field.grid_levels_mask}.")
+    _check(field.grid_resolution * render.bound > 16, "--grid_resolution * --bound must exceed the base resolution "
+                                                      f"16, got {field.grid_resolution * render.bound}.")
+    _check(0 < train.ema_decay < 1, f"--ema_decay must be in (0, 1), got {train.ema_decay}.")
+    _check(train.lr > 0 and train.min_lr >= 0,
+           f"--lr must be > 0 and --min_lr >= 0, got {train.lr} and {train.min_lr}.")
+    _check(render.dt_gamma >= 0 and render.min_near >= 0, "--dt_gamma and --min_near must be >= 0.")
+    _check(opt.prior.guidance_scale >= 0, f"--guidance_scale must be >= 0, got {opt.prior.guidance_scale}.")
+    _check(opt.output.mesh_threshold is None or opt.output.mesh_threshold > 0, "--mesh_threshold must be > 0.")
+
+
+def validate(opt: Options) -> None:
+    """Reject values that would fail later or silently do nothing; one-line messages naming the flag."""
+    for name in ANNEALED_FIELDS:
+        check_anneal_spec(name, getattr(opt.objective, name))
+    _check_finite(opt)
+    _check_sizes(opt)
+    _check_cameras(opt)
+    _check_model(opt)
+    _check(opt.seed >= 0, f"--seed must be >= 0, got {opt.seed}.")
+    _check(opt.ckpt in CKPT_NAMES or opt.ckpt.endswith((".pth", ".pt")),
+           f"--ckpt must be scratch, latest, latest_model, best or a .pth file, got '{opt.ckpt}'.")
+    objective = opt.objective
+    prior_off = not AnnealedValue(objective.lambda_prior, opt.train.iters).ever_nonzero()
+    _check(not (prior_off and (objective.real_iters > 0 or objective.real_every > 1)),
+           "--lambda_prior 0 with --real_iters > 0 or --real_every > 1 leaves iterations with no loss at all; "
+           "drop one of them.")
+    _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
+    _check(opt.prior.guidance != "oracle" or opt.prior.guidance_scene is not None,
+           "--guidance oracle needs --guidance_scene FAMILY[:SEED] or a scene folder from make-synthetic-scene.py.")
+
+
+def resolve(opt: Options) -> Options:
+    """Apply presets and derived settings, normalise anneal specs, validate. Returns a new object."""
+    for name in ANNEALED_FIELDS:  # checked first: normalising converts to float
+        check_anneal_spec(name, getattr(opt.objective, name))
+    objective = {name: normalise_anneal_spec(getattr(opt.objective, name)) for name in ANNEALED_FIELDS}
+    prior, render, train = {}, {}, {}
+    if opt.O:
+        train["fp16"], prior["dir_text"], render["cuda_ray"] = True, True, True
+    elif opt.O2:
+        train["fp16"], prior["dir_text"], render["cuda_ray"] = opt.objective.albedo, True, False
+    if opt.objective.albedo:
+        objective["albedo_iters"] = opt.train.iters
+    if opt.train.lr_warmup is None:
+        train["lr_warmup"] = False
+    resolved = dataclasses.replace(
+        opt, workspace=None if opt.debug else opt.workspace, legacy=tuple(dict.fromkeys(opt.legacy)),
+        prior=dataclasses.replace(opt.prior, **prior), render=dataclasses.replace(opt.render, **render),
+        train=dataclasses.replace(opt.train, **train), objective=dataclasses.replace(opt.objective, **objective))
+    validate(resolved)
+    return resolved
+
+
+def parse(args: Sequence[str] | None = None) -> Options:
+    """Parse the command line with tyro (flat underscored flags, grouped help) and resolve presets."""
+    import tyro
+
+    opt = tyro.cli(Options, args=args, use_underscores=True, description=Options.__doc__,
+                   config=(tyro.conf.OmitArgPrefixes,))
+    return resolve(opt)

@@ -1,0 +1,48 @@
+"""The run's folder: its automatic name, its log file and its record of options."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from nerf.options import Options
+from nerf.options_file import save_options
+
+log = logging.getLogger("realfusion")
+LOG_FORMAT = "%(asctime)s %(message)s"
+
+
+def default_workspace(opt: Options, now: datetime.datetime | None = None) -> Path:
+    now = now or datetime.datetime.now()
+    return Path("outputs") / opt.run_name / f"{now:%Y-%m-%d--%H-%M-%S}--seed-{opt.seed}"
+
+
+def setup_logging() -> None:
+    """Messages to stderr; until a workspace is opened they are also held back for its log file, so that what a
+    run said while it was being assembled (the prompt, the resumed step) is in log.txt too."""
+    pending = logging.handlers.MemoryHandler(capacity=1 << 16, flushLevel=logging.CRITICAL + 1)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stderr), pending], force=True)
+
+
+def _log_to_file(log_file: Path) -> None:
+    """Replace the held-back buffer by the log file, writing what it held first."""
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.handlers.MemoryHandler):
+            handler.setTarget(file_handler)
+            handler.flush()
+            root.removeHandler(handler)
+    root.addHandler(file_handler)
+
+
+def open_workspace(workspace: Path, opt: Options) -> None:
+    """Create the folder, log into it and record the options (called only after the run was validated)."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    _log_to_file(workspace / "log.txt")
+    save_options(opt, workspace / "options.json")
