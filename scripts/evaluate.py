@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
@@ -30,7 +32,8 @@ from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
 from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
 from nerf.evaluation.scenes import FAMILIES  # noqa: E402
-from nerf.evaluation.suite import SUITE_SIZES, run_suite  # noqa: E402
+from nerf.evaluation.reconstruct import MODES, PRIOR_MODES  # noqa: E402
+from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +59,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="scenes and workspaces of the suite")
     suite.add_argument("--seed", type=int, default=0)
     suite.add_argument("--oracle_strength", type=float, default=DEFAULT_STRENGTH)
+    suite.add_argument("--guidance", choices=["oracle", "toy"], default="oracle",
+                       help="oracle: prior-free and oracle runs; toy: also score distillation from --toy_prior with "
+                            "each scene's word (toy) and with a token learned from the input view (toy_ti)")
+    suite.add_argument("--modes", nargs="+", choices=[*MODES, *PRIOR_MODES], default=None,
+                       help="runs per scene (default: every mode of --guidance)")
+    suite.add_argument("--toy_prior", type=Path, default=REPO / "examples" / "toy-prior",
+                       help="a prior written by scripts/train-toy-prior.py")
+    suite.add_argument("--guidance_scale", type=float, default=100.0, help="of the toy prior's runs")
+    suite.add_argument("--ti_steps", type=int, default=500, help="textual-inversion steps of the toy_ti runs")
+    suite.add_argument("--ti_initializer", default="dog", help="an unrelated word the toy_ti token starts from")
+    suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
     suite.add_argument("--jobs", type=int, default=1,
                        help="runs in parallel worker processes (several share one GPU well; on a CPU, one per core)")
     return parser.parse_args(argv)
@@ -75,6 +89,16 @@ def settings_from(args: argparse.Namespace) -> EvaluationSettings:
                               clip_model=args.clip_model)
 
 
+def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str]]:
+    """The trained prior (with --guidance toy) and the modes to run."""
+    default = [*MODES[:1], *PRIOR_MODES, *MODES[1:]] if args.guidance == "toy" else list(MODES)
+    modes = args.modes or default
+    if not any(mode in PRIOR_MODES for mode in modes):
+        return None, modes
+    return TrainedPrior.load(args.toy_prior, guidance_scale=args.guidance_scale, ti_steps=args.ti_steps,
+                             ti_initializer=args.ti_initializer), modes
+
+
 def print_notices(reports: list[dict]) -> None:
     for notice in dict.fromkeys(n for report in reports for n in report.get("notices", [])):
         print(f"notice: {notice}", file=sys.stderr)
@@ -88,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1:
             raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
         if args.suite:
+            prior, modes = suite_prior(args)
             result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength,
-                               args.jobs)
+                               args.jobs, prior, modes, shlex.split(args.main_args))
             print_notices([row["report"] for row in result["rows"]])
             print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
             out = args.out or Path("suite.json")

@@ -10,16 +10,8 @@ are shaped like SD 1.x (same block types, cross-attention on the text encoder's 
 0.00085..0.012) but are a few MB in size, so the whole model builds and saves in seconds.
 The same seed always gives the same weights.
 
-Tokenizer. The real CLIP vocabulary cannot be bundled or downloaded here, so a real byte-level BPE
-vocabulary is built in the same format as CLIP's: the 256 byte symbols (GPT-2 byte-to-unicode map),
-the same symbols with the end-of-word marker ``</w>``, then one entry per merge, then
-``<|startoftext|>`` and ``<|endoftext|>`` (the last two ids, as in CLIP; padding uses
-``<|endoftext|>``). The merges are learned by ordinary BPE training (most frequent adjacent pair
-first, ties broken alphabetically) on the words of ``CORPUS`` below, run until every corpus word is a
-single token. Because BPE replays its training merges in rank order, every corpus word ("a",
-"photo", "of", "cat", "dog", "image", the prompt and template words, a few dozen nouns) encodes to
-exactly one token, and any other text still encodes, falling back to shorter pieces and bytes.
-The ids differ from CLIP's; nothing here depends on them.
+Tokenizer: the offline byte-level BPE vocabulary of `sd_parts.py` (same format as CLIP's), in which every
+word of its CORPUS -- the prompt and template words and a few dozen nouns -- is a single token.
 
 ``--single_file`` also writes the same weights as one checkpoint in the original (CompVis LDM) key
 layout -- ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*`` --
@@ -31,111 +23,26 @@ configs.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-# Words the tiny tokenizer knows as whole tokens: the prompts of the reconstruction stage, the
-# textual-inversion caption templates, the automatic-initialisation prompt and common object nouns.
-CORPUS = """
-a an the of in on my one this that with and or by for to at from is
-photo image picture rendering rendition painting drawing sketch render view
-high resolution dslr front side back overhead bottom
-cropped close up clean dirty dark bright cool good nice small large weird big tiny
-style
-cat dog fish bird horse cow sheep bear teddy toy car truck bus bike boat plane train
-chair table sofa bed lamp vase cup mug bottle bowl plate teapot kettle clock phone book bag
-shoe hat shirt ball apple banana orange lemon cake bread pizza flower tree plant cactus rock
-statue house castle robot person man woman child face hand
-red green blue yellow white black brown gray pink purple
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sd_parts, also when this file is loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def byte_symbols() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2 / CLIP convention).
-
-    Printable Latin-1 bytes stand for themselves; the remaining bytes (controls, space, ...) are
-    shifted to code points 256 and up so every byte has a visible, whitespace-free symbol.
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table: dict[int, str] = {b: chr(b) for b in keep}
-    shifted = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shifted)
-            shifted += 1
-    return [table[b] for b in range(256)]
-
-
-def word_symbols(word: str, symbols: list[str]) -> tuple[str, ...]:
-    """A word as the byte symbols BPE starts from, the last one carrying ``</w>``."""
-    pieces = [symbols[b] for b in word.encode("utf-8")]
-    pieces[-1] += "</w>"
-    return tuple(pieces)
-
-
-def merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    """Replace every non-overlapping occurrence of `pair` in `word`, scanning left to right."""
-    merged: list[str] = []
-    i = 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            merged.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            merged.append(word[i])
-            i += 1
-    return tuple(merged)
-
-
-def learn_merges(text: str, symbols: list[str]) -> list[tuple[str, str]]:
-    """Plain BPE training on `text` until every word is one symbol; deterministic."""
-    words = Counter(word_symbols(w, symbols) for w in re.findall(r"[a-z]+", text.lower()))
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += count
-        if not pairs:
-            return merges
-        best = min(pairs.items(), key=lambda item: (-item[1], item[0]))[0]
-        merges.append(best)
-        words = Counter({merge_pair(word, best): count for word, count in words.items()})
-
-
-def write_tokenizer_files(folder: Path) -> None:
-    """vocab.json + merges.txt in CLIP's layout and id order (bytes, bytes</w>, merges, specials)."""
-    symbols = byte_symbols()
-    merges = learn_merges(CORPUS, symbols)
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+from sd_parts import assemble_pipeline, clip_text_encoder, load_tokenizer, write_tokenizer_files  # noqa: E402
 
 
 def build_pipeline(token_dir: Path, seed: int):
     """The tiny SD 1.x-shaped pipeline with random weights drawn from `seed`."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    tokenizer = CLIPTokenizer.from_pretrained(token_dir, model_max_length=77)
+    tokenizer = load_tokenizer(token_dir)
     width = 32
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=width,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = clip_text_encoder(tokenizer, width=width, intermediate=37, layers=2, heads=4)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -146,14 +53,7 @@ def build_pipeline(token_dir: Path, seed: int):
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         scaling_factor=0.18215,
     )
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-    )
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 RESNET_TO_LDM = {
@@ -233,7 +133,6 @@ def write_single_file(pipe, path: Path) -> None:
     """Save all weights as one original-layout .safetensors checkpoint."""
     from safetensors.torch import save_file
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from nerf.fileio import write_atomic
 
     tensors: dict[str, torch.Tensor] = {}

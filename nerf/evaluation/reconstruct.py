@@ -4,6 +4,7 @@ prior-free or with the oracle chosen by name (`--guidance oracle --guidance_scen
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,9 @@ import torch
 from nerf.build import build_run
 from nerf.evaluation.scene_files import load_scene
 from nerf.guidance.oracle import DEFAULT_STRENGTH
+from nerf.guidance.stable_diffusion import replace_token_placeholder
 from nerf.option_checks import parse
+from nerf.options import DEFAULT_PROMPT
 log = logging.getLogger("realfusion")
 
 # Reduced (CPU): the prior-free CPU test's sizes (tests/test_reconstruction.py), a 32^2 synthetic view, 128 samples
@@ -28,26 +31,54 @@ MODES = ("prior_free", "oracle")
 # Albedo renders throughout: the oracle's target is the object's colour, and a view shaded under a random light
 # (the lambertian/textureless steps after --albedo_iters) has no ground truth to compare with.
 MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle"]}
+PRIOR_MODES = ("toy", "toy_ti")  # score distillation from a trained prior: the true word, or a learned token
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    """Score distillation from a Stable-Diffusion-format prior (main.py's defaults otherwise): the prompt names the
+    object by `word`, or by a token learned from the input view (`learned_embeds`)."""
+
+    model: Path
+    guidance_scale: float = 100.0
+    word: str | None = None
+    learned_embeds: Path | None = None
+
+    def args(self) -> list[str]:
+        args = ["--guidance", "sd", "--pretrained_model_name_or_path", str(self.model),
+                "--guidance_scale", str(self.guidance_scale)]
+        if self.learned_embeds is not None:
+            return [*args, "--learned_embeds_path", str(self.learned_embeds), "--text", DEFAULT_PROMPT]
+        assert self.word is not None, "a prior run names the object by a word or a learned token"
+        return [*args, "--text", replace_token_placeholder(DEFAULT_PROMPT, self.word)]
+
+
+def mode_args(mode: str, prior: PriorRun | None = None) -> list[str]:
+    if mode in PRIOR_MODES:
+        if prior is None:
+            raise ValueError(f"mode {mode} needs a PriorRun")
+        return prior.args()
+    return list(MODE_ARGS[mode])
 
 
 def reconstruction_args(scene_dir: Path, workspace: Path, mode: str, size: str = "default", seed: int = 0,
                         oracle_strength: float = DEFAULT_STRENGTH, extra_args: Sequence[str] = (),
-                        cuda: bool = True) -> list[str]:
+                        cuda: bool = True, prior: PriorRun | None = None) -> list[str]:
     """The main.py command line of one suite run: the scene's input view, the size, the prior by name."""
     args = ["--image_path", str(scene_dir / "rgba.png"), "--workspace", str(workspace), "--seed", str(seed),
             "--ckpt", "scratch", "--guidance_scene", str(scene_dir), "--oracle_strength", str(oracle_strength),
-            *SIZES[size], *MODE_ARGS[mode], *extra_args]
+            *SIZES[size], *mode_args(mode, prior), *extra_args]
     return args if cuda else [*args, "--no_cuda_ray"]
 
 
 def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: str = "default",
                 device: torch.device | None = None, seed: int = 0, oracle_strength: float = DEFAULT_STRENGTH,
-                extra_args: Sequence[str] = ()) -> Path:
+                extra_args: Sequence[str] = (), prior: PriorRun | None = None) -> Path:
     """Train from scratch on SCENE/rgba.png into `workspace` (checkpoint + options.json, as main.py writes)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scene_dir, workspace = Path(scene_dir), Path(workspace)
     opt = parse(reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
-                                    cuda=device.type == "cuda"))
+                                    cuda=device.type == "cuda", prior=prior))
     _, conventions = load_scene(scene_dir)
     data = opt.data
     if (conventions.pose_angle, conventions.radius, conventions.fovy) != (data.pose_angle, data.orbit_radius,

@@ -9,6 +9,7 @@ the pipeline (field, renderer, losses, optimiser, mesh export) can reach when th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -20,9 +21,11 @@ from typing import Iterator, Sequence
 
 import torch
 
+from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
-from nerf.evaluation.reconstruct import MODES, reconstruct
+from nerf.evaluation.learn_token import learn_token
+from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, PriorRun, reconstruct
 from nerf.evaluation.report import format_table, lookup
 from nerf.evaluation.scene_files import Conventions, write_scene
 from nerf.evaluation.scenes import FAMILIES, make_scene
@@ -67,13 +70,50 @@ class SuiteTask:
     device: str
     seed: int
     oracle_strength: float
+    prior: TrainedPrior | None = None
+    extra_args: tuple[str, ...] = ()  # more main.py flags for every run
+
+
+@dataclass(frozen=True)
+class TrainedPrior:
+    """A Stable-Diffusion-format prior that knows the suite's scenes (scripts/train-toy-prior.py): its folder,
+    the word of each scene, and the settings of its runs."""
+
+    model: Path
+    words: dict[str, str]  # "family:seed" -> the object's word
+    guidance_scale: float = 100.0
+    ti_steps: int = 500
+    ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
+
+    @classmethod
+    def load(cls, model: Path, **settings) -> "TrainedPrior":
+        """Read the words from the prior's objects.json."""
+        try:
+            words = json.loads((Path(model) / "objects.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{model} has no readable objects.json ({exc}); give a folder written by "
+                            "scripts/train-toy-prior.py.") from None
+        return cls(Path(model), words, **settings)
+
+    def run(self, task: SuiteTask, scene_key: str) -> PriorRun:
+        if task.mode == "toy":
+            if scene_key not in self.words:
+                raise UserError(f"the prior {self.model} does not know the scene {scene_key}; it knows "
+                                f"{', '.join(self.words)}.")
+            return PriorRun(self.model, self.guidance_scale, word=self.words[scene_key])
+        embeds = learn_token(task.scene_dir / "rgba.png", self.model, task.workspace.parent / "token",
+                             initializer=self.ti_initializer, steps=self.ti_steps, seed=task.seed,
+                             cuda=task.device.startswith("cuda"))
+        return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds)
 
 
 def run_task(task: SuiteTask) -> dict:
     device, spec = torch.device(task.device), SUITE_SIZES[task.size]
     start = time.time()
+    scene_key = task.scene.replace("-", ":")
+    prior = task.prior.run(task, scene_key) if task.mode in PRIOR_MODES and task.prior is not None else None
     workspace = reconstruct(task.scene_dir, task.workspace, task.mode, spec.train, device, task.seed,
-                            task.oracle_strength)
+                            task.oracle_strength, extra_args=task.extra_args, prior=prior)
     seconds = time.time() - start
     report = evaluate_workspace(workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
                                 settings=spec.evaluation, device=device)
@@ -106,8 +146,12 @@ def _quiet_worker() -> None:
 
 def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device | None = None,
               families: Sequence[str] = FAMILIES, seed: int = 0, oracle_strength: float = DEFAULT_STRENGTH,
-              jobs: int = 1) -> dict:
-    """Make every scene, train both modes on it, evaluate; returns {settings, rows, table}.
+              jobs: int = 1, prior: TrainedPrior | None = None, modes: Sequence[str] = MODES,
+              extra_args: Sequence[str] = ()) -> dict:
+    """Make every scene, train every mode on it, evaluate; returns {settings, rows, table}.
+
+    `modes`: prior_free and oracle, and with a trained `prior` also toy (its word for the scene) and toy_ti (a
+    token learned from the input view, starting from an unrelated word).
 
     With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
     Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
@@ -121,7 +165,7 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
         scene_dir = write_scene(make_scene(family, seed), work_dir / "scenes" / name, conventions, spec.input_size,
                                 spec.view_size, spec.views, spec.gt_mesh_resolution)
         tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / mode, mode, size, str(device), seed,
-                            oracle_strength) for mode in MODES]
+                            oracle_strength, prior, tuple(extra_args)) for mode in modes]
     if jobs > 1:
         if device.type == "cuda":
             build_renderer(Options(), device)  # compile the CUDA extensions once, before the workers load them
@@ -132,7 +176,11 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
         rows = [run_task(task) for task in tasks]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     settings = {"size": size, "device": str(device), "card": card, "seed": seed, "oracle_strength": oracle_strength,
-                "jobs": jobs, "torch": torch.__version__}
+                "jobs": jobs, "torch": torch.__version__, "modes": list(modes),
+                "main_args": list(extra_args)}
+    if prior is not None:
+        settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
+                             "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer}
     return {"settings": settings, "rows": rows, "table": suite_table(rows)}
 
 

@@ -1,0 +1,67 @@
+"""The evaluation suite's runs with a trained prior: the main.py flags of a word run and of a learned-token run, the
+prior's words, and the textual-inversion stage at the prior's own resolution."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from nerf.errors import UserError
+from nerf.evaluation.learn_token import PLACEHOLDER, learn_token, model_resolution
+from nerf.evaluation.reconstruct import PriorRun, reconstruction_args
+from nerf.evaluation.suite import SuiteTask, TrainedPrior
+from nerf.option_checks import parse
+from tests.test_reconstruction import shaded_sphere_rgba
+
+
+def test_a_word_run_prompts_with_the_word_and_a_token_run_with_the_learned_token(tmp_path):
+    model = tmp_path / "prior"
+    word = parse(reconstruction_args(tmp_path, tmp_path / "ws", "toy", "reduced", cuda=False,
+                                     prior=PriorRun(model, 7.5, word="cup")))
+    assert word.prior.guidance == "sd" and word.prior.pretrained_model_name_or_path == str(model)
+    assert word.prior.text == "A high-resolution DSLR image of a cup" and word.prior.guidance_scale == 7.5
+    assert word.prior.learned_embeds_path is None
+    token = parse(reconstruction_args(tmp_path, tmp_path / "ws", "toy_ti", "reduced", cuda=False,
+                                      prior=PriorRun(model, learned_embeds=tmp_path / "e.bin")))
+    assert token.prior.text == "A high-resolution DSLR image of a <token>"
+    assert token.prior.learned_embeds_path == str(tmp_path / "e.bin")
+    prior_free = parse(reconstruction_args(tmp_path, tmp_path / "ws", "prior_free", "reduced", cuda=False))
+    assert prior_free.objective.lambda_prior == [0.0]
+    with pytest.raises(ValueError):
+        reconstruction_args(tmp_path, tmp_path / "ws", "toy", "reduced")
+
+
+def test_the_prior_s_words_come_from_its_objects_json(tmp_path):
+    with pytest.raises(UserError, match="objects.json"):
+        TrainedPrior.load(tmp_path)
+    (tmp_path / "objects.json").write_text(json.dumps({"union:0": "robot"}))
+    prior = TrainedPrior.load(tmp_path, guidance_scale=10.0)
+    task = SuiteTask("union-0", tmp_path, tmp_path / "ws", "toy", "reduced", "cpu", 0, 10.0, prior)
+    assert prior.run(task, "union:0").word == "robot"
+    with pytest.raises(UserError, match="does not know the scene thin:0"):
+        prior.run(task, "thin:0")
+
+
+def test_textual_inversion_stage_learns_a_token_at_the_model_resolution(tiny_sd_dir, tmp_path):
+    assert model_resolution(tiny_sd_dir) == 16
+    image = shaded_sphere_rgba(tmp_path / "rgba.png", size=32)
+    embeds = learn_token(image, tiny_sd_dir, tmp_path / "token", initializer="dog", steps=2)
+    learned = torch.load(embeds, weights_only=True)
+    assert list(learned) == [PLACEHOLDER] and torch.isfinite(learned[PLACEHOLDER]).all()
+    assert sorted(p.name for p in (tmp_path / "token" / "data").iterdir()) == ["rgba.png"]
+    assert learn_token(image, tiny_sd_dir, tmp_path / "token", initializer="dog", steps=2) == embeds  # reused
+
+
+def test_a_failing_textual_inversion_stage_says_why(tiny_sd_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, model)
+    image = shaded_sphere_rgba(tmp_path / "rgba.png", size=32)
+    with pytest.raises(RuntimeError, match="textual inversion"):
+        learn_token(image, model, tmp_path / "token", initializer="two words", steps=1)
+    (model / "unet" / "config.json").unlink()
+    with pytest.raises(UserError, match="not a readable diffusers model folder"):
+        model_resolution(Path(model))

@@ -1,0 +1,236 @@
+"""The toy prior (scripts/train-toy-prior.py) at its CPU size: a standard SD folder that SDS and the project's
+loader accept, that learns (held-out denoising loss falls), reproducibly, resumably, and that refuses bad input
+with one line and exit status 2 before touching anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from nerf.cameras import direction_prompts, random_cameras
+from nerf.evaluation.raytrace import over_background, render_rgba
+from nerf.evaluation.scenes import make_scene
+from nerf.guidance.sds import SDSGuidance
+from nerf.guidance.stable_diffusion import load_stable_diffusion
+from nerf.options import DataOptions
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+VAE_STEPS, UNET_STEPS, PART_STEPS = 20, 30, 12
+WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                "text_encoder/model.safetensors")
+
+
+def load_module(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_module("train_toy_prior", "train-toy-prior.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: two threads on two busy cores run these tiny networks many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(script, out: Path, *extra: str, steps: tuple[int, int] = (VAE_STEPS, UNET_STEPS)) -> Path:
+    argv = [str(out), "--size", "cpu", "--device", "cpu", "--steps", *map(str, steps), *extra]
+    assert script.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight(script, tmp_path_factory) -> Path:
+    return train(script, tmp_path_factory.mktemp("straight") / "model")
+
+
+@pytest.fixture(scope="module")
+def resumed(script, tmp_path_factory) -> tuple[Path, Path]:
+    """(the model after the VAE phase only, the same run resumed to PART_STEPS and then to UNET_STEPS)."""
+    out = train(script, tmp_path_factory.mktemp("resumed") / "model", steps=(VAE_STEPS, 0))
+    before = shutil.copytree(out, out.parent / "before", ignore=shutil.ignore_patterns(".cache"))
+    train(script, out, "--resume", steps=(VAE_STEPS, PART_STEPS))
+    train(script, out, "--resume", steps=(VAE_STEPS, UNET_STEPS))
+    return before, out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {f"{file}:{key}": value for file in WEIGHT_FILES for key, value in load_file(folder / file).items()}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_folder_is_a_stable_diffusion_model(straight):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(straight, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.text_encoder.config.max_position_embeddings == pipe.tokenizer.model_max_length == 77
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float32  # fp16 on disk, fp32 when loaded
+    assert all(v.dtype == torch.float16 for v in weights(straight).values())
+    assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)  # set from the data's latents
+    assert pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 32
+    card = (straight / "README.md").read_text()
+    assert "primitive:0 | cup" in card and "not for real photos" in card and "--size cpu" in card
+
+
+def test_sds_on_the_toy_prior_gives_a_finite_gradient(straight):
+    parts = load_stable_diffusion(str(straight), CPU, fp16=False)
+    prompts = direction_prompts("A high-resolution DSLR image of a cup", "", True, None)
+    guidance = SDSGuidance(parts, prompts)
+    image = torch.rand(1, 3, 48, 48, requires_grad=True)
+    loss, info = guidance(image, 1, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+    assert torch.isfinite(info["sds_grad_norm"])
+
+
+def heldout_loss(folder: Path) -> float:
+    """Denoising loss on views the training never drew (other cameras), with fixed noise and timesteps."""
+    parts = load_stable_diffusion(str(folder), CPU, fp16=False)
+    data, gen = DataOptions(), torch.Generator().manual_seed(1234)
+    images, texts = [], []
+    for family, word in (("primitive", "cup"), ("thin", "chair")):
+        cams = random_cameras(4, 32, radius_range=data.radius_range, fovy_range=data.fovy_range,
+                              uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
+                              angle_front=data.angle_front, generator=gen)
+        images.append(over_background(render_rgba(make_scene(family, 0), cams)).permute(0, 3, 1, 2))
+        prompts = direction_prompts(f"A high-resolution DSLR image of a {word}", "", True, None)
+        texts += [prompts[int(d)][0] for d in cams.directions]
+    ids = parts.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        latents = parts.vae.encode(torch.cat(images) * 2 - 1).latent_dist.mean * parts.vae.config.scaling_factor
+        latents = latents.repeat(4, 1, 1, 1)
+        t = torch.tensor([100, 300, 500, 700]).repeat_interleave(len(texts))
+        noise = torch.randn(latents.shape, generator=gen)
+        noisy = parts.scheduler.add_noise(latents, noise, t)
+        states = parts.text_encoder(ids.repeat(4, 1))[0]
+        return F.mse_loss(parts.unet(noisy, t, encoder_hidden_states=states).sample, noise).item()
+
+
+def test_denoising_loss_falls_on_held_out_views(resumed, straight):
+    before, _ = resumed  # the same VAE (same seed and VAE steps) with the untrained UNet and text encoder
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert all(torch.equal(a, b) for a, b in zip(load_file(before / vae).values(), load_file(straight / vae).values()))
+    first, last = heldout_loss(before), heldout_loss(straight)
+    assert last < 0.8 * first, (first, last)
+
+
+def test_same_seed_gives_the_same_weights(script, straight, tmp_path):
+    again = train(script, tmp_path / "again")
+    assert_same_weights(straight, again)
+    other = train(script, tmp_path / "other", "--seed", "1", steps=(2, 0))
+    assert not torch.equal(*(load_file(f / WEIGHT_FILES[1])["encoder.conv_in.weight"] for f in (straight, other)))
+
+
+def test_resuming_continues_exactly(resumed, straight):
+    assert_same_weights(resumed[1], straight)
+    assert "UNet and text encoder 30/30" in (resumed[1] / "README.md").read_text()
+
+
+SQUARE = (16, 16, 4)
+
+
+def write_renders(folder: Path, shapes=(SQUARE,) * 3, frames=None) -> Path:
+    """A renders folder of random images (height, width, channels) and its cameras.json: one frame per image,
+    azimuths 0, 90, 180 degrees, unless `frames` is given (False: no cameras.json)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k, shape in enumerate(shapes):
+        cv2.imwrite(str(folder / f"{k:03d}.png"), rng.integers(0, 255, shape, dtype=np.uint8))
+    if frames is None:
+        frames = [{"file": f"{k:03d}.png", "theta": 75.0, "phi": 90.0 * k, "radius": 1.8, "fovy": 55.0}
+                  for k in range(len(shapes))]
+    if frames is not False:
+        (folder / "cameras.json").write_text(json.dumps({"frames": frames}))
+    return folder
+
+
+def test_renders_folder_gives_views_and_directions(tmp_path):
+    data = load_module("toy_prior_data", "toy_prior_data.py")
+    obj = data.parse_renders(f"{write_renders(tmp_path / 'r')}=ball")
+    images, directions = data.load_renders(obj, 32)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    assert directions.tolist() == [0, 1, 2]  # front, side, back by azimuth
+
+
+ONE_FRAME = [{"file": "000.png", "theta": 75.0, "phi": 0.0, "radius": 1.8, "fovy": 55.0}]
+BAD_RENDERS = {  # case: (image shapes, frames, word)
+    "no cameras.json": ((SQUARE,), False, "ball"),
+    "image without entry": ((SQUARE, SQUARE), ONE_FRAME, "ball"),
+    "entry without image": ((), ONE_FRAME, "ball"),
+    "not RGBA": (((16, 16, 3),), None, "ball"),
+    "not square": (((16, 8, 4),), None, "ball"),
+    "mixed sizes": ((SQUARE, (32, 32, 4)), None, "ball"),
+    "word of several tokens": ((SQUARE,), None, "zebra"),
+}
+BAD = {
+    "unknown family": ["--objects", "cube:0=cup"],
+    "word of several tokens": ["--objects", "primitive:0=zebra"],
+    "malformed object": ["--objects", "primitive=cup"],
+    "same word twice": ["--objects", "primitive:0=cup", "union:0=cup"],
+    "nothing to resume": ["--resume"],
+    "no objects": ["--objects"],
+}
+def assert_one_line_error(script, argv: list[str], capsys) -> None:
+    capsys.readouterr()
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_options_fail_with_one_line(script, tmp_path, capsys, case):
+    out = tmp_path / "model"
+    assert_one_line_error(script, [str(out), "--size", "cpu", *BAD[case]], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", BAD_RENDERS)
+def test_bad_renders_folders_fail_with_one_line(script, tmp_path, capsys, case):
+    shapes, frames, word = BAD_RENDERS[case]
+    folder, out = write_renders(tmp_path / "renders", shapes, frames), tmp_path / "model"
+    assert_one_line_error(script, [str(out), "--size", "cpu", "--objects", "--renders", f"{folder}={word}"], capsys)
+    assert not out.exists()
+
+
+def test_existing_output_is_never_overwritten(script, tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_one_line_error(script, [str(out), "--size", "cpu"], capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_resume_refuses_other_settings(script, straight, capsys):
+    before = weights(straight)
+    assert_one_line_error(script, [str(straight), "--resume", "--seed", "5"], capsys)
+    assert_one_line_error(script, [str(straight), "--resume", "--steps", "3", str(UNET_STEPS)], capsys)
+    after = weights(straight)
+    assert all(torch.equal(before[k], after[k]) for k in before)
