@@ -17,25 +17,34 @@ from nerf.workspace import setup_logging
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from nerf import outputs
     from nerf.build import build_run
+    from nerf.inference_options import inference_options
 
     opt = parse(argv)
+    if opt.inference:  # a trained workspace: its own options, the command line only for the outputs
+        opt = inference_options(opt)
     built = build_run(opt)
-    trainer, frames, out = built.trainer, built.frames, opt.output
-    if not opt.test:
-        trainer.train()
-    with trainer.weights_for_outputs():
-        if opt.test and out.test_on_real_data:
-            outputs.render_real_views(frames, size=opt.data.HW_real,
-                                      out_dir=built.workspace / "results" / f"{out.save_test_name}_real")
-        else:
-            outputs.render_videos(frames, built.real_view, size=out.HW_vis, results_dir=built.workspace / "results",
-                                  name=out.save_test_name)
-        if out.save_mesh:
-            outputs.export_mesh(built.renderer, out_dir=built.workspace / "mesh", resolution=out.mesh_resolution,
-                                threshold=out.mesh_threshold, decimate_target=out.mesh_decimate_target)
+    if not opt.inference:
+        built.trainer.train()
+    with built.trainer.weights_for_outputs():
+        write_outputs(opt, built)
     return 0
+
+
+def write_outputs(opt, built) -> None:
+    """The videos (or, --test_on_real_data, the real-view frames) and, when asked for, the mesh."""
+    from nerf import outputs
+
+    out = opt.output
+    if opt.test and out.test_on_real_data:
+        outputs.render_real_views(built.frames, size=opt.data.HW_real,
+                                  out_dir=built.workspace / "results" / f"{out.save_test_name}_real")
+    elif not opt.mesh_only:
+        outputs.render_videos(built.frames, built.real_view, size=out.HW_vis, results_dir=built.workspace / "results",
+                              name=out.save_test_name)
+    if out.save_mesh or opt.mesh_only:
+        outputs.export_mesh(built.renderer, out_dir=built.workspace / "mesh", resolution=out.mesh_resolution,
+                            threshold=out.mesh_threshold, decimate_target=out.mesh_decimate_target)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def build_renderer(opt: Options, device: torch.device) -> Renderer:
 
 def prior_enabled(opt: Options) -> bool:
     """The one decision whether a prior is loaded: training, with a lambda_prior that is ever above zero."""
-    return not opt.test and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
+    return not opt.inference and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
 
 
 def build_prior(opt: Options, device: torch.device) -> Guidance | None:
@@ -87,7 +87,7 @@ def orbit(opt: Options) -> Orbit:
 
 def read_checkpoint(opt: Options, workspace: Path) -> tuple[Path, dict] | None:
     """The checkpoint --ckpt selects, located and read (and so validated) once; None to start from scratch."""
-    if opt.test and not (workspace / "checkpoints").is_dir() and not opt.ckpt.endswith((".pth", ".pt")):
+    if opt.inference and not (workspace / "checkpoints").is_dir() and not opt.ckpt.endswith((".pth", ".pt")):
         raise UserError(f"--test needs a trained workspace; {workspace} has no checkpoints (give --workspace).")
     path = find_checkpoint(workspace, opt.ckpt)
     if path is None:
@@ -136,8 +136,8 @@ def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guid
 
 
 def build_run(opt: Options, *, device: torch.device | None = None, write: bool = True) -> Run:
-    """Assemble and restore a run. With `write`, the workspace is created (log, options.json) only after every
-    input has been read and checked; without it (evaluation) nothing is written."""
+    """Assemble and restore a run. With `write`, the workspace is created (log, and for training options.json)
+    only after every input has been read and checked; without it (evaluation) nothing is written."""
     device = device or default_device()
     workspace = Path(opt.workspace) if opt.workspace else default_workspace(opt)
     seed_everything(opt.seed)
@@ -152,7 +152,7 @@ def build_run(opt: Options, *, device: torch.device | None = None, write: bool =
         path, state = checkpoint
         trainer.load(state, path, model_only=opt.ckpt == "latest_model")
     if write:
-        open_workspace(workspace, opt)
+        open_workspace(workspace, opt, record=not opt.inference)
         log.info("workspace: %s | device: %s | backends: grid encoder %s, ray marching %s", workspace, device,
                  renderer.field.encoder.backend_name, renderer.ops.name)
     return Run(opt, workspace, device, real_view, renderer, guidance, frames, trainer)

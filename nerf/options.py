@@ -257,6 +257,8 @@ class Options:
     """Preset without the CUDA extensions: fp16 only with --albedo, view-dependent prompts, PyTorch marching."""
     test: bool = False
     """Test mode: render the 360-degree videos from the latest checkpoint, no training."""
+    mesh_only: bool = False
+    """Export the textured mesh of a trained workspace: no training, no videos."""
     workspace: Optional[str] = None
     """Output folder; a run on an existing workspace resumes from its latest checkpoint."""
     run_name: str = "default"
@@ -279,6 +281,11 @@ class Options:
 
     def uses(self, behaviour: LegacyBehaviour) -> bool:
         return behaviour in self.legacy
+
+    @property
+    def inference(self) -> bool:
+        """A run on a trained workspace (--test, --mesh_only): it trains nothing and keeps its options.json."""
+        return self.test or self.mesh_only
 
 
 GROUPS = tuple(f.name for f in dataclasses.fields(Options)

@@ -41,8 +41,10 @@ def _log_to_file(log_file: Path) -> None:
     root.addHandler(file_handler)
 
 
-def open_workspace(workspace: Path, opt: Options) -> None:
-    """Create the folder, log into it and record the options (called only after the run was validated)."""
+def open_workspace(workspace: Path, opt: Options, record: bool = True) -> None:
+    """Create the folder, log into it and (`record`: a training run) record the options; called only after the
+    run was validated, so a refused run leaves the workspace as it was."""
     workspace.mkdir(parents=True, exist_ok=True)
     _log_to_file(workspace / "log.txt")
-    save_options(opt, workspace / "options.json")
+    if record:
+        save_options(opt, workspace / "options.json")

@@ -669,3 +669,37 @@ def test_token_from_autoinit_with_a_notice_else_a_user_error(tmp_path, caplog):
         prompts = resolve_prompts(prior, image_path)
     assert prompts.pairs == [("a photo of a teapot", "")] and prompts.vector is None
     assert any("teapot" in r.message and "token_autoinit.txt" in r.message for r in caplog.records)
+
+
+def with_prediction_type(tiny_sd_dir: Path, folder: Path, prediction: str) -> Path:
+    """A copy of the tiny model whose scheduler declares another prediction type (same weights)."""
+    shutil.copytree(tiny_sd_dir, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "prediction_type": prediction}))
+    return folder
+
+
+def test_v_prediction_models_are_converted_to_noise(tiny_sd_dir, tmp_path):
+    parts = load_stable_diffusion(str(with_prediction_type(tiny_sd_dir, tmp_path / "v", "v_prediction")), CPU,
+                                  fp16=False)
+    guidance = SDSGuidance(parts, PROMPTS, guidance_scale=20.0)
+    torch.manual_seed(0)
+    latents, noise, t, direction = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), 600, 1
+    grad, _ = guidance.sds_gradient(latents, direction, t=t, noise=noise)
+    abar = parts.scheduler.alphas_cumprod[t]
+    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+    emb = text_states(parts, [PROMPTS[direction][1], PROMPTS[direction][0]])
+    with torch.no_grad():
+        v_u, v_c = parts.unet(torch.cat([noisy, noisy]), torch.tensor([t, t]), encoder_hidden_states=emb).sample
+    v_hat = v_u + 20.0 * (v_c - v_u)
+    eps_hat = abar.sqrt() * v_hat + (1 - abar).sqrt() * noisy[0]  # v = sqrt(abar) eps - sqrt(1 - abar) z_0
+    assert torch.allclose(grad[0], (1 - abar) * (eps_hat - noise[0]), atol=1e-5)
+    epsilon = SDSGuidance(load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False), PROMPTS, guidance_scale=20.0)
+    assert not torch.allclose(epsilon.sds_gradient(latents, direction, t=t, noise=noise)[0], grad, atol=1e-3)
+
+
+def test_a_prediction_type_sds_cannot_use_is_refused_at_load(tiny_sd_dir, tmp_path):
+    with pytest.raises(UserError) as exc:
+        load_stable_diffusion(str(with_prediction_type(tiny_sd_dir, tmp_path / "s", "sample")), CPU, fp16=False)
+    assert "'sample'" in str(exc.value) and "v_prediction" in str(exc.value) and "\n" not in str(exc.value)

@@ -128,3 +128,20 @@ def test_non_finite_losses_are_skipped_then_stop_without_a_checkpoint(trained, t
     assert trainer.skipped_steps == 3
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, trainer.field.parameters()))
     assert not (ws / "checkpoints" / "latest.pth").exists()
+
+
+def test_inference_keeps_the_workspace_record_and_refuses_other_training_options(trained, capsys):
+    ws = trained["workspace"]
+    record = (ws / "options.json").read_bytes()
+    videos = sorted(p.name for p in (ws / "results").iterdir())
+    # Only the workspace: the training options come from its options.json (the input, the sizes, the camera).
+    assert main_module.main(["--workspace", str(ws), "--mesh_only", "--mesh_resolution", "32",
+                             "--mesh_decimate_target", "0"]) == 0
+    assert (ws / "mesh" / "mesh.glb").is_file() and (ws / "mesh" / "mesh.obj").is_file()
+    assert sorted(p.name for p in (ws / "results").iterdir()) == videos  # no videos rendered
+    assert (ws / "options.json").read_bytes() == record
+    capsys.readouterr()
+    assert main_module.main(["--workspace", str(ws), "--test", "--pose_angle", "60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--pose_angle 60.0 (trained with 75.0)" in err and len(err.splitlines()) == 1
+    assert (ws / "options.json").read_bytes() == record

@@ -60,6 +60,7 @@ class SDSGuidance:
         # SD's native resolution: the UNet's latent size times the VAE's downsampling factor (512 for SD 1.5).
         self.image_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
+        self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
         self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
         self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
@@ -106,9 +107,17 @@ class SDSGuidance:
         return posterior.sample(generator) * self.parts.vae.config.scaling_factor
 
     def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """The UNet's noise prediction, fp32, for a batch of noisy latents at timesteps `steps`."""
+        """The noise prediction, fp32, for a batch of noisy latents at timesteps `steps`.
+
+        A v-prediction UNet (e.g. SD 2.x 768-v) predicts v = sqrt(abar) eps - sqrt(1 - abar) z_0; with
+        z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps that gives eps = sqrt(abar) v + sqrt(1 - abar) z_t. The
+        conversion is linear in the UNet's output, so classifier-free guidance may follow it."""
         with self.autocast():
-            return self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
+            out = self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
+        if self.prediction_type == "v_prediction":
+            abar = self.alphas_cumprod[steps].view(-1, 1, 1, 1)
+            out = abar.sqrt() * out + (1 - abar).sqrt() * noisy.float()
+        return out
 
     @torch.no_grad()
     def sds_gradient(self, latents: torch.Tensor, direction: int, t: int | None = None,

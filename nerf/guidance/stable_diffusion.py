@@ -29,6 +29,7 @@ log = logging.getLogger("realfusion")
 
 # Hub ids that no longer exist, mapped to the official copy of the same weights.
 RETIRED_MODELS = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the UNet predicts; both convert to the noise SDS needs
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 TOKEN_PLACEHOLDER = "<token>"
 MODEL_FORMS = ("a hub id (cached, or downloadable with network access), a local diffusers folder, "
@@ -98,6 +99,10 @@ def load_stable_diffusion(name_or_path: str, device: torch.device, fp16: bool,
         raise UserError(f"cannot load Stable Diffusion model '{name}' ({reason});{hint} "
                         f"set {flag} to {MODEL_FORMS}.") from exc
 
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise UserError(f"model '{name}' predicts '{prediction}', which score distillation cannot use; give a model "
+                        f"whose scheduler's prediction_type is one of {', '.join(PREDICTION_TYPES)}.")
     parts = StableDiffusionParts(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
                                  unet=pipe.unet, scheduler=pipe.scheduler, device=device, dtype=dtype)
     for module in (parts.text_encoder, parts.vae, parts.unet):
