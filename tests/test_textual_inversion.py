@@ -54,7 +54,7 @@ def ti_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data),
             "--placeholder_token", "_obj_", "--initializer_token", "cat", "--output_dir", str(out),
             "--resolution", "16", "--train_batch_size", "2", "--learning_rate", "5e-2", "--seed", "0",
-            "--lr_warmup_steps", "0", *extra]
+            "--lr_warmup_steps", "0", "--preset", "diffusers", *extra]  # the example's mechanics, made small
 
 
 @pytest.fixture(scope="module")
@@ -569,3 +569,18 @@ def test_mixed_precision_on_cuda(tiny_sd_dir, tmp_path, precision):
     base = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
     cat_row = base.text_encoder.get_input_embeddings().weight[base.tokenizer.convert_tokens_to_ids("cat</w>")]
     assert torch.isfinite(vector).all() and not torch.allclose(vector, cat_row)
+
+
+def test_defaults_are_the_realfusion_recipe_and_the_diffusers_preset_stays_reachable(tmp_path):
+    argv = ["--train_data_dir", str(tmp_path), "--placeholder_token", "_x_", "--initializer_token", "cat"]
+    recipe = ti.parse_args(argv)
+    assert (recipe.train_batch_size, recipe.gradient_accumulation_steps, recipe.max_train_steps) == (1, 4, 3000)
+    assert (recipe.learning_rate, recipe.scale_lr, recipe.lr_scheduler, recipe.lr_warmup_steps) == (5e-4, True,
+                                                                                                      "constant", 0)
+    assert recipe.use_augmentations and recipe.mixed_precision == "auto"
+    example = ti.parse_args([*argv, "--preset", "diffusers"])
+    assert (example.train_batch_size, example.max_train_steps, example.learning_rate) == (16, 5000, 1e-4)
+    assert not example.scale_lr and not example.use_augmentations and example.mixed_precision == "no"
+    given = ti.parse_args([*argv, "--train_batch_size", "2", "--no-use_augmentations", "--no-scale_lr"])
+    assert given.train_batch_size == 2 and not given.use_augmentations and not given.scale_lr
+    assert given.max_train_steps == 3000  # the rest keeps the preset's values

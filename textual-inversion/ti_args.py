@@ -13,6 +13,18 @@ import os
 from nerf.errors import UserError
 from nerf.options import DEFAULT_MODEL
 
+# The training recipe a preset gives (flags given on the command line win). realfusion is the recipe of the
+# RealFusion README for one photo (effective learning rate 5e-4 * 4 = 2e-3); diffusers is the defaults of the
+# diffusers textual-inversion example, which the original script kept.
+PRESETS = {
+    "realfusion": dict(train_batch_size=1, gradient_accumulation_steps=4, max_train_steps=3000, learning_rate=5e-4,
+                       scale_lr=True, lr_scheduler="constant", lr_warmup_steps=0, use_augmentations=True,
+                       mixed_precision="auto"),
+    "diffusers": dict(train_batch_size=16, gradient_accumulation_steps=1, max_train_steps=5000, learning_rate=1e-4,
+                      scale_lr=False, lr_scheduler="constant", lr_warmup_steps=500, use_augmentations=False,
+                      mixed_precision="no"),
+}
+
 # Counts that must be at least 1 (zero or less would divide by zero or never save/step).
 POSITIVE = ("save_steps", "repeats", "resolution", "train_batch_size", "max_train_steps",
             "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_images")
@@ -20,13 +32,25 @@ POSITIVE = ("save_steps", "repeats", "resolution", "train_batch_size", "max_trai
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run's settings from `argv` (default: the command line), validated."""
-    p = argparse.ArgumentParser(description="Learn a text token for the object of one photo (textual inversion).")
+    p = argparse.ArgumentParser(description="Learn a text token for the object of one photo (textual inversion).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=tuple(PRESETS), default="realfusion",
+                   help="defaults of the training recipe: realfusion (the README's, for one photo) or diffusers "
+                        "(the diffusers example's); flags given explicitly win")
     for add in (add_model_and_data_flags, add_optimisation_flags, add_run_flags, add_feature_flags):
         add(p)
+    p.set_defaults(**PRESETS[chosen_preset(argv)])
     args = p.parse_args(argv)
     args.local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
     validate(args)
     return args
+
+
+def chosen_preset(argv: list[str] | None) -> str:
+    """--preset alone, read first because it decides the other flags' defaults (and so what --help shows)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=tuple(PRESETS), default="realfusion")
+    return pre.parse_known_args(argv)[0].preset
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -67,7 +91,8 @@ def add_optimisation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per step")
     p.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
     p.add_argument("--learning_rate", type=float, default=1e-4, help="base learning rate")
-    p.add_argument("--scale_lr", action="store_true", help="lr *= gradient_accumulation_steps * train_batch_size")
+    p.add_argument("--scale_lr", action=argparse.BooleanOptionalAction,
+                   help="lr *= gradient_accumulation_steps * train_batch_size")
     p.add_argument("--lr_scheduler", default="constant",
                    help="diffusers schedule: linear, cosine, cosine_with_restarts, polynomial, constant, "
                         "constant_with_warmup")
@@ -86,8 +111,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub_token", default=None, help="token for --push_to_hub")
     p.add_argument("--hub_model_id", default=None, help="hub repository (default: the output folder's name)")
     p.add_argument("--logging_dir", default="logs", help="tracker folder, relative to --output_dir")
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="UNet and VAE in this precision with autocast (CUDA only)")
+    p.add_argument("--mixed_precision", choices=["auto", "no", "fp16", "bf16"],
+                   help="UNet and VAE in this precision with autocast (CUDA only; auto: fp16 on CUDA)")
     p.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs")
     p.add_argument("--report_to", choices=["tensorboard", "wandb", "comet_ml", "all"], default="tensorboard")
     p.add_argument("--validation_prompt", default=None, help="sample this prompt every --validation_steps")
@@ -104,7 +129,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 def add_feature_flags(p: argparse.ArgumentParser) -> None:
     """xformers attention, RealFusion's augmentation and its pixel range, CUDA graphs."""
     p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
-    p.add_argument("--use_augmentations", action="store_true", help="RealFusion's heavy single-image augmentation")
+    p.add_argument("--use_augmentations", action=argparse.BooleanOptionalAction,
+                   help="RealFusion's heavy single-image augmentation")
     p.add_argument("--no_cuda_graph", action="store_true",
                    help="run the frozen VAE encoder and UNet eagerly instead of replaying CUDA graphs")
     p.add_argument("--augment_range_01", action="store_true",

@@ -27,11 +27,12 @@ def choose_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("textual inversion runs as a single process; start it with python, not a multi-GPU launcher.")
     if not torch.cuda.is_available():
-        if args.mixed_precision != "no":
+        if args.mixed_precision not in ("no", "auto"):
             print(f"note: --mixed_precision {args.mixed_precision} needs CUDA; training in float32 on the CPU")
         return torch.device("cpu"), torch.float32
     device = torch.device("cuda", max(args.local_rank, 0))
-    return device, {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    precision = "fp16" if args.mixed_precision == "auto" else args.mixed_precision
+    return device, {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def add_placeholder(parts: StableDiffusionParts, placeholder: str, initializer: str) -> tuple[int, torch.Tensor]:
