@@ -75,7 +75,7 @@ def build_prior(opt: Options, device: torch.device) -> Guidance | None:
 def load_real_view(opt: Options) -> RealView:
     data = opt.data
     return RealView.from_file(data.image_path, data.HW_real, data.pose_angle, data.orbit_radius, data.default_fovy,
-                              left_handed=opt.uses("left_handed"))
+                              left_handed=opt.uses("left_handed"), pad_to_square=data.pad_to_square)
 
 
 def orbit(opt: Options) -> Orbit:

@@ -16,13 +16,25 @@ from nerf.errors import UserError
 EXTRACT_MASK_HINT = "run scripts/extract-mask.py --image_path IMAGE --output_dir DIR to make a square RGBA input"
 
 
-def load_rgba(path: str | Path, size: int) -> Tensor:
-    """Read a square RGBA PNG (8 or 16 bit), resize it to size x size with area filtering; [size, size, 4] in [0, 1].
+def pad_square(raw: np.ndarray) -> np.ndarray:
+    """The image centred on a square of transparent pixels (side = its longer side)."""
+    height, width = raw.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return cv2.copyMakeBorder(raw, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT,
+                              value=(0, 0, 0, 0))
 
-    Unlike the original, a non-square image is refused rather than squashed, and an image without a usable alpha
-    channel is refused rather than failing later in the mask loss.
+
+def load_rgba(path: str | Path, size: int, pad_to_square: bool = False) -> Tensor:
+    """Read an RGBA PNG (8 or 16 bit), resize it to size x size with area filtering; [size, size, 4] in [0, 1].
+
+    Unlike the original, a non-square image is refused rather than squashed (or, `pad_to_square`, padded with
+    transparent borders), and an image without a usable alpha channel is refused rather than failing later in the
+    mask loss.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--image_path {path} is a folder; give the RGBA PNG inside it ({EXTRACT_MASK_HINT}).")
     if not path.is_file():
         raise UserError(f"--image_path {path} does not exist; give an RGBA PNG ({EXTRACT_MASK_HINT}).")
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -31,10 +43,16 @@ def load_rgba(path: str | Path, size: int) -> Tensor:
     if raw.ndim != 3 or raw.shape[2] != 4:
         raise UserError(f"--image_path {path} has no alpha channel (the object mask); {EXTRACT_MASK_HINT}.")
     height, width = raw.shape[:2]
+    if height != width and pad_to_square:
+        raw = pad_square(raw)
+        height = width = raw.shape[0]
     if height != width:
-        raise UserError(f"--image_path {path} is {width}x{height}, not square; {EXTRACT_MASK_HINT} (it pads to a square).")
+        raise UserError(f"--image_path {path} is {width}x{height}, not square; add --pad_to_square, or "
+                        f"{EXTRACT_MASK_HINT} (it pads to a square).")
     scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
     rgba = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / scale
+    if not np.isfinite(rgba).all():
+        raise UserError(f"--image_path {path} has NaN or infinite pixels; save it again as an 8- or 16-bit RGBA PNG.")
     if size != height:
         interpolation = cv2.INTER_AREA if size < height else cv2.INTER_LINEAR
         rgba = cv2.resize(rgba, (size, size), interpolation=interpolation)
@@ -56,8 +74,8 @@ class RealView:
 
     @classmethod
     def from_file(cls, path: str | Path, size: int, pose_angle: float, radius: float, fovy: float,
-                  left_handed: bool = False) -> "RealView":
-        rgba = load_rgba(path, size)
+                  left_handed: bool = False, pad_to_square: bool = False) -> "RealView":
+        rgba = load_rgba(path, size, pad_to_square)
         camera = fixed_cameras(pose_angle, torch.zeros(1), radius, fovy, size, left_handed=left_handed)
         return cls(rgba, camera)
 

@@ -72,6 +72,8 @@ class DataOptions:
 
     image_path: str = DEFAULT_IMAGE
     """The square RGBA input image; alpha is the object mask."""
+    pad_to_square: bool = False
+    """Pad a non-square RGBA input with transparent borders to a centred square instead of refusing it."""
     pose_angle: float = 75.0
     """Polar angle (degrees down from the vertical) of the input camera and of the circular path."""
     radius_rot: Optional[float] = 1.8

@@ -62,15 +62,17 @@ def bad_inputs(tmp_path):
         "empty_alpha": (write_rgba(tmp_path / "empty.png", alpha=0), "empty alpha"),
         "full_alpha": (write_rgba(tmp_path / "full.png", alpha=255), "fully opaque"),
         "not_square": (write_rgba(tmp_path / "wide.png", size=(30, 40)), "not square"),
+        "folder": (tmp_path, "is a folder"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "no_alpha", "empty_alpha", "full_alpha", "not_square"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "no_alpha", "empty_alpha", "full_alpha", "not_square",
+                                  "folder"])
 def test_bad_images(case, bad_inputs, tmp_path, capsys):
     path, fragment = bad_inputs[case]
     with pytest.raises(UserError, match=fragment):
         load_rgba(path, 16)
-    workspace = tmp_path / "ws"
+    workspace = tmp_path / "ws-out"
     code = main_module.main(["--image_path", str(path), "--lambda_prior", "0", "--workspace", str(workspace)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and fragment in err and len(err.splitlines()) == 1
@@ -98,3 +100,21 @@ def test_cli_process_exit_codes(tmp_path, repo):
                               "--lambda_prior", "0", "--workspace", "ws"], capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error:")
     assert "Traceback" not in missing.stderr and not (tmp_path / "ws").exists()
+
+
+def test_pad_to_square_centres_a_wide_input_on_transparent_borders(tmp_path):
+    path = write_rgba(tmp_path / "wide.png", size=(30, 40))  # 30 rows, 40 columns
+    padded = load_rgba(path, 40, pad_to_square=True)
+    assert padded.shape == (40, 40, 4)
+    assert torch.all(padded[:5, :, 3] == 0) and torch.all(padded[35:, :, 3] == 0)  # 5 transparent rows each side
+    wide = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA).astype(np.float32) / 255
+    assert torch.allclose(padded[5:35], torch.from_numpy(wide))
+
+
+def test_non_finite_pixels_are_refused(tmp_path):
+    image = np.zeros((8, 8, 4), dtype=np.float32)
+    image[2:6, 2:6] = 1.0
+    image[3, 3, 0] = np.nan
+    assert cv2.imwrite(str(tmp_path / "nan.tiff"), image)
+    with pytest.raises(UserError, match="NaN"):
+        load_rgba(tmp_path / "nan.tiff", 8)

@@ -43,7 +43,7 @@ def _mean(values: list[float | None]) -> float | None:
 def input_view(field: TrainedField, image_path: str | Path) -> dict[str, float]:
     """The final render of the input camera against the input RGBA (at the resolution it was trained with)."""
     opt = field.opt
-    rgba = load_rgba(image_path, opt.data.HW_real)
+    rgba = load_rgba(image_path, opt.data.HW_real, opt.data.pad_to_square)
     camera = Conventions.from_options(opt).input_camera(opt.data.HW_real, left_handed=opt.uses("left_handed"))
     return _image_scores(field.render(camera), rgba)
 
