@@ -25,6 +25,7 @@ from nerf.options import Options
 from nerf.options_file import to_dict
 from nerf.outputs import Frames, Orbit
 from nerf.renderer import Renderer
+from nerf.run_log import require_wandb
 from nerf.synthetic_views import SyntheticViews
 from nerf.seeding import seed_everything
 from nerf.trainer import Trainer
@@ -131,6 +132,7 @@ def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guid
                    workspace=workspace, generator=generator, update_grid_every=opt.render.update_extra_interval,
                    grid_levels_mask_iters=opt.field.grid_levels_mask_iters, record=to_dict(opt),
                    training_render_every=DEBUG_RENDER_EVERY if opt.debug else TRAINING_RENDER_EVERY,
+                   log_to_wandb=opt.output.wandb and not opt.inference,
                    empty_grid_start=opt.uses("empty_grid_start"),
                    live_weights_outputs=opt.uses("live_weights_final_video"))
 
@@ -140,6 +142,8 @@ def build_run(opt: Options, *, device: torch.device | None = None, write: bool =
     only after every input has been read and checked; without it (evaluation) nothing is written."""
     device = device or default_device()
     workspace = Path(opt.workspace) if opt.workspace else default_workspace(opt)
+    if opt.output.wandb and not opt.inference:
+        require_wandb()
     seed_everything(opt.seed)
     real_view = load_real_view(opt).to(device)
     checkpoint = read_checkpoint(opt, workspace)

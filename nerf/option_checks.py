@@ -106,19 +106,22 @@ def resolve(opt: Options) -> Options:
     for name in ANNEALED_FIELDS:  # checked first: normalising converts to float
         check_anneal_spec(name, getattr(opt.objective, name))
     objective = {name: normalise_anneal_spec(getattr(opt.objective, name)) for name in ANNEALED_FIELDS}
-    prior, render, train = {}, {}, {}
+    prior, render, train, output = {}, {}, {}, {}
     if opt.O:
         train["fp16"], prior["dir_text"], render["cuda_ray"] = True, True, True
     elif opt.O2:
         train["fp16"], prior["dir_text"], render["cuda_ray"] = opt.objective.albedo, True, False
     if opt.objective.albedo:
         objective["albedo_iters"] = opt.train.iters
+    if opt.debug:
+        output["wandb"] = False  # as the original: debugging runs are not logged
     if opt.train.lr_warmup is None:
         train["lr_warmup"] = False
     resolved = dataclasses.replace(
         opt, workspace=None if opt.debug else opt.workspace, legacy=tuple(dict.fromkeys(opt.legacy)),
         prior=dataclasses.replace(opt.prior, **prior), render=dataclasses.replace(opt.render, **render),
-        train=dataclasses.replace(opt.train, **train), objective=dataclasses.replace(opt.objective, **objective))
+        train=dataclasses.replace(opt.train, **train), objective=dataclasses.replace(opt.objective, **objective),
+        output=dataclasses.replace(opt.output, **output))
     validate(resolved)
     return resolved
 

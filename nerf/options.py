@@ -242,7 +242,7 @@ class OutputOptions:
     mesh_decimate_target: int = 50_000
     """Target face count of the exported mesh (0 keeps every face)."""
     wandb: bool = False
-    """Compatibility only: accepted, logs nothing (tensorboard logs are in the workspace)."""
+    """Also log the training scalars and validation images to Weights & Biases (needs the wandb package)."""
 
 
 def _group(cls: type) -> dataclasses.Field:

@@ -23,6 +23,7 @@ from nerf.objective import Objective
 from nerf.optim import EMA, lr_lambda, make_optimizer
 from nerf.options import ITERS_PER_EPOCH, TrainOptions
 from nerf.renderer import Renderer
+from nerf.run_log import RunLog
 
 log = logging.getLogger("realfusion")
 LOG_EVERY = 10
@@ -38,9 +39,10 @@ class Trainer:
     def __init__(self, train: TrainOptions, *, renderer: Renderer, objective: Objective, frames: outputs.Frames,
                  real_view: RealView, workspace: Path, generator: torch.Generator,
                  update_grid_every: int, grid_levels_mask_iters: int, record: dict,
-                 training_render_every: int = 100, empty_grid_start: bool = False,
+                 training_render_every: int = 100, log_to_wandb: bool = False, empty_grid_start: bool = False,
                  live_weights_outputs: bool = False) -> None:
-        """`record`: the resolved options, saved in every checkpoint; the flags after it are legacy behaviours."""
+        """`record`: the resolved options, saved in every checkpoint (and logged with `log_to_wandb`); the last two
+        flags are legacy behaviours."""
         self.options = train
         self.renderer = renderer
         self.field = renderer.field
@@ -70,7 +72,7 @@ class Trainer:
         self.skipped_steps = 0
         self._bad_run = torch.zeros((), dtype=torch.long, device=self.device)  # device-side counters, read by
         self._skipped = torch.zeros((), dtype=torch.long, device=self.device)  # check_divergence
-        self.writer = None
+        self.log = RunLog(workspace, wandb_config=record if log_to_wandb else None)
 
     @property
     def epoch(self) -> int:
@@ -80,13 +82,6 @@ class Trainer:
         if self.fp16:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
-
-    def _tensorboard(self):
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.workspace / "tensorboard"))
-        return self.writer
 
     # --- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -201,16 +196,14 @@ class Trainer:
     def _log(self, terms: dict[str, Tensor], progress: tqdm) -> None:
         values = {k: float(v) for k, v in terms.items()}
         progress.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
-        writer = self._tensorboard()
-        for key, value in values.items():
-            writer.add_scalar(f"train/{key}", value, self.global_step)
-        writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+        scalars = {f"train/{key}": value for key, value in values.items()}
+        self.log.scalars({**scalars, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
 
     def validate(self) -> None:
         """Validation renders at the input view's resolution."""
         image = outputs.save_validation(self.frames, self.real_view, self.ema, size=self.real_view.size,
                                         out_dir=self.workspace / "validation", epoch=self.epoch)
-        self._tensorboard().add_image("validation/orbit", image.permute(2, 0, 1), self.global_step)
+        self.log.image("validation/orbit", image, self.global_step)
 
     def train(self) -> None:
         iters, eval_interval = self.options.iters, self.options.eval_interval

@@ -42,7 +42,7 @@ CHANGED_DEFAULTS = {
     "optim": "adam",
 }
 # Flags that are accepted and do nothing here; their help says so.
-COMPATIBILITY_ONLY = ("pretrained_model_image_size", "num_steps", "upsample_steps", "wandb")
+COMPATIBILITY_ONLY = ("pretrained_model_image_size", "num_steps", "upsample_steps")
 
 
 def flat(opt: Options) -> dict:
@@ -100,8 +100,8 @@ def test_presets():
     assert parse(["--O2", "--albedo"]).train.fp16 is True
     assert parse(["--albedo", "--iters", "300"]).objective.albedo_iters == 300
     assert parse([]).train.lr_warmup is False
-    debug = parse(["--debug", "--workspace", "w"])
-    assert debug.workspace is None
+    debug = parse(["--debug", "--workspace", "w", "--wandb"])
+    assert debug.workspace is None and debug.output.wandb is False
 
 
 def test_original_flag_spellings_parse():
