@@ -3,19 +3,24 @@
     python scripts/extract-mask.py --image_path photo.jpg --output_dir DIR            # find the object
     python scripts/extract-mask.py --image_path photo.jpg --mask_path m.png --output_dir DIR
 
-Writes DIR/image.png (square RGB), DIR/mask.png (square grey) and DIR/rgba.png (the two combined).
+Writes DIR/image.png (square RGB), DIR/mask.png (square grey), DIR/rgba.png (the two combined) and
+DIR/framing.json (the framing and its warnings). By default the object is recentred and scaled the way main.py's
+input camera sees an object that fills the scene (--no-recenter only pads the photo to a square).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
+from framing import object_fraction  # noqa: E402
 from masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
 from nerf.errors import UserError  # noqa: E402
+from nerf.fileio import write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +38,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--box", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
         help="grabcut only: pixel box around the object in the input photo (outside is background)",
     )
+    parser.add_argument(
+        "--recenter", action=argparse.BooleanOptionalAction, default=True,
+        help="centre the object and scale it as main.py's input camera sees an object filling the scene "
+             "(--no-recenter: only pad the photo to a square)",
+    )
+    parser.add_argument(
+        "--object_fraction", type=float, default=None,
+        help=f"with --recenter: share of the output's side the object spans (default {object_fraction():.2f}, "
+             "from main.py's default --radius_rot, --fovy_range and --bound)",
+    )
     return parser.parse_args(argv)
 
 
@@ -47,8 +62,17 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     image = load_rgb(args.image_path)
     mask = load_mask(args.mask_path, image.shape[:2]) if args.mask_path else None
     seeds = box_seeds(image.shape[:2], args.box) if args.box is not None else None
-    square_image, square_mask = make_input(image, mask, args.size, args.method, seeds)
-    return write_outputs(args.output_dir, square_image, square_mask)
+    if args.object_fraction is not None and not 0 < args.object_fraction <= 1:
+        raise UserError(f"--object_fraction must be in (0, 1], got {args.object_fraction}")
+    fraction = (args.object_fraction or object_fraction()) if args.recenter else None
+    square_image, square_mask, warnings = make_input(image, mask, args.size, args.method, seeds, fraction)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    framing = {"recentered": args.recenter, "object_fraction": fraction, "warnings": warnings}
+    written = write_outputs(args.output_dir, square_image, square_mask)
+    written["framing.json"] = write_text_atomic(Path(args.output_dir) / "framing.json",
+                                                json.dumps(framing, indent=2) + "\n")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ def build(example: Example, out_dir: Path, size: int) -> None:
     shape = photo.shape[:2]
     base = border_seeds(shape) if example.base is None else np.full(shape, example.base, np.uint8)
     seeds = paint_seeds(base, example.regions)
-    image, mask = make_input(photo, None, size, "grabcut", seeds)
+    image, mask, _ = make_input(photo, None, size, "grabcut", seeds)
     write_outputs(out_dir / example.name, image, mask)
     write_text_atomic(out_dir / example.name / "token_autoinit.txt", example.word + "\n")
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from framing import framing_warnings, recenter
 from nerf.errors import UserError
 from nerf.fileio import write_atomic
 
@@ -32,13 +33,24 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a mask as 8-bit grey [H, W]; it must match the photo's size `shape` = (H, W)."""
-    mask = np.asarray(_open_image(path, "mask").convert("L"))
-    if mask.shape != tuple(shape):
+    """Read a mask as 8-bit grey [H, W] whatever its bit depth or scale (0/1, 0/255, 16-bit); it must match the
+    photo's size `shape` = (H, W) and mark both object and background."""
+    image = _open_image(path, "mask")
+    values = np.asarray(image if image.mode.startswith(("I", "F")) else image.convert("L"), np.float64)
+    if values.ndim == 3:
+        values = values[..., 0]
+    if values.shape != tuple(shape):
         raise UserError(
-            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}: "
+            f"mask {path} is {values.shape[1]}x{values.shape[0]} but the image is {shape[1]}x{shape[0]}: "
             "pass a mask of the same size as the image"
         )
+    top = values.max()
+    if top <= 0:
+        raise UserError(f"mask {path} is empty (no object); pass a mask whose object pixels are non-zero")
+    full = 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0  # 0/1, 8-bit or 16-bit masks
+    mask = np.clip(np.round(values / full * 255), 0, 255).astype(np.uint8)
+    if mask.min() >= 128:
+        raise UserError(f"mask {path} covers the whole image (no background); pass a mask with background at zero")
     return mask
 
 
@@ -198,8 +210,10 @@ def make_input(
     size: int = 512,
     method: str = "grabcut",
     seeds: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Photo (+ optional mask) -> square `size` image and 8-bit mask; extracts the object if no mask is given."""
+    fraction: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Photo (+ optional mask) -> square `size` image, 8-bit mask and framing warnings; extracts the object if no
+    mask is given. `fraction`: recentre the object to span that share of the square (None: pad the photo)."""
     if size < 1:
         raise UserError(f"--size must be positive, got {size}")
     if mask is None:
@@ -209,7 +223,11 @@ def make_input(
             mask = rembg_mask(image)
         else:
             raise UserError(f"unknown masking method {method!r}; use grabcut or rembg")
-    square_image, square_mask = expand_to_size(image, mask, size)
-    if not square_mask.any():
+    if not mask.any():
         raise UserError("the mask is empty (no object found); pass --mask_path or a --box around the object")
-    return square_image, square_mask
+    warnings = framing_warnings(mask)
+    if fraction is None:
+        square_image, square_mask = expand_to_size(image, mask, size)
+    else:
+        square_image, square_mask = recenter(image, mask, size, fraction)
+    return square_image, square_mask, warnings

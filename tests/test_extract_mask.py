@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import importlib.util
 import subprocess
 import sys
@@ -146,7 +149,7 @@ def test_cli_combines_image_and_mask_into_square_rgba(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli("--image_path", str(save_png(tmp_path / "photo.png", photo)),
                      "--mask_path", str(save_png(tmp_path / "m.png", mask)),
-                     "--output_dir", str(out), "--size", "60")
+                     "--output_dir", str(out), "--size", "60", "--no-recenter")
     assert result.returncode == 0, result.stderr
     rgba = np.asarray(Image.open(out / "rgba.png"))
     assert rgba.shape == (60, 60, 4)
@@ -162,7 +165,7 @@ def test_cli_extracts_the_object_without_a_mask(tmp_path: Path) -> None:
     photo, truth = disk_photo(60, 60)
     cli = load_cli()
     assert cli.main(["--image_path", str(save_png(tmp_path / "p.png", photo)),
-                     "--output_dir", str(tmp_path), "--size", "60"]) == 0
+                     "--output_dir", str(tmp_path), "--size", "60", "--no-recenter"]) == 0
     alpha = np.asarray(Image.open(tmp_path / "rgba.png"))[..., 3]
     assert iou(alpha > 127, truth) > 0.95
 
@@ -173,7 +176,12 @@ def error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (tmp_path / "broken.png").write_text("not an image")
     wrong = str(save_png(tmp_path / "wrong.png", np.zeros((40, 61), np.uint8)))
     empty = str(save_png(tmp_path / "empty.png", np.zeros((40, 60), np.uint8)))
+    full = str(save_png(tmp_path / "full.png", np.full((40, 60), 255, np.uint8)))
     return {
+        "full mask": (["--image_path", image, "--mask_path", full], "whole image"),
+        "bad fraction": (["--image_path", image, "--mask_path", str(save_png(tmp_path / "m.png",
+                                                                               truth.astype(np.uint8) * 255)),
+                          "--object_fraction", "1.5"], "--object_fraction"),
         "missing": (["--image_path", str(tmp_path / "nope.png")], "not found"),
         "unreadable": (["--image_path", str(tmp_path / "broken.png")], "cannot read"),
         "mask size": (["--image_path", image, "--mask_path", wrong], "same size"),
@@ -181,7 +189,7 @@ def error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "mask size", "empty mask"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "mask size", "empty mask", "full mask", "bad fraction"])
 def test_cli_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, case: str) -> None:
     args, expected = error_cases(tmp_path)[case]
     out = tmp_path / "out"
@@ -231,7 +239,7 @@ def test_rembg_alpha_becomes_the_mask(monkeypatch: pytest.MonkeyPatch) -> None:
 
     fake = types.SimpleNamespace(new_session=lambda: "session", remove=remove)
     monkeypatch.setitem(sys.modules, "rembg", fake)
-    _, mask = masking.make_input(photo, None, 30, "rembg")
+    _, mask, _ = masking.make_input(photo, None, 30, "rembg")
     np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
 
 
@@ -247,3 +255,61 @@ def test_bundled_examples_are_square_rgba_with_an_object(name: str, word: str) -
     coverage = (rgba[..., 3] > 127).mean()
     assert 0.03 < coverage < 0.7
     assert (folder / "token_autoinit.txt").read_text().split() == [word]
+
+
+# --- framing --------------------------------------------------------------------------------------
+
+def test_recentring_scales_the_object_as_the_input_camera_sees_the_scene(tmp_path: Path) -> None:
+    photo, truth = disk_photo(40, 60)
+    out = tmp_path / "out"
+    result = run_cli("--image_path", str(save_png(tmp_path / "photo.png", photo)),
+                     "--mask_path", str(save_png(tmp_path / "m.png", truth.astype(np.uint8) * 255)),
+                     "--output_dir", str(out), "--size", "100", "--object_fraction", "0.5")
+    assert result.returncode == 0, result.stderr
+    alpha = np.asarray(Image.open(out / "rgba.png"))[..., 3] > 127
+    ys, xs = np.nonzero(alpha)
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    assert abs(extent - 50) <= 2  # half of the side
+    assert abs((ys.min() + ys.max()) / 2 - 49.5) <= 1.5 and abs((xs.min() + xs.max()) / 2 - 49.5) <= 1.5
+    framing = json.loads((out / "framing.json").read_text())
+    assert framing["recentered"] and framing["object_fraction"] == 0.5 and framing["warnings"] == []
+
+
+def test_default_fraction_follows_the_input_camera() -> None:
+    from framing import object_fraction
+
+    expected = math.tan(math.asin(0.75 / 1.8)) / math.tan(math.radians(27.5))
+    assert object_fraction() == pytest.approx(expected) and 0.85 < expected < 0.9
+    assert object_fraction(radius=3.0) < object_fraction()
+
+
+def test_poor_framing_is_warned_about(tmp_path: Path) -> None:
+    from framing import framing_warnings
+
+    cut = np.zeros((100, 100), np.uint8)
+    cut[:40, 30:70] = 255  # touches the top edge
+    tiny = np.zeros((100, 100), np.uint8)
+    tiny[48:52, 48:52] = 255
+    two = np.zeros((100, 100), np.uint8)
+    two[20:40, 20:40] = 255
+    two[60:80, 60:80] = 255
+    assert any("edge" in w for w in framing_warnings(cut))
+    assert any("only" in w for w in framing_warnings(tiny))
+    assert any("2 large separate parts" in w for w in framing_warnings(two))
+    centred = np.zeros((100, 100), np.uint8)
+    centred[30:70, 30:70] = 255
+    assert framing_warnings(centred) == []
+    photo = np.full((100, 100, 3), 128, np.uint8)
+    result = run_cli("--image_path", str(save_png(tmp_path / "p.png", photo)),
+                     "--mask_path", str(save_png(tmp_path / "cut.png", cut)), "--output_dir", str(tmp_path / "o"))
+    assert result.returncode == 0 and "warning: the object touches the photo's edge" in result.stderr
+    assert json.loads((tmp_path / "o" / "framing.json").read_text())["warnings"]
+
+
+@pytest.mark.parametrize("scale,dtype", [(1, np.uint8), (255, np.uint8), (65535, np.uint16)])
+def test_masks_of_any_scale_become_8_bit(tmp_path: Path, scale: int, dtype: type) -> None:
+    photo, truth = disk_photo(40, 60)
+    mask_file = tmp_path / "m.png"
+    Image.fromarray((truth * scale).astype(dtype)).save(mask_file)
+    mask = masking.load_mask(mask_file, truth.shape)
+    np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
