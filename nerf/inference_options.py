@@ -2,7 +2,7 @@
 
 The workspace's options.json is the record of how it was trained: inference reads it and takes from the command
 line only what inference may change (output sizes and names, the mesh, the checkpoint, the renderer's chunking
-and backend). A training option given with another value than the workspace's is an error that names it; the
+and backend), keeping the workspace's value of those where the command line leaves them at their default. A training option given with another value than the workspace's is an error that names it; the
 record itself is never rewritten.
 """
 
@@ -54,12 +54,19 @@ def inference_options(given: Options, defaults: Options | None = None) -> Option
         raise UserError(f"--test needs a trained workspace; {given.workspace} has no options.json (give the "
                         "--workspace of a main.py run).")
     saved = load_options(record)
-    conflicts = _conflicts(given, saved, defaults or resolve(Options()))
+    defaults = defaults or resolve(Options())
+    conflicts = _conflicts(given, saved, defaults)
     if conflicts:
         raise UserError(f"{conflicts[0]} differs from the options {record} records; inference uses the training "
                         "options of the workspace: drop the flag, or train a new workspace with it.")
-    groups = {group: dataclasses.replace(getattr(saved, group),
-                                         **{name: getattr(getattr(given, group), name)
-                                            for name in _inference_fields(group)})
+    groups = {group: dataclasses.replace(getattr(saved, group), **{
+        name: _chosen(getattr(getattr(given, group), name), getattr(getattr(saved, group), name),
+                      getattr(getattr(defaults, group), name)) for name in _inference_fields(group)})
               for group in GROUPS}
     return dataclasses.replace(saved, **{name: getattr(given, name) for name in TOP_LEVEL}, **groups)
+
+
+def _chosen(given: object, saved: object, default: object) -> object:
+    """An inference option: the command line's when it was set there (not at its default), else the workspace's
+    (so that --test renders at the sizes the run was trained to show)."""
+    return given if given != default else saved

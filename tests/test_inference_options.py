@@ -51,3 +51,12 @@ def test_a_folder_without_a_record_is_not_a_trained_workspace(tmp_path):
         inference_options(parse(["--test", "--workspace", str(tmp_path)]))
     with pytest.raises(UserError, match="--workspace"):
         inference_options(parse(["--mesh_only"]))
+
+
+def test_output_options_left_at_their_default_keep_the_workspace_s(tmp_path):
+    save_options(parse(["--workspace", str(tmp_path), "--HW_vis", "8", "--save_test_name", "mine", "--ckpt",
+                        "scratch"]), tmp_path / "options.json")
+    opt = inference_options(parse(["--test", "--workspace", str(tmp_path)]))
+    assert (opt.output.HW_vis, opt.output.save_test_name, opt.test) == (8, "mine", True)
+    assert opt.ckpt == "latest"  # the checkpoint is chosen on the command line, never taken from the record
+    assert inference_options(parse(["--test", "--workspace", str(tmp_path), "--HW_vis", "32"])).output.HW_vis == 32

@@ -84,7 +84,7 @@ def test_run_writes_its_outputs(trained):
 
 def test_resume_continues_with_the_saved_optimiser_state(trained, tmp_path):
     saved = load_checkpoint(trained["workspace"] / "checkpoints" / "latest.pth")
-    trainer = build_run(parse(trained["args"] + ["--iters", str(ITERS + 100)])).trainer
+    trainer = build_run(parse(trained["args"] + ["--iters", str(ITERS + 100)]), write=False).trainer
     assert trainer.global_step == ITERS
     restored = trainer.optimizer.state_dict()["state"]
     for key, value in saved["optimizer"]["state"].items():
@@ -95,7 +95,7 @@ def test_resume_continues_with_the_saved_optimiser_state(trained, tmp_path):
 
 
 def test_test_mode_renders_videos_from_the_checkpoint(trained):
-    args = trained["args"] + ["--test", "--save_test_name", "again"]
+    args = ["--workspace", str(trained["workspace"]), "--test", "--save_test_name", "again"]
     assert main_module.main(args) == 0
     reader = imageio.get_reader(trained["workspace"] / "results" / "again_rgb.mp4")
     assert reader.count_frames() == 100
