@@ -3,6 +3,7 @@
 
     python scripts/train-toy-prior.py OUT [--objects family:seed=word ...] [--renders DIR=word ...]
         [--size cpu|gpu] [--steps VAE UNET] [--seed S] [--resume] [--device cuda|cpu] [--max_minutes M]
+        [--compile auto|off|default|reduce-overhead]
 
 SD's weights are out of reach offline, so SDS and textual inversion are proven on this prior: an AutoencoderKL,
 then a UNet2DConditionModel (epsilon prediction, SD 1.5's noise schedule) trained jointly with a small CLIP text
@@ -83,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the training in OUT")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    p.add_argument("--compile", choices=("auto", "off", "default", "reduce-overhead"), default="auto",
+                   help="torch.compile the training losses (auto: reduce-overhead, i.e. with CUDA graphs, on CUDA; "
+                        "off on the CPU, where compiling costs more than it saves at the test sizes)")
     return p.parse_args(argv)
 
 
@@ -140,11 +144,10 @@ def build_models(size: Size, tokenizer: Any, seed: int) -> dict[str, torch.nn.Mo
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet}
 
 
-def vae_loss(vae: Any, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def vae_loss(vae: Any, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """L1 reconstruction of posterior samples plus SD's tiny KL term (keeps the posterior's variance finite)."""
-    x = images[idx.to(images.device)].float() / 127.5 - 1
     posterior = vae.encode(x).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    z = posterior.mean + posterior.std * eps
     return (vae.decode(z).sample - x).abs().mean() + KL_WEIGHT * posterior.kl().mean() / x[0].numel()
 
 
@@ -156,18 +159,44 @@ def encode_views(vae: Any, images: torch.Tensor, chunk: int = 256) -> tuple[torc
     return moments, 1.0 / moments.chunk(2, 1)[0].std().item()
 
 
-def unet_loss(models: dict, data: dict, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SD's denoising loss: epsilon prediction at a uniform timestep, text states from the trained encoder."""
-    device = data["moments"].device
-    mean, logvar = data["moments"][idx.to(device)].chunk(2, 1)
-    sample = mean + (0.5 * logvar.clamp(-30, 20)).exp() * torch.randn(mean.shape, generator=generator).to(device)
-    latents, noise = sample * data["scale"], torch.randn(mean.shape, generator=generator).to(device)
-    t = torch.randint(0, data["ddpm"].config.num_train_timesteps, (len(idx),), generator=generator).to(device)
-    drop = (torch.rand(len(idx), generator=generator) < P_UNCOND).to(device)
-    ids = torch.where(drop[:, None], data["empty"], data["ids"][idx.to(device)])
-    states = models["text_encoder"](ids)[0]
-    predicted = models["unet"](data["ddpm"].add_noise(latents, noise, t), t, encoder_hidden_states=states).sample
+def noisy_latents(alphas_cumprod: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+                  t: torch.Tensor) -> torch.Tensor:
+    """DDPM's forward process q(x_t | x_0) (what DDPMScheduler.add_noise computes), as plain tensor algebra."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise
+
+
+def unet_loss(text_encoder: Any, unet: Any, alphas_cumprod: torch.Tensor, latents: torch.Tensor,
+              noise: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """SD's denoising loss: epsilon prediction at timestep t, text states from the trained encoder."""
+    states = text_encoder(ids)[0]
+    predicted = unet(noisy_latents(alphas_cumprod, latents, noise, t), t, encoder_hidden_states=states).sample
     return F.mse_loss(predicted.float(), noise)
+
+
+def compiled(fn: Callable[..., torch.Tensor], mode: str) -> Callable[..., torch.Tensor]:
+    """`fn` through torch.compile (`mode` "off": as is). The tiny networks are bound by kernel launches, which
+    compiling (and reduce-overhead's CUDA graphs) removes; a compile failure falls back to `fn` with a warning."""
+    if mode == "off":
+        return fn
+    fast = torch.compile(fn, mode=None if mode == "default" else mode)
+    state = {"fn": fast, "checked": False}
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        if state["checked"]:
+            return state["fn"](*args)
+        try:
+            out = fast(*args)
+        except Exception as exc:  # an inductor or graph-capture failure costs speed, never the run
+            print(f"warning: torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", file=sys.stderr)
+            state["fn"] = fn
+            out = fn(*args)
+        state["checked"] = True
+        return out
+
+    return call
 
 
 @dataclass
@@ -184,7 +213,7 @@ class Phase:
     bf16: bool = False  # bf16 autocast on CUDA (fp32 weights), as SD's mixed-precision training; CPU stays fp32
 
     def __post_init__(self) -> None:
-        self.optimizer = torch.optim.AdamW(self.params, self.lr)
+        self.optimizer = torch.optim.AdamW(self.params, self.lr, fused=self.params[0].is_cuda)
 
     def step(self, step: int, generator: torch.Generator) -> torch.Tensor:
         """One optimisation step (`step` counts from 0): warm-up LR, clipped gradients, EMA update."""
@@ -199,7 +228,7 @@ class Phase:
         if self.ema:
             decay = min(EMA_DECAY, (2 + step) / (11 + step))
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
-        return loss.detach()
+        return loss.detach().clone()  # a compiled step's CUDA-graph output is overwritten by the next step
 
 
 def run_phase(phase: Phase, state: dict, generator: torch.Generator, deadline: float,
@@ -222,7 +251,8 @@ class Run:
     """One training run into OUT: the VAE phase, then the UNet phase, checkpointed and resumable."""
 
     def __init__(self, out: Path, recipe: dict, objects: list[ToyObject], views: Views, tokenizer: Any,
-                 device: torch.device, started: float) -> None:
+                 device: torch.device, started: float, compile: str = "off") -> None:
+        self.compile = compile  # torch.compile mode of the loss functions, "off" for eager
         self.out, self.recipe, self.objects, self.views, self.tokenizer = out, recipe, objects, views, tokenizer
         self.device, self.size = device, SIZES[recipe["size"]]
         self.models = {k: m.to(device) for k, m in build_models(self.size, tokenizer, recipe["seed"]).items()}
@@ -245,21 +275,40 @@ class Run:
 
     def vae_phase(self) -> Phase:
         vae, batch = self.models["vae"], self.size.batch[0]
-        return Phase("vae", self.recipe["steps"][0], lambda g: vae_loss(vae, self.images, self.draw(batch, g), g),
-                     list(vae.parameters()), self.size.lr[0], self.size.warmup)
+        side = self.size.resolution // 2 ** (len(self.size.vae["block_out_channels"]) - 1)
+        loss = compiled(lambda x, eps: vae_loss(vae, x, eps), self.compile)
+
+        def draw(g: torch.Generator) -> torch.Tensor:
+            x = self.images[self.draw(batch, g).to(self.device)].float() / 127.5 - 1
+            return loss(x, torch.randn((batch, 4, side, side), generator=g).to(self.device))
+
+        return Phase("vae", self.recipe["steps"][0], draw, list(vae.parameters()), self.size.lr[0], self.size.warmup,
+                     bf16=False)
 
     def unet_phase(self) -> Phase:
         from diffusers import DDPMScheduler
 
         moments, self.scale = encode_views(self.models["vae"], self.images)
         ids, empty = caption_ids(self.tokenizer, self.objects, self.views)
-        data = dict(moments=moments, scale=self.scale, ddpm=DDPMScheduler(**sd15_schedule()),
-                    ids=ids.to(self.device), empty=empty.to(self.device))
+        ids, empty = ids.to(self.device), empty.to(self.device)
+        alphas = DDPMScheduler(**sd15_schedule()).alphas_cumprod.to(self.device)
+        steps, batch = len(alphas), self.size.batch[1]
+        loss = compiled(lambda *tensors: unet_loss(self.models["text_encoder"], self.models["unet"], alphas,
+                                                   *tensors), self.compile)
+
+        def draw(g: torch.Generator) -> torch.Tensor:
+            """A batch of (latent sample, noise, timestep, caption or empty caption), drawn on the CPU generator."""
+            idx = self.draw(batch, g).to(self.device)
+            mean, logvar = moments[idx].chunk(2, 1)
+            sample = mean + (0.5 * logvar.clamp(-30, 20)).exp() * torch.randn(mean.shape, generator=g).to(self.device)
+            noise = torch.randn(mean.shape, generator=g).to(self.device)
+            t = torch.randint(0, steps, (batch,), generator=g).to(self.device)
+            drop = (torch.rand(batch, generator=g) < P_UNCOND).to(self.device)
+            return loss(sample * self.scale, noise, t, torch.where(drop[:, None], empty, ids[idx]))
+
         params = [*self.models["unet"].parameters(), *self.models["text_encoder"].parameters()]
-        batch = self.size.batch[1]
-        return Phase("unet", self.recipe["steps"][1], lambda g: unet_loss(self.models, data, self.draw(batch, g), g),
-                     params, self.size.lr[1], self.size.warmup, [p.detach().clone() for p in params],
-                     bf16=self.device.type == "cuda")
+        return Phase("unet", self.recipe["steps"][1], draw, params, self.size.lr[1], self.size.warmup,
+                     [p.detach().clone() for p in params], bf16=self.device.type == "cuda")
 
     def enter(self, phase: Phase, stored: dict | None) -> Phase:
         """Make `phase` current, with the optimizer and EMA of the checkpoint when it stopped inside it."""
@@ -335,7 +384,8 @@ def train(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
     size = SIZES[recipe["size"]]
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)
-    run = Run(args.out, recipe, objects, views, tokenizer, device, started)
+    mode = ("reduce-overhead" if device.type == "cuda" else "off") if args.compile == "auto" else args.compile
+    run = Run(args.out, recipe, objects, views, tokenizer, device, started, mode)
     if stored is not None:
         run.restore(stored)
     finished = run.train(stored, deadline)

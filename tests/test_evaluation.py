@@ -305,3 +305,17 @@ def test_reduced_suite_on_one_scene(tmp_path):
     print("\n" + result["table"])
     f = {row["mode"]: row["report"]["geometry"]["fscore"]["2%"] for row in result["rows"]}
     assert f["oracle"] >= 0.85 and f["oracle"] > f["prior_free"] + 0.1
+
+
+@pytest.mark.parametrize("device_type", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_ground_truth_renders_ignore_mixed_precision(device_type):
+    """The oracle renders inside main.py --O's autocast; the ray tracer must stay fp32 (it once failed there with
+    'Index put requires the source and destination dtypes match')."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    scene, camera = make_scene("union", 0), Conventions(75.0, 1.8, 55.0).input_camera(16).to(torch.device(device_type))
+    plain = render_rgba(scene, camera)
+    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type, dtype=dtype):
+        mixed = render_rgba(scene, camera)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)

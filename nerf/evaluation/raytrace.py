@@ -82,11 +82,15 @@ def shade_rays(scene: Scene, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Te
 
 @torch.no_grad()
 def render_rgba(scene: Scene, camera: CameraBatch, supersample: int = 2) -> Tensor:
-    """Straight RGBA [B, H, W, 4] of every camera in the batch, averaged over supersample^2 sub-pixels."""
+    """Straight RGBA [B, H, W, 4] of every camera in the batch, averaged over supersample^2 sub-pixels.
+
+    Always in fp32: called inside a mixed-precision training step (the oracle), autocast would give half-precision
+    colours and sphere-tracing steps."""
     size, s = camera.height, supersample
     fine = CameraBatch(camera.poses.float(), size * s, camera.focal * s, camera.directions, camera.theta, camera.phi)
-    rays_o, rays_d, _ = fine.rays()
-    colour, alpha = shade_rays(scene, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
+    with torch.autocast(camera.poses.device.type, enabled=False):
+        rays_o, rays_d, _ = fine.rays()
+        colour, alpha = shade_rays(scene, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
     premultiplied = torch.cat([colour * alpha[:, None], alpha[:, None]], -1)
     batch = len(camera.poses)
     premultiplied = premultiplied.reshape(batch, size, s, size, s, 4).mean(dim=(2, 4))

@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Check that a toy prior knows its world: sample every word from every side with diffusers' own pipeline and score
+each sample against ground-truth renders of that object from that side, of other objects, and from other sides.
+
+    python scripts/check-toy-prior.py [PRIOR] [--out DIR] [--samples N] [--steps S] [--views V] [--seed S]
+
+PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
+ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
+with StableDiffusionPipeline at S inference steps (its default, 50) and guidance 7.5. A sample's score against an
+(object, side) pair is the best PSNR over V ground-truth renders of that object whose camera falls in that side's
+bucket (main.py's camera distribution), and the mask IoU of that best view (object = not white). The report gives,
+per object and side: the score with the true word and side, with a wrong word (the same side, other objects; mean),
+and from a wrong side (the same object, other sides; mean). OUT gets check.json and samples.png (per row: an object
+and side; the samples, then the nearest ground-truth view of each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from nerf.errors import UserError  # noqa: E402
+from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
+from toy_prior_data import captions, parse_object, render_object  # noqa: E402
+
+SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
+WHITE_THRESHOLD = 0.92  # a pixel with every channel above this is background (images are composited on white)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("prior", type=Path, nargs="?", default=REPO / "examples" / "toy-prior")
+    p.add_argument("--out", type=Path, default=Path("outputs/toy-prior-check"))
+    p.add_argument("--samples", type=int, default=2, help="samples per word and side")
+    p.add_argument("--steps", type=int, default=50, help="inference steps (the pipeline's default)")
+    p.add_argument("--views", type=int, default=240, help="ground-truth renders per object")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def object_mask(images: Tensor) -> Tensor:
+    """[..., 3, H, W] in [0, 1] -> [..., H, W] bool: not background white."""
+    return (images < WHITE_THRESHOLD).any(dim=-3)
+
+
+def best_match(sample: Tensor, references: Tensor) -> tuple[float, float, int]:
+    """(PSNR, mask IoU, index) of the reference [N, 3, H, W] closest to `sample` [3, H, W] by PSNR."""
+    mse = ((references - sample) ** 2).flatten(1).mean(1)
+    best = int(mse.argmin())
+    psnr = float(-10 * torch.log10(mse[best].clamp_min(1e-10)))
+    a, b = object_mask(sample), object_mask(references[best])
+    iou = float((a & b).sum() / (a | b).sum().clamp_min(1))
+    return psnr, iou, best
+
+
+def ground_truth(objects: list, resolution: int, views: int, seed: int) -> dict[tuple[int, int], Tensor]:
+    """(object index, direction bucket) -> renders [N, 3, S, S] in [0, 1] from main.py's camera distribution."""
+    table: dict[tuple[int, int], Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for i, obj in enumerate(objects):
+        images, directions = render_object(obj, resolution, views, generator, torch.device("cpu"))
+        for side in SIDES.values():
+            chosen = images[directions == side]
+            if len(chosen) == 0:
+                raise UserError(f"no ground-truth view of {obj.source} from bucket {side}; raise --views.")
+            table[i, side] = chosen.float() / 255
+    return table
+
+
+def sample_all(pipe, words: list[str], samples: int, steps: int, seed: int) -> dict[tuple[int, int], Tensor]:
+    """(object index, direction bucket) -> samples [N, 3, S, S] in [0, 1], prompted exactly as main.py does."""
+    out = {}
+    for i, word in enumerate(words):
+        prompts = captions(word)
+        for side in SIDES.values():
+            generator = torch.Generator().manual_seed(seed + 1000 * i + side)
+            images = pipe([prompts[side]] * samples, num_inference_steps=steps, generator=generator,
+                          output_type="pt").images
+            out[i, side] = images.float().cpu()
+    return out
+
+
+def score(samples: dict, truth: dict, count: int) -> dict:
+    """Per object and side: true / wrong-word / wrong-side PSNR and IoU (means over the samples)."""
+    report = {}
+    for (i, side), images in samples.items():
+        def mean(obj: int, s: int) -> tuple[float, float]:
+            matches = [best_match(image, truth[obj, s])[:2] for image in images]
+            return float(np.mean([m[0] for m in matches])), float(np.mean([m[1] for m in matches]))
+
+        true = mean(i, side)
+        wrong_word = np.mean([mean(j, side) for j in range(count) if j != i], axis=0)
+        wrong_side = np.mean([mean(i, s) for s in SIDES.values() if s != side], axis=0)
+        report[f"{i}:{side}"] = {"psnr": true[0], "iou": true[1], "wrong_word_psnr": float(wrong_word[0]),
+                                 "wrong_word_iou": float(wrong_word[1]), "wrong_side_psnr": float(wrong_side[0]),
+                                 "wrong_side_iou": float(wrong_side[1])}
+    return report
+
+
+def figure(samples: dict, truth: dict, path: Path) -> None:
+    """samples.png: a row per (object, side): the samples, then the nearest ground-truth render of each."""
+    import cv2
+
+    rows = []
+    for key, images in samples.items():
+        nearest = [truth[key][best_match(image, truth[key])[2]] for image in images]
+        rows.append(torch.cat([*images, *nearest], dim=2))
+    grid = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+
+
+def check(args: argparse.Namespace) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    table_file = args.prior / "objects.json"
+    if not table_file.is_file():
+        raise UserError(f"{args.prior} has no objects.json; give a folder written by scripts/train-toy-prior.py.")
+    if min(args.samples, args.steps, args.views) < 1:
+        raise UserError("--samples, --steps and --views must be >= 1.")
+    table = json.loads(table_file.read_text(encoding="utf-8"))
+    objects = [parse_object(f"{source}={word}") for source, word in table.items() if ":" in source]
+    if not objects:
+        raise UserError(f"{args.prior} knows no procedural object; only those can be rendered again for the check.")
+    pipe = StableDiffusionPipeline.from_pretrained(args.prior, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    truth = ground_truth(objects, resolution, args.views, args.seed)
+    samples = sample_all(pipe, [o.word for o in objects], args.samples, args.steps, args.seed)
+    per_view = score(samples, truth, len(objects))
+    summary = {key: float(np.mean([v[key] for v in per_view.values()])) for key in next(iter(per_view.values()))}
+    report = {"objects": [f"{o.source}={o.word}" for o in objects], "sides": SIDES, "samples": args.samples,
+              "steps": args.steps, "per_view": per_view, "mean": summary}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "check.json", json.dumps(report, indent=2) + "\n")
+    figure(samples, truth, args.out / "samples.png")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        report = check(parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mean = report["mean"]
+    print(f"true word and side: PSNR {mean['psnr']:.2f} dB, IoU {mean['iou']:.3f}; wrong word: "
+          f"{mean['wrong_word_psnr']:.2f} dB, {mean['wrong_word_iou']:.3f}; wrong side: "
+          f"{mean['wrong_side_psnr']:.2f} dB, {mean['wrong_side_iou']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
