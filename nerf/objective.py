@@ -17,7 +17,7 @@ from nerf.anneal import AnnealedValue
 from nerf.cameras import CameraBatch
 from nerf.data import RealView
 from nerf.guidance import Guidance
-from nerf.options import ObjectiveOptions
+from nerf.options import FP16_INITIAL_LOSS_SCALE, ObjectiveOptions
 from nerf.renderer import Renderer, RenderSettings
 from nerf.synthetic_views import SyntheticViews
 
@@ -69,7 +69,9 @@ class Objective:
     def __init__(self, objective: ObjectiveOptions, *, iters: int, renderer: Renderer,
                  views: SyntheticViews, real_view: RealView | None, guidance: Guidance | None, num_rays: int,
                  generator: torch.Generator, legacy_anneal_4: bool = False, unscaled_prior: bool = False) -> None:
-        """`unscaled_prior`: divide the prior's loss by the fp16 loss scale (the original's SDS gradient)."""
+        """`unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss scaler: the prior's weight is
+        lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's initial scale, drifting as the
+        scale grows or falls, and 65536 times the default without fp16."""
         self.options = objective
         self.iters = iters
         self.renderer = renderer
@@ -115,8 +117,8 @@ class Objective:
         terms: dict[str, Tensor] = {}
         if self.guidance is not None and w("prior", step) > 0:
             prior, _ = self.guidance(_image(out["image"], size), view.direction, camera=view.camera)
-            if self.unscaled_prior:
-                prior = prior / loss_scale()
+            if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
+                prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
             terms["sds"] = w("prior", step) * prior
         terms.update(self.regularisers(out, size, step))
         loss = sum(terms.values(), torch.zeros((), device=rays_o.device))

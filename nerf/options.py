@@ -18,6 +18,8 @@ from nerf.anneal import AnnealSpec
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IMAGE = "examples/natural-images/cat/rgba.png"
 DEFAULT_PROMPT = "A high-resolution DSLR image of a <token>"
+FP16_INITIAL_LOSS_SCALE = 2.0 ** 16  # torch's GradScaler default, the scale the original's --O runs started at
+PRIOR_WEIGHT = 1 / FP16_INITIAL_LOSS_SCALE  # default --lambda_prior: the SDS weight of the original's --O runs
 ITERS_PER_EPOCH = 100
 
 LegacyBehaviour = Literal[
@@ -189,8 +191,10 @@ class TrainOptions:
 class ObjectiveOptions:
     """The loss: weights (each annealable), shading schedule, input-view schedule and camera noise."""
 
-    lambda_prior: AnnealSpec = _anneal([1.0])
-    """Weight of the prior's gradient (score distillation)."""
+    lambda_prior: AnnealSpec = _anneal([PRIOR_WEIGHT])
+    """Weight of the prior's gradient (score distillation). The default, 2^-16, is the weight the original's --O
+    runs effectively had (their SDS gradient bypassed the fp16 loss scale of 65536); measured with a trained prior,
+    a weight of 1 overwhelms the input view (Adam normalises the summed gradient)."""
     lambda_image: AnnealSpec = _anneal([5.0])
     """Masked colour error on the input view."""
     lambda_mask: AnnealSpec = _anneal([0.5])

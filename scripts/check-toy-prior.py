@@ -3,6 +3,7 @@
 each sample against ground-truth renders of that object from that side, of other objects, and from other sides.
 
     python scripts/check-toy-prior.py [PRIOR] [--out DIR] [--samples N] [--steps S] [--views V] [--seed S]
+    python scripts/check-toy-prior.py [PRIOR] --token EMBEDS --object FAMILY:SEED=WORD --initializer WORD
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -12,6 +13,11 @@ bucket (main.py's camera distribution), and the mask IoU of that best view (obje
 per object and side: the score with the true word and side, with a wrong word (the same side, other objects; mean),
 and from a wrong side (the same object, other sides; mean). OUT gets check.json and samples.png (per row: an object
 and side; the samples, then the nearest ground-truth view of each).
+
+With --token, a learned token (textual_inversion.py's learned_embeds) is checked instead: the prior's denoising
+loss on V held-out renders of --object (random training cameras, each captioned with main.py's prompt for its
+side), with the object named by its true word, by the initializer word and by the token; noise and timesteps are
+shared, so the three losses differ by the text alone. A token that learned the object scores near the true word.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from nerf.errors import UserError  # noqa: E402
+from nerf.evaluation.learn_token import model_resolution  # noqa: E402
 from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
 from toy_prior_data import captions, parse_object, render_object  # noqa: E402
 
@@ -45,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="inference steps (the pipeline's default)")
     p.add_argument("--views", type=int, default=240, help="ground-truth renders per object")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
+    p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
+    p.add_argument("--initializer", help="the word the token was learned from (with --token)")
     return p.parse_args(argv)
 
 
@@ -148,9 +159,63 @@ def check(args: argparse.Namespace) -> dict:
     return report
 
 
+@torch.no_grad()
+def denoising_losses(model: Path, texts: dict[str, list[str]], images: Tensor, seed: int, draws: int = 4,
+                     token: tuple[str, Tensor] | None = None) -> dict[str, float]:
+    """The prior's epsilon-prediction loss on `images` [N, 3, S, S] in [0, 1] with each name's captions (one per
+    image), over `draws` shared (noise, timestep) draws per image."""
+    from nerf.guidance.stable_diffusion import add_learned_token, load_stable_diffusion
+
+    parts = load_stable_diffusion(str(model), torch.device("cpu"), fp16=False)
+    if token is not None:
+        add_learned_token(parts, *token)
+    latents = parts.vae.encode(images * 2 - 1).latent_dist.mean * parts.vae.config.scaling_factor
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((draws, *latents.shape), generator=generator)
+    steps = torch.randint(20, 980, (draws, len(latents)), generator=generator)
+    losses = {}
+    for name, captions_ in texts.items():
+        ids = parts.tokenizer(captions_, padding="max_length", max_length=parts.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+        states = parts.text_encoder(ids)[0]
+        total = 0.0
+        for eps, t in zip(noise, steps):
+            noisy = parts.scheduler.add_noise(latents, eps, t)
+            total += float(F.mse_loss(parts.unet(noisy, t, encoder_hidden_states=states).sample, eps))
+        losses[name] = total / draws
+    return losses
+
+
+def check_token(args: argparse.Namespace) -> dict:
+    """Held-out denoising loss of --object named by its word, the initializer and the learned token."""
+    from nerf.guidance.stable_diffusion import load_learned_embeds
+
+    if not args.object or not args.initializer:
+        raise UserError("--token needs --object family:seed=word and --initializer WORD.")
+    obj = parse_object(args.object)
+    token, vector = load_learned_embeds(str(args.token))
+    generator = torch.Generator().manual_seed(args.seed + 7)  # other cameras than the prior's training views
+    images, directions = render_object(obj, model_resolution(args.prior), args.views, generator, torch.device("cpu"))
+    keep = torch.arange(len(images)) >= max(1, round(args.views * 0.1))  # drop the input-camera copies: held out
+    images, directions = images[keep].float() / 255, directions[keep]
+    texts = {name: [captions(word)[int(d)] for d in directions]
+             for name, word in (("true word", obj.word), ("initializer", args.initializer), ("token", token))}
+    losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector))
+    report = {"object": args.object, "initializer": args.initializer, "token": str(args.token),
+              "views": len(images), "denoising_loss": losses}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "token.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        report = check(parse_args(argv))
+        if args.token is not None:
+            losses = check_token(args)["denoising_loss"]
+            print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+            return 0
+        report = check(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -211,7 +211,7 @@ def write_card(out: Path, recipe: dict, objects: list[ToyObject], views: Views, 
     rows = "\n".join(f"| {o.source} | {o.word} | {int((views.objects == i).sum())} | `{captions(o.word)[0]}` |"
                      for i, o in enumerate(objects))
     options = ["--objects", *recipe["objects"], *(["--renders", *recipe["renders"]] if recipe["renders"] else []),
-               "--size", recipe["size"], "--steps", *map(str, recipe["steps"]), "--seed", str(recipe["seed"])]
+               "--size", recipe["size"], "--steps", *map(str, done), "--seed", str(recipe["seed"])]
     text = f"""# Toy Stable Diffusion prior (RealFusion tests)
 
 A tiny Stable Diffusion 1.x-format model (diffusers folder, fp16 weights) that knows {len(objects)} objects, made
@@ -228,7 +228,8 @@ to test score distillation and textual inversion end to end. It is for testing t
 - Resolution: {shape[0]}x{shape[0]} images, {shape[1]}x{shape[1]}x4 latents (size `{recipe["size"]}`).
 - Training: VAE {done[0]}/{recipe["steps"][0]} steps, then UNet and text encoder {done[1]}/{recipe["steps"][1]}
   steps (saved: their EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {seconds:.0f} s on {device}.
-- Regenerate: `python scripts/train-toy-prior.py OUT {" ".join(options)}`. `.cache/` (rendered views and the
+- Regenerate: `python scripts/train-toy-prior.py OUT {" ".join(options)}` (the steps it was trained for;
+  GPU kernels are not bit-reproducible, so a regenerated model is equivalent, not identical). `.cache/` (rendered views and the
   resumable checkpoint) is not part of the model. `objects.json` maps each object to its word.
 """
     write_text_atomic(out / "README.md", text)

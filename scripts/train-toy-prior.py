@@ -60,7 +60,7 @@ SIZES = {
                 dict(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8),
                 dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=4, norm_num_groups=8),
                 dict(width=32, intermediate=64, layers=1, heads=4)),
-    "gpu": Size(64, 1500, (2000, 5000), (64, 128), (5e-4, 3e-4), 200,
+    "gpu": Size(64, 1500, (3000, 4500), (64, 128), (5e-4, 3e-4), 200,
                 dict(block_out_channels=(32, 64, 64), layers_per_block=2, norm_num_groups=32),
                 dict(block_out_channels=(64, 96, 96), layers_per_block=2, attention_head_dim=8, norm_num_groups=32),
                 dict(width=128, intermediate=512, layers=3, heads=4)),

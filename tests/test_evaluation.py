@@ -305,6 +305,8 @@ def test_reduced_suite_on_one_scene(tmp_path):
     print("\n" + result["table"])
     f = {row["mode"]: row["report"]["geometry"]["fscore"]["2%"] for row in result["rows"]}
     assert f["oracle"] >= 0.85 and f["oracle"] > f["prior_free"] + 0.1
+    kept = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert sorted(row["mode"] for row in kept) == sorted(f)  # each run's row was kept as it finished
 
 
 @pytest.mark.parametrize("device_type", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -28,7 +28,7 @@ ORIGINAL_DEFAULTS = {
     "albedo_iters": 1000, "num_rays": 4096, "HW_synthetic": 96, "HW_real": 128, "HW_vis": 128,
     "bg_radius": 1.4, "density_thresh": 10.0, "blob_density": 5.0, "blob_radius": 0.2,
     "grid_levels": 16, "grid_resolution": 2048, "grid_levels_mask": 8, "grid_levels_mask_iters": 3000,
-    "fp16": False, "ema_decay": 0.95, "lambda_prior": [1.0], "lambda_image": [5.0], "lambda_mask": [0.5],
+    "fp16": False, "ema_decay": 0.95, "lambda_prior": [2.0 ** -16], "lambda_image": [5.0], "lambda_mask": [0.5],
     "lambda_entropy": [1e-4], "lambda_opacity": [0.0], "lambda_orient": [1e-2], "lambda_smooth": [0.0],
     "lambda_smooth_2d": [0.5], "real_iters": 0, "real_every": 1, "replace_synthetic_camera_every": 10,
     "replace_synthetic_camera_noise": 0.02, "noise_real_camera": 0.001, "noise_real_camera_annealing": True,

@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -166,14 +166,25 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
                                 spec.view_size, spec.views, spec.gt_mesh_resolution)
         tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / mode, mode, size, str(device), seed,
                             oracle_strength, prior, tuple(extra_args)) for mode in modes]
+    finished = work_dir / "rows.jsonl"  # each run's row as it ends: an interrupted suite keeps the finished runs
+    finished.unlink(missing_ok=True)
+
+    def keep(row: dict) -> dict:
+        with finished.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(row) + "\n")
+        return row
+
     if jobs > 1:
         if device.type == "cuda":
             build_renderer(Options(), device)  # compile the CUDA extensions once, before the workers load them
         context = multiprocessing.get_context("spawn")
         with _no_progress_bars(), ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_worker) as pool:
-            rows = list(pool.map(run_task, tasks))
+            futures = [pool.submit(run_task, task) for task in tasks]
+            for future in as_completed(futures):
+                keep(future.result())
+            rows = [future.result() for future in futures]
     else:
-        rows = [run_task(task) for task in tasks]
+        rows = [keep(run_task(task)) for task in tasks]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     settings = {"size": size, "device": str(device), "card": card, "seed": seed, "oracle_strength": oracle_strength,
                 "jobs": jobs, "torch": torch.__version__, "modes": list(modes),
