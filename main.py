@@ -19,6 +19,7 @@ from nerf.workspace import setup_logging
 def run(argv: Sequence[str] | None = None) -> int:
     from nerf.build import build_run
     from nerf.inference_options import inference_options
+    from nerf.report import write_report
 
     opt = parse(argv)
     if opt.inference:  # a trained workspace: its own options, the command line only for the outputs
@@ -28,6 +29,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         built.trainer.train()
     with built.trainer.weights_for_outputs():
         write_outputs(opt, built)
+    write_report(built.workspace, opt)
     return 0
 
 

@@ -60,3 +60,8 @@ class RunLog:
             import wandb
 
             wandb_run.log({tag: wandb.Image(image.clamp(0, 1).cpu().numpy())}, step=step)
+
+    def flush(self) -> None:
+        """Write what is buffered (the report reads the tensorboard files right after training)."""
+        if self._tensorboard is not None:
+            self._tensorboard.flush()

@@ -226,6 +226,7 @@ class Trainer:
         if self.global_step % ITERS_PER_EPOCH or self.epoch % eval_interval:
             self.validate()
             self.save()
+        self.log.flush()
         if self.skipped_steps:
             log.warning("%d iterations were skipped for non-finite losses", self.skipped_steps)
 

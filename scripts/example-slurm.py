@@ -137,18 +137,10 @@ def stage_photo(rgba: Path, spec: JobSpec) -> None:
 
 def final_scalars(workspace: Path) -> dict[str, float]:
     """Last logged value of every train/* scalar (except the learning rate) in the workspace's event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from nerf.report import read_scalars
 
-    latest: dict[str, tuple[int, float]] = {}
-    for run_dir in sorted({p.parent for p in workspace.rglob("events.out.tfevents.*")}):
-        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            if tag.startswith("train/") and tag != "train/lr":
-                last = events.Scalars(tag)[-1]
-                if tag not in latest or last.step >= latest[tag][0]:
-                    latest[tag] = (last.step, last.value)
-    return {tag.removeprefix("train/"): value for tag, (_, value) in sorted(latest.items())}
+    return {tag.removeprefix("train/"): points[-1][1] for tag, points in sorted(read_scalars(workspace).items())
+            if tag.startswith("train/") and tag != "train/lr" and points}
 
 
 @dataclass
@@ -160,6 +152,7 @@ class Row:
     workspace: str
     learned_embeds: str
     mesh: str
+    report: str  # the workspace's report.html, "" when there is none
 
 
 def summarise(spec: JobSpec, record: JobRecord | None, error: str | None) -> Row:
@@ -174,18 +167,21 @@ def summarise(spec: JobSpec, record: JobRecord | None, error: str | None) -> Row
     mesh = workspace / "mesh" / "mesh.glb"
     embeds = spec.learned_embeds if spec.learned_embeds and Path(spec.learned_embeds).is_file() else ""
     losses = final_scalars(workspace) if workspace.is_dir() else {}
-    return Row(spec.name, status, seconds, losses, str(workspace), embeds, str(mesh) if mesh.is_file() else "")
+    report = workspace / "report.html"
+    return Row(spec.name, status, seconds, losses, str(workspace), embeds, str(mesh) if mesh.is_file() else "",
+               str(report) if report.is_file() else "")
 
 
 def markdown_table(rows: list[Row]) -> str:
     lines = [
-        "| input | status | wall time | final losses | workspace | learned embeddings | mesh |",
-        "|---|---|---|---|---|---|---|",
+        "| input | status | wall time | final losses | workspace | learned embeddings | mesh | report |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         wall = "-" if r.seconds is None else f"{r.seconds:.0f} s"
         losses = ", ".join(f"{k} {v:.4g}" for k, v in r.losses.items()) or "-"
-        cells = [r.name, r.status, wall, losses, r.workspace, r.learned_embeds or "-", r.mesh or "-"]
+        report = f"[report]({r.report})" if r.report else "-"
+        cells = [r.name, r.status, wall, losses, r.workspace, r.learned_embeds or "-", r.mesh or "-", report]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -194,11 +190,11 @@ def csv_table(rows: list[Row]) -> str:
     loss_names = sorted({k for r in rows for k in r.losses})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["input", "status", "wall_time_s", *loss_names, "workspace", "learned_embeds", "mesh"])
+    writer.writerow(["input", "status", "wall_time_s", *loss_names, "workspace", "learned_embeds", "mesh", "report"])
     for r in rows:
         wall = "" if r.seconds is None else f"{r.seconds:.1f}"
         losses = [r.losses.get(k, "") for k in loss_names]
-        writer.writerow([r.name, r.status, wall, *losses, r.workspace, r.learned_embeds, r.mesh])
+        writer.writerow([r.name, r.status, wall, *losses, r.workspace, r.learned_embeds, r.mesh, r.report])
     return buffer.getvalue()
 
 

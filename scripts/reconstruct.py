@@ -13,6 +13,7 @@ that running the same command again after a crash or Ctrl-C continues where it s
 4. nerf      DIR/nerf: main.py --O (a partly trained workspace resumes from its checkpoint)
 5. mesh      DIR/nerf/mesh/mesh.glb: main.py --mesh_only
 6. evaluate  DIR/evaluation.json: scripts/evaluate.py on the workspace
+7. report    DIR/nerf/report.html: rewritten at the end with the evaluation (main.py writes one after each stage)
 
 --skip_ti uses the autoinit word itself in the prompt instead of a learned token.
 """
@@ -33,6 +34,8 @@ from nerf.checkpoint import LATEST, load_checkpoint  # noqa: E402
 from nerf.errors import UserError  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
+from nerf.options_file import load_options  # noqa: E402
+from nerf.report import write_report  # noqa: E402
 
 PLACEHOLDER = "_object_"
 
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path:
     report = work / "evaluation.json"
     if not report.is_file():
         run_stage("evaluate", [*script("scripts", "evaluate.py"), str(nerf), "--out", str(report), "--no_perceptual"])
+    write_report(nerf, load_options(nerf / "options.json"), evaluation=report)
     return nerf
 
 
@@ -151,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"done: {nerf} (videos in results/, mesh in mesh/), evaluation in {args.workspace / 'evaluation.json'}")
+    print(f"done: {nerf / 'report.html'} (videos in results/, mesh in mesh/, evaluation in "
+          f"{args.workspace / 'evaluation.json'})")
     return 0
 
 

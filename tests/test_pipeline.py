@@ -52,7 +52,9 @@ def test_one_command_writes_every_stage(finished):
     assert (ws / "token" / "learned_embeds.bin").is_file()
     assert (ws / "nerf" / "checkpoints" / "latest.pth").is_file() and (ws / "nerf" / "results").is_dir()
     assert (ws / "nerf" / "mesh" / "mesh.glb").is_file()
-    assert "input_view" in json.loads((ws / "evaluation.json").read_text())
+    psnr = json.loads((ws / "evaluation.json").read_text())["input_view"]["psnr"]
+    page = (ws / "nerf" / "report.html").read_text()
+    assert f"input_view.psnr</td><td>{psnr:.4g}</td>" in page  # the report ends with the evaluation in it
 
 
 def test_running_again_continues_where_it_stopped(repo, tiny_sd_dir, finished):

@@ -43,6 +43,7 @@ for step, loss, rgb in [(1, 0.5, 0.25), (2, 0.125, 0.0625)]:
               for tag, v in [("train/loss", loss), ("train/loss_rgb", rgb), ("train/lr", 0.001)]]
     writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
 writer.close()
+open(os.path.join(workspace, "report.html"), "w").write("<html></html>")
 """
 
 
@@ -100,6 +101,8 @@ def test_local_sweep_reports_one_success_and_one_failure(tmp_path: Path) -> None
     markdown = (out / "summary.md").read_text()
     assert "| good | ok |" in markdown and "| bad | failed: reconstruction exited with 3" in markdown
     assert "loss 0.125" in markdown
+    assert f"[report]({out / 'good' / 'workspace' / 'report.html'})" in markdown  # each run's report is linked
+    assert rows["good"]["report"] == str(out / "good" / "workspace" / "report.html")
 
 
 def plan(tmp_path: Path, *extra: str):
