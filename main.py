@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from nerf.errors import UserError
+from nerf.errors import one_line_errors
 from nerf.option_checks import parse
 from nerf.workspace import setup_logging
 
@@ -49,13 +49,11 @@ def write_outputs(opt, built) -> None:
                             threshold=out.mesh_threshold, decimate_target=out.mesh_decimate_target)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         return run(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130

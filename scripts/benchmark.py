@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from benchmarks import common, kernels, recon, ti  # noqa: E402
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import one_line_errors  # noqa: E402
 
 SUBCOMMANDS = {"kernels": kernels, "recon": recon, "ti": ti}
 
@@ -42,20 +42,17 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.command == "all":
-            results = {}
-            for name, module in SUBCOMMANDS.items():
-                defaults = argparse.ArgumentParser()
-                module.add_arguments(defaults)
-                results[name] = run_one(name, defaults.parse_args([]))
-        else:
-            results = run_one(args.command, args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "all":
+        results = {}
+        for name, module in SUBCOMMANDS.items():
+            defaults = argparse.ArgumentParser()
+            module.add_arguments(defaults)
+            results[name] = run_one(name, defaults.parse_args([]))
+    else:
+        results = run_one(args.command, args)
     common.write_json(args.out, results)
     print(f"\nwrote {args.out}")
     return 0

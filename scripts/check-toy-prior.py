@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.learn_token import model_resolution  # noqa: E402
 from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
 from toy_prior_data import captions, parse_object, render_object  # noqa: E402
@@ -208,17 +208,14 @@ def check_token(args: argparse.Namespace) -> dict:
     return report
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.token is not None:
-            losses = check_token(args)["denoising_loss"]
-            print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
-            return 0
-        report = check(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.token is not None:
+        losses = check_token(args)["denoising_loss"]
+        print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+        return 0
+    report = check(args)
     mean = report["mean"]
     print(f"true word and side: PSNR {mean['psnr']:.2f} dB, IoU {mean['iou']:.3f}; wrong word: "
           f"{mean['wrong_word_psnr']:.2f} dB, {mean['wrong_word_iou']:.3f}; wrong side: "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # noqa: E402
 from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
@@ -104,31 +104,28 @@ def print_notices(reports: list[dict]) -> None:
         print(f"notice: {notice}", file=sys.stderr)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        device = pick_device(args.device)
-        if args.jobs < 1:
-            raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
-        if args.suite:
-            prior, modes = suite_prior(args)
-            result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength,
-                               args.jobs, prior, modes, shlex.split(args.main_args))
-            print_notices([row["report"] for row in result["rows"]])
-            print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
-            out = args.out or Path("suite.json")
-        else:
-            workspaces = args.compare or [args.workspace]
-            reports = {str(ws): evaluate_workspace(ws, args.gt_mesh, args.gt_views, args.image_path,
-                                                   settings_from(args), device) for ws in workspaces}
-            print_notices(list(reports.values()))
-            print(comparison_table(reports))
-            result = {"reports": reports} if args.compare else next(iter(reports.values()))
-            out = args.out or Path("compare.json" if args.compare else "evaluation.json")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    device = pick_device(args.device)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
+    if args.suite:
+        prior, modes = suite_prior(args)
+        result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength,
+                           args.jobs, prior, modes, shlex.split(args.main_args))
+        print_notices([row["report"] for row in result["rows"]])
+        print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
+        out = args.out or Path("suite.json")
+    else:
+        workspaces = args.compare or [args.workspace]
+        reports = {str(ws): evaluate_workspace(ws, args.gt_mesh, args.gt_views, args.image_path,
+                                               settings_from(args), device) for ws in workspaces}
+        print_notices(list(reports.values()))
+        print(comparison_table(reports))
+        result = {"reports": reports} if args.compare else next(iter(reports.values()))
+        out = args.out or Path("compare.json" if args.compare else "evaluation.json")
     write_json(out, result)
     print(f"wrote {out}")
     return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
 
@@ -277,12 +277,9 @@ def run(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+@one_line_errors
 def main() -> int:
-    try:
-        return run(sys.argv[1:])
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from framing import object_fraction  # noqa: E402
 from masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 
 
@@ -75,13 +75,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     return written
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        written = run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    written = run(parse_args(argv))
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.scene_files import Conventions, write_scene  # noqa: E402
 from nerf.evaluation.scenes import FAMILIES, make_scene  # noqa: E402
 from nerf.options import DataOptions  # noqa: E402
@@ -43,25 +43,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        for name, value in (("input_size", args.input_size), ("view_size", args.view_size), ("views", args.views),
-                            ("mesh_resolution", args.mesh_resolution), ("radius_rot", args.radius_rot)):
-            if value <= 0:
-                raise UserError(f"--{name} must be > 0, got {value}.")
-        if not 0 < args.fovy < 180:
-            raise UserError(f"--fovy must be in (0, 180) degrees, got {args.fovy}.")
-        conventions = Conventions(args.pose_angle, args.radius_rot, args.fovy)
-        families = FAMILIES if args.all else (args.family,)
-        for family in families:
-            out = args.out / f"{family}-{args.seed}" if args.all else args.out
-            write_scene(make_scene(family, args.seed), out, conventions, args.input_size, args.view_size,
-                        args.views, args.mesh_resolution)
-            print(f"wrote {out}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for name, value in (("input_size", args.input_size), ("view_size", args.view_size), ("views", args.views),
+                        ("mesh_resolution", args.mesh_resolution), ("radius_rot", args.radius_rot)):
+        if value <= 0:
+            raise UserError(f"--{name} must be > 0, got {value}.")
+    if not 0 < args.fovy < 180:
+        raise UserError(f"--fovy must be in (0, 180) degrees, got {args.fovy}.")
+    conventions = Conventions(args.pose_angle, args.radius_rot, args.fovy)
+    families = FAMILIES if args.all else (args.family,)
+    for family in families:
+        out = args.out / f"{family}-{args.seed}" if args.all else args.out
+        write_scene(make_scene(family, args.seed), out, conventions, args.input_size, args.view_size,
+                    args.views, args.mesh_resolution)
+        print(f"wrote {out}")
     return 0
 
 

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sd_parts, also when this file is loaded by path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nerf.errors import one_line_errors  # noqa: E402
 from sd_parts import assemble_pipeline, clip_text_encoder, load_tokenizer, write_tokenizer_files  # noqa: E402
 
 
@@ -146,6 +147,7 @@ def write_single_file(pipe, path: Path) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (diffusers layout)")
@@ -163,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

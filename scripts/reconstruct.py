@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nerf.checkpoint import LATEST, load_checkpoint  # noqa: E402
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
 from nerf.options_file import load_options  # noqa: E402
@@ -148,13 +148,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path:
     return nerf
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parse_args(argv)
-    try:
-        nerf = run(args, extra)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    nerf = run(args, extra)
     print(f"done: {nerf / 'report.html'} (videos in results/, mesh in mesh/, evaluation in "
           f"{args.workspace / 'evaluation.json'})")
     return 0

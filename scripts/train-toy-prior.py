@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_atomic  # noqa: E402
 from sd_parts import (  # noqa: E402
     clip_text_encoder, load_tokenizer, save_fp16_pipeline, sd15_schedule, write_tokenizer_files)
@@ -394,12 +394,9 @@ def train(args: argparse.Namespace) -> None:
     print(f"toy prior written to {args.out}{note}")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    try:
-        train(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    train(parse_args(argv))
     return 0
 
 

@@ -177,7 +177,9 @@ def error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     wrong = str(save_png(tmp_path / "wrong.png", np.zeros((40, 61), np.uint8)))
     empty = str(save_png(tmp_path / "empty.png", np.zeros((40, 60), np.uint8)))
     full = str(save_png(tmp_path / "full.png", np.full((40, 60), 255, np.uint8)))
+    flat = str(save_png(tmp_path / "flat.png", np.full((40, 60, 3), 128, np.uint8)))
     return {
+        "no separable object": (["--image_path", flat], "no object found"),
         "full mask": (["--image_path", image, "--mask_path", full], "whole image"),
         "bad fraction": (["--image_path", image, "--mask_path", str(save_png(tmp_path / "m.png",
                                                                                truth.astype(np.uint8) * 255)),
@@ -189,7 +191,8 @@ def error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "mask size", "empty mask", "full mask", "bad fraction"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "mask size", "empty mask", "full mask", "bad fraction",
+                                  "no separable object"])
 def test_cli_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, case: str) -> None:
     args, expected = error_cases(tmp_path)[case]
     out = tmp_path / "out"

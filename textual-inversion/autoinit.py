@@ -34,7 +34,7 @@ for folder in (HERE, HERE.parent):  # the repository's nerf package and this fol
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
 from ti_dataset import load_rgb  # noqa: E402
 
@@ -159,6 +159,7 @@ def get_initialization(image: Path, text_emb_file: Path, clip_model: str, device
     return word
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Pick a textual-inversion initializer word with CLIP.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,16 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--save_dir", type=Path, default=None, help="folder for token_autoinit.txt (default: the image's)")
     get.add_argument("--no_save", action="store_true", help="print only, do not write token_autoinit.txt")
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-        if args.command == "save_embeddings":
-            save_embeddings(args.file_name, args.clip_model, device)
-        else:
-            get_initialization(args.image, args.text_emb_file, args.clip_model, device, save=not args.no_save,
-                               save_dir=args.save_dir)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    device = torch.device(args.device)
+    if args.command == "save_embeddings":
+        save_embeddings(args.file_name, args.clip_model, device)
+    else:
+        get_initialization(args.image, args.text_emb_file, args.clip_model, device, save=not args.no_save,
+                           save_dir=args.save_dir)
     return 0
 
 

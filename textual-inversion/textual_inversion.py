@@ -61,7 +61,7 @@ for folder in (HERE, HERE.parent):  # the repository's nerf package and this fol
 
 import torch  # noqa: E402
 
-from nerf.errors import UserError  # noqa: E402
+from nerf.errors import one_line_errors  # noqa: E402
 from nerf.seeding import seed_everything  # noqa: E402
 from ti_args import parse_args  # noqa: E402
 from ti_dataset import load_images  # noqa: E402
@@ -102,13 +102,10 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     return write_outputs(args, model, output_dir)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """The command: 0 on success, 2 with a one-line message for a usage or input error."""
-    try:
-        train(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    train(parse_args(argv))
     return 0
 
 
