@@ -118,7 +118,7 @@ class Renderer(nn.Module):
             # Chunks bound the reference marcher's memory; the CUDA marcher takes a whole frame at once (as
             # the original did), which needs far fewer launches per frame.
             chunk = max_ray_batch if max_ray_batch and self.ops.name == "torch" else rays_o.shape[0]
-            parts = [self._render_infer(rays_o[i:i + chunk], rays_d[i:i + chunk], light_d, settings)
+            parts = [self._render_eval(rays_o[i:i + chunk], rays_d[i:i + chunk], light_d, settings)
                      for i in range(0, rays_o.shape[0], chunk)]
             out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         bg = self._background(rays_d, settings)
@@ -137,7 +137,10 @@ class Renderer(nn.Module):
     def _march_bounds(self, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor]:
         return self.ops.near_far_from_aabb(rays_o, rays_d, self.aabb, self.min_near)
 
-    def _render_train(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
+    def _render_all_samples(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor,
+                            settings: RenderSettings) -> tuple[dict, Tensor, Tensor, Tensor, Tensor]:
+        """Every sample of every ray from one march and one field call, composited per ray: the outputs, and the
+        samples' positions, directions, steps and densities (for the training losses)."""
         nears, fars = self._march_bounds(rays_o, rays_d)
         xyzs, dirs, deltas, rays = self.ops.march_rays_train(
             rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=settings.perturb, align=ALIGN,
@@ -147,10 +150,14 @@ class Renderer(nn.Module):
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
         hit = torch.where(weights_sum > 0, nears, torch.zeros_like(nears))
         out = {"image": image, "depth": depth + weights_sum * hit, "weights_sum": weights_sum}
+        if settings.need_normals:
+            out["normal_image"] = self.ops.composite_rays_train(sigmas, normals, deltas, rays, T_THRESH)[2]
+        return out, xyzs, dirs, deltas, (sigmas, normals)
+
+    def _render_train(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
+        out, xyzs, dirs, deltas, (sigmas, normals) = self._render_all_samples(rays_o, rays_d, light_d, settings)
         real = deltas[:, 0] > 0  # padding rows of the sample buffer have zero step
         if settings.need_normals:
-            _, _, normal_image = self.ops.composite_rays_train(sigmas, normals, deltas, rays, T_THRESH)
-            out["normal_image"] = normal_image
             occupancy = (1 - torch.exp(-sigmas)).detach()
             facing = (normals * dirs).sum(-1).clamp(min=0) ** 2
             out["loss_orient"] = _masked_mean(occupancy * facing, real)
@@ -158,6 +165,15 @@ class Renderer(nn.Module):
             jitter = xyzs + torch.randn_like(xyzs) * 0.01
             out["loss_smooth"] = _masked_mean((normals - self.field.normal(jitter)).abs().mean(-1), real)
         return out
+
+    def _render_eval(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
+        """An evaluation render. The CUDA kernels march a few samples per live ray at a time and stop each ray
+        once it is opaque (`_render_infer`, the original's); on the reference ops that loop costs a Python round
+        per step, so they march and shade every sample at once (`_render_all_samples`): the same samples and
+        the same compositing, some samples behind an opaque surface shaded for nothing."""
+        if self.ops.name == "torch":
+            return self._render_all_samples(rays_o, rays_d, light_d, settings)[0]
+        return self._render_infer(rays_o, rays_d, light_d, settings)
 
     def _render_infer(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
         count, device = rays_o.shape[0], rays_o.device
