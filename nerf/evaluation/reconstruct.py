@@ -29,8 +29,9 @@ SIZES: dict[str, list[str]] = {
 }
 MODES = ("prior_free", "oracle")
 # Albedo renders throughout: the oracle's target is the object's colour, and a view shaded under a random light
-# (the lambertian/textureless steps after --albedo_iters) has no ground truth to compare with.
-MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle"]}
+# (the lambertian/textureless steps after --albedo_iters) has no ground truth to compare with. The oracle's pull is
+# set by --oracle_strength at weight 1 (the default weight, 2^-16, is score distillation's).
+MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle", "--lambda_prior", "1"]}
 PRIOR_MODES = ("toy", "toy_ti")  # score distillation from a trained prior: the true word, or a learned token
 
 
