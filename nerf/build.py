@@ -90,7 +90,13 @@ def read_checkpoint(opt: Options, workspace: Path) -> tuple[Path, dict] | None:
     """The checkpoint --ckpt selects, located and read (and so validated) once; None to start from scratch."""
     if opt.inference and not (workspace / "checkpoints").is_dir() and not opt.ckpt.endswith((".pth", ".pt")):
         raise UserError(f"--test needs a trained workspace; {workspace} has no checkpoints (give --workspace).")
+    if opt.inference and opt.ckpt == "scratch":
+        raise UserError("--ckpt scratch with --test or --mesh_only would render an untrained model over the "
+                        "workspace's outputs; drop --ckpt scratch (the latest checkpoint is used).")
     path = find_checkpoint(workspace, opt.ckpt)
+    if path is None and opt.inference:
+        raise UserError(f"{workspace} has no checkpoint to render (training stopped before its first save); "
+                        f"train it first (main.py without --test).")
     if path is None:
         if opt.ckpt == "scratch" and (workspace / "checkpoints").is_dir():
             log.info("--ckpt scratch: starting a new run; the checkpoint in %s will be replaced at the first save",

@@ -60,3 +60,25 @@ def test_output_options_left_at_their_default_keep_the_workspace_s(tmp_path):
     assert (opt.output.HW_vis, opt.output.save_test_name, opt.test) == (8, "mine", True)
     assert opt.ckpt == "latest"  # the checkpoint is chosen on the command line, never taken from the record
     assert inference_options(parse(["--test", "--workspace", str(tmp_path), "--HW_vis", "32"])).output.HW_vis == 32
+
+
+@pytest.mark.parametrize("case", ["no checkpoint yet", "ckpt scratch"])
+def test_inference_never_renders_an_untrained_model(tmp_path, capsys, case):
+    import cv2
+    import numpy as np
+
+    import main as main_module
+
+    image = tmp_path / "rgba.png"
+    rgba = np.full((16, 16, 4), 200, np.uint8)
+    rgba[:4, :, 3] = 0  # some background
+    cv2.imwrite(str(image), rgba)
+    ws = tmp_path / "ws"
+    save_options(parse(["--workspace", str(ws), "--image_path", str(image), "--no_cuda_ray"]), ws / "options.json")
+    (ws / "checkpoints").mkdir()  # killed before its first save
+    before = sorted(p.relative_to(ws) for p in ws.rglob("*"))
+    extra = ["--ckpt", "scratch"] if case == "ckpt scratch" else []
+    assert main_module.main(["--test", "--workspace", str(ws), *extra]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and ("untrained" in errors[0] or "no checkpoint" in errors[0])
+    assert sorted(p.relative_to(ws) for p in ws.rglob("*") if p.name != "log.txt") == before  # no render written
