@@ -8,6 +8,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from nerf.fileio import remove_stale_partials
 from nerf.options import Options
 from nerf.options_file import save_options
 
@@ -46,5 +47,8 @@ def open_workspace(workspace: Path, opt: Options, record: bool = True) -> None:
     run was validated, so a refused run leaves the workspace as it was."""
     workspace.mkdir(parents=True, exist_ok=True)
     _log_to_file(workspace / "log.txt")
+    freed = sum(remove_stale_partials(folder) for folder in (workspace, workspace / "checkpoints"))
+    if freed:
+        log.info("removed %.1f MiB of partial files left by interrupted writes", freed / 2**20)
     if record:
         save_options(opt, workspace / "options.json")
