@@ -16,7 +16,7 @@ from nerf.option_checks import resolve
 from nerf.options import GROUPS, Options
 from nerf.options_file import load_options
 
-TOP_LEVEL = ("test", "mesh_only", "workspace", "ckpt", "debug", "run_name")
+TOP_LEVEL = ("test", "mesh_only", "workspace", "ckpt", "debug", "run_name", "force_unlock")
 PER_GROUP = {"output": None, "render": ("max_ray_batch", "cuda_ray")}  # None: the whole group
 
 

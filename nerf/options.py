@@ -275,6 +275,8 @@ class Options:
     """Seeds Python, NumPy and torch, and names automatic workspaces."""
     debug: bool = False
     """Automatic workspace name and training renders every 50 iterations."""
+    force_unlock: bool = False
+    """Take over a workspace locked by a run on another host (a dead run of this host is taken over anyway)."""
     legacy: tuple[LegacyBehaviour, ...] = ()
     """Reproduce a fixed behaviour of the original (see README, "Differences from the original")."""
     prior: PriorOptions = _group(PriorOptions)

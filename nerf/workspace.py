@@ -8,6 +8,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from nerf import workspace_lock
 from nerf.fileio import remove_stale_partials
 from nerf.options import Options
 from nerf.options_file import save_options
@@ -46,6 +47,7 @@ def open_workspace(workspace: Path, opt: Options, record: bool = True) -> None:
     """Create the folder, log into it and (`record`: a training run) record the options; called only after the
     run was validated, so a refused run leaves the workspace as it was."""
     workspace.mkdir(parents=True, exist_ok=True)
+    workspace_lock.acquire(workspace, force=opt.force_unlock)
     _log_to_file(workspace / "log.txt")
     freed = sum(remove_stale_partials(folder) for folder in (workspace, workspace / "checkpoints"))
     if freed:
