@@ -9,6 +9,7 @@ assembled in `nerf/build.py`.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from nerf.errors import one_line_errors
@@ -32,9 +33,22 @@ def run(argv: Sequence[str] | None = None) -> int:
         with built.trainer.weights_for_outputs():
             write_outputs(opt, built)
         write_report(built.workspace, opt)
+    except KeyboardInterrupt:
+        print(interrupted_message(built.workspace), file=sys.stderr)
+        return 130
     finally:
         workspace_lock.release(built.workspace)
     return 0
+
+
+def interrupted_message(workspace: Path) -> str:
+    """What a Ctrl-C leaves: the last checkpoint (writes are atomic, so it is whole) or nothing to resume from."""
+    from nerf.checkpoint import LATEST
+
+    latest = workspace / "checkpoints" / LATEST
+    if latest.is_file():
+        return f"interrupted; the last checkpoint {latest} is intact: run the same command to resume from it."
+    return "interrupted before the first checkpoint; there is nothing to resume, run the command again to start."
 
 
 def write_outputs(opt, built) -> None:
@@ -58,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         return run(argv)
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+    except KeyboardInterrupt:  # before the run was built: nothing was written
+        print("interrupted", file=sys.stderr)
         return 130
 
 

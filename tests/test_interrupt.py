@@ -1,0 +1,35 @@
+"""Ctrl-C says what it leaves: the intact last checkpoint to resume from, or nothing when none was saved yet;
+exit status 130 and the workspace lock released either way."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+import main as main_module
+from nerf import workspace_lock
+from nerf.trainer import Trainer
+
+TINY = ["--lambda_prior", "0", "--iters", "5", "--HW_real", "16", "--HW_synthetic", "16", "--num_rays", "128",
+        "--occupancy_grid_size", "16", "--max_steps", "32", "--HW_vis", "8", "--no_cuda_ray", "--eval_interval", "1"]
+
+
+def test_ctrl_c_names_what_is_left(tmp_path, monkeypatch, capsys):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = [*TINY, "--image_path", str(tmp_path / "rgba.png"), "--workspace", str(tmp_path / "ws")]
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train", interrupted)
+        assert main_module.main(args) == 130
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "ws" / workspace_lock.LOCK_NAME).exists()
+
+    assert main_module.main(args) == 0  # trains and saves
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    assert main_module.main([*args, "--iters", "10"]) == 130
+    assert "checkpoints/latest.pth is intact" in capsys.readouterr().err
