@@ -162,7 +162,7 @@ def build_run(opt: Options, *, device: torch.device | None = None, write: bool =
         path, state = checkpoint
         trainer.load(state, path, model_only=opt.ckpt == "latest_model")
     if write:
-        open_workspace(workspace, opt, record=not opt.inference)
+        open_workspace(workspace, opt)
         log.info("workspace: %s | device: %s | backends: grid encoder %s, ray marching %s", workspace, device,
                  renderer.field.encoder.backend_name, renderer.ops.name)
     return Run(opt, workspace, device, real_view, renderer, guidance, frames, trainer)

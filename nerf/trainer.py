@@ -24,6 +24,7 @@ from nerf.optim import EMA, lr_lambda, make_optimizer
 from nerf.options import ITERS_PER_EPOCH, TrainOptions
 from nerf.renderer import Renderer
 from nerf.run_log import RunLog
+from nerf.workspace import record_options
 
 log = logging.getLogger("realfusion")
 LOG_EVERY = 10
@@ -102,6 +103,7 @@ class Trainer:
     def save(self) -> Path:
         self.check_divergence()
         path = save_checkpoint(self.workspace / "checkpoints" / LATEST, self.state_dict())
+        record_options(self.workspace, self.record)
         log.info("saved checkpoint %s at step %d", path, self.global_step)
         return path
 

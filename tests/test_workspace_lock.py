@@ -70,3 +70,23 @@ def test_another_host_s_lock_needs_force_unlock(tmp_path):
     assert json.loads((ws / workspace_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
     workspace_lock.release(ws)
     assert not (ws / workspace_lock.LOCK_NAME).exists()
+
+
+def test_a_run_that_fails_before_saving_keeps_the_workspace_s_record(tmp_path, image, monkeypatch, capsys):
+    """options.json is written with each checkpoint: a run that stops before its first save (here it diverges at
+    once) leaves the record of the checkpoint beside it, which inference and evaluation trust."""
+    from nerf.trainer import Trainer, TrainingDiverged
+
+    ws = tmp_path / "ws"
+    args = [*TINY, "--image_path", str(image), "--workspace", str(ws)]
+    assert main_module.main(args) == 0
+    record = (ws / "options.json").read_bytes()
+
+    def diverges(self):
+        raise TrainingDiverged("the loss was not finite for 20 consecutive iterations")
+
+    monkeypatch.setattr(Trainer, "train", diverges)
+    with pytest.raises(TrainingDiverged):
+        main_module.main([*args, "--iters", "50", "--lr", "1e9"])
+    assert (ws / "options.json").read_bytes() == record
+    assert not (ws / workspace_lock.LOCK_NAME).exists()
