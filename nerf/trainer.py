@@ -113,8 +113,11 @@ class Trainer:
             self.renderer.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise UserError(f"checkpoint {source} does not match this model ({str(exc).splitlines()[0]}); "
-                            "use the options it was trained with or --ckpt scratch.") from None
+            differing = model_options_differing(state.get("options"), self.record)
+            why = (f"it was trained with {', '.join(differing)}" if differing
+                   else str(exc).splitlines()[0].strip().rstrip(":"))
+            raise UserError(f"checkpoint {source} does not match this model ({why}); use the options it was trained "
+                            "with or --ckpt scratch.") from None
         self.field.grid_levels_mask = int(state["grid_levels_mask"])
 
     def load(self, state: dict, source: Path, model_only: bool = False) -> None:
@@ -235,3 +238,20 @@ class Trainer:
     def weights_for_outputs(self) -> contextlib.AbstractContextManager:
         """Renders after training use the averaged weights (the original's final video used live ones)."""
         return contextlib.nullcontext() if self.live_weights_outputs else self.ema.averaged()
+
+
+# The options that shape the networks' parameters and the occupancy grid, by group.
+MODEL_SHAPING = {"field": ("grid_type", "grid_levels", "grid_resolution", "log2_hashmap_size", "bg_radius"),
+                 "render": ("occupancy_grid_size", "bound")}
+
+
+def model_options_differing(saved: dict | None, current: dict) -> list[str]:
+    """`--name value (now other)` for each model-shaping option a checkpoint's record has another value of."""
+    if not isinstance(saved, dict):
+        return []
+    found = []
+    for group, names in MODEL_SHAPING.items():
+        was, now = saved.get(group, {}), current.get(group, {})
+        found += [f"--{name} {was[name]} (now {now[name]})" for name in names
+                  if name in was and name in now and was[name] != now[name]]
+    return found

@@ -231,6 +231,8 @@ def test_load_learned_embeds_bad_inputs(tmp_path, case):
     with pytest.raises(UserError) as excinfo:
         load_learned_embeds(str(path))
     assert str(tmp_path) in one_line_error(excinfo)
+    if case == "integer":  # the problem is named: the numbers, not the shape
+        assert "int64 numbers, not a float embedding" in one_line_error(excinfo)
 
 
 def test_load_learned_embeds_token_not_found(tmp_path):
@@ -647,6 +649,16 @@ def test_sd_by_name_with_a_learned_token(tiny_sd_dir, tmp_path, caplog):
     loss.backward()
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
     assert set(stats) == {"sds_grad_norm", "t"}
+
+
+def test_a_learned_token_the_prompt_never_uses_is_warned_about(tmp_path, caplog):
+    torch.save({"_thing_": torch.zeros(8)}, tmp_path / "learned_embeds.bin")
+    prior = PriorOptions(text="a photo of a cat", negative="", dir_text=False,
+                         learned_embeds_path=str(tmp_path / "learned_embeds.bin"))
+    with caplog.at_level("WARNING", logger="realfusion"):
+        prompts = resolve_prompts(prior, str(tmp_path / "rgba.png"))
+    assert prompts.text == "a photo of a cat"
+    assert any("learned token is not used" in r.getMessage() and "<token>" in r.getMessage() for r in caplog.records)
 
 
 def test_sd_prompts_without_the_placeholder_need_no_token(tmp_path):

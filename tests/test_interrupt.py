@@ -33,3 +33,17 @@ def test_ctrl_c_names_what_is_left(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "train", interrupted)
     assert main_module.main([*args, "--iters", "10"]) == 130
     assert "checkpoints/latest.pth is intact" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_model_size_is_refused_naming_the_option(tmp_path, capsys):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = [*TINY, "--image_path", str(tmp_path / "rgba.png"), "--workspace", str(tmp_path / "ws")]
+    assert main_module.main([*args, "--grid_levels", "8", "--grid_levels_mask", "0"]) == 0
+    record = (tmp_path / "ws" / "options.json").read_bytes()
+    capsys.readouterr()
+    assert main_module.main([*args, "--grid_levels", "4", "--grid_levels_mask", "0", "--iters", "10"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "trained with --grid_levels 8 (now 4)" in errors[0]
+    assert (tmp_path / "ws" / "options.json").read_bytes() == record

@@ -152,9 +152,15 @@ def load_learned_embeds(path: str, token: str | None = None) -> tuple[str, torch
     vector = data[key]
     if isinstance(vector, torch.Tensor) and vector.ndim == 2 and vector.shape[0] == 1:
         vector = vector[0]
-    if not isinstance(vector, torch.Tensor) or vector.ndim != 1 or not vector.is_floating_point():
-        shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
-        raise UserError(f"learned embedding {file}: the value of '{key}' is {shape}, expected a 1-D float vector.")
+    if not isinstance(vector, torch.Tensor):
+        raise UserError(f"learned embedding {file}: the value of '{key}' is a {type(vector).__name__}, expected a "
+                        f"1-D float vector; re-run textual inversion.")
+    if not vector.is_floating_point():
+        raise UserError(f"learned embedding {file}: the value of '{key}' holds {str(vector.dtype).split('.')[-1]} "
+                        f"numbers, not a float embedding; re-run textual inversion.")
+    if vector.ndim != 1:
+        raise UserError(f"learned embedding {file}: the value of '{key}' has shape {tuple(vector.shape)}, expected a "
+                        f"1-D vector.")
     return str(key), vector.detach().to(torch.float32).clone()
 
 
@@ -230,6 +236,12 @@ def resolve_prompts(prior: PriorOptions, image_path: str) -> Prompts:
     token, vector = None, None
     if TOKEN_PLACEHOLDER in prior.text + prior.negative or prior.learned_embeds_path:
         token, vector = resolve_token(prior, image_path)
+    if prior.learned_embeds_path and TOKEN_PLACEHOLDER not in prior.text + prior.negative:
+        from nerf.options import DEFAULT_PROMPT
+
+        log.warning("--learned_embeds_path is loaded but neither --text nor --negative contains %s, so the learned "
+                    "token is not used; put %s in --text (e.g. %r)", TOKEN_PLACEHOLDER, TOKEN_PLACEHOLDER,
+                    DEFAULT_PROMPT)
     text, negative = prior.text, prior.negative
     if token is not None:
         text, negative = replace_token_placeholder(text, token), replace_token_placeholder(negative, token)
