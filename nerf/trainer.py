@@ -102,6 +102,7 @@ class Trainer:
 
     def save(self) -> Path:
         self.check_divergence()
+        self.check_finite_state()
         path = save_checkpoint(self.workspace / "checkpoints" / LATEST, self.state_dict())
         record_options(self.workspace, self.record)
         log.info("saved checkpoint %s at step %d", path, self.global_step)
@@ -196,6 +197,16 @@ class Trainer:
             raise TrainingDiverged(
                 f"{in_a_row} consecutive non-finite losses at step {self.global_step}; stopped without saving. "
                 "Lower --lr, or try without --fp16/--O, or resume from the last checkpoint.")
+
+    def check_finite_state(self) -> None:
+        """Stop before a checkpoint holds non-finite weights or occupancy (a too large --lr can get there with
+        finite losses); the last good checkpoint stays."""
+        tensors = [*self.renderer.parameters(), self.renderer.density_grid]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        if not bool(finite):
+            raise TrainingDiverged(
+                f"the weights or the occupancy grid became non-finite by step {self.global_step}; stopped without "
+                "saving. Lower --lr, or resume from the last checkpoint.")
 
     # --- the loop ----------------------------------------------------------------
     def _log(self, terms: dict[str, Tensor], progress: tqdm) -> None:

@@ -47,3 +47,30 @@ def test_a_checkpoint_of_another_model_size_is_refused_naming_the_option(tmp_pat
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "trained with --grid_levels 8 (now 4)" in errors[0]
     assert (tmp_path / "ws" / "options.json").read_bytes() == record
+
+
+def test_weights_that_become_non_finite_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    import pytest
+    import torch
+
+    from nerf.trainer import TrainingDiverged
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = [*TINY, "--image_path", str(tmp_path / "rgba.png"), "--workspace", str(tmp_path / "ws")]
+    assert main_module.main(args) == 0
+    good = (tmp_path / "ws" / "checkpoints" / "latest.pth").read_bytes()
+    original_step = Trainer.train_step
+
+    def poisoning_step(self):
+        terms = original_step(self)
+        with torch.no_grad():
+            next(self.renderer.parameters()).fill_(float("inf"))  # finite loss, infinite weights
+        return terms
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "train_step", poisoning_step)
+        with pytest.raises(TrainingDiverged, match="weights or the occupancy grid became non-finite"):
+            main_module.main([*args, "--iters", "10"])
+    assert (tmp_path / "ws" / "checkpoints" / "latest.pth").read_bytes() == good
