@@ -441,6 +441,21 @@ def test_bad_data_folders(tiny_sd_dir, tmp_path, capsys, case):
     assert "--train_data_dir" in run_error(capsys, ti_args(tiny_sd_dir, data, tmp_path / "out"))
 
 
+@pytest.mark.parametrize("case", ["a file", "another token's result"])
+def test_output_folder_that_would_be_damaged_is_refused(tiny_sd_dir, tmp_path, capsys, case):
+    write_rgba(tmp_path / "data" / "rgba.png")
+    out = tmp_path / "out"
+    if case == "a file":
+        out.write_text("keep")
+    else:
+        out.mkdir()
+        torch.save({"_other_": torch.ones(8)}, out / "learned_embeds.bin")
+    before = out.read_bytes() if out.is_file() else (out / "learned_embeds.bin").read_bytes()
+    assert "--output_dir" in run_error(capsys, ti_args(tiny_sd_dir, tmp_path / "data", out))
+    after = out.read_bytes() if out.is_file() else (out / "learned_embeds.bin").read_bytes()
+    assert after == before
+
+
 # ---------------------------------------------------------------- autoinit
 
 

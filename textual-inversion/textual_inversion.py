@@ -68,7 +68,7 @@ from ti_dataset import load_images  # noqa: E402
 from ti_logging import Trackers  # noqa: E402
 from ti_loop import derive_counts, loader_workers, make_loader, run_steps  # noqa: E402
 from ti_model import FrozenNetworks, TokenVector, add_placeholder, choose_device, load_model  # noqa: E402
-from ti_state import resume, save_pipeline, write_outputs  # noqa: E402
+from ti_state import check_output_dir, resume, save_pipeline, write_outputs  # noqa: E402
 from ti_step import FUSED_SAMPLES, PHASES, denoising_loss, fuse, make_optimisation, no_mark  # noqa: E402
 
 # The names that tests/test_textual_inversion.py and scripts/benchmarks/ti.py use from this module.
@@ -83,6 +83,7 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     """
     output_dir = Path(args.output_dir).expanduser().resolve()
     images = load_images(args.train_data_dir)  # fail before the slow model load
+    check_output_dir(output_dir, args.placeholder_token)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         seed_everything(args.seed)

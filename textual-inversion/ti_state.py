@@ -65,6 +65,26 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.parent.name.split("-", 1)[1]))
 
 
+def check_output_dir(output_dir: Path, token: str) -> None:
+    """Refuse an --output_dir that is a file, or that holds another token's result and nothing to resume (its
+    learned_embeds would be overwritten); before anything is loaded or written."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file; give a folder (it is created if missing).")
+    if not output_dir.is_dir() or list_checkpoints(output_dir):
+        return
+    from nerf.guidance.stable_diffusion import load_learned_embeds
+
+    for name in ("learned_embeds.safetensors", "learned_embeds.bin"):
+        if (output_dir / name).is_file():
+            try:
+                held = load_learned_embeds(str(output_dir / name))[0]
+            except UserError:
+                held = "an unreadable token"
+            if held != token:
+                raise UserError(f"--output_dir {output_dir} already holds the result of another token ({held}, "
+                                f"{name}); choose another --output_dir or delete that file.")
+
+
 def checkpoint_to_resume(args: argparse.Namespace, output_dir: Path) -> Path | None:
     """The state.pt that --resume_from_checkpoint names; by default the latest one, so a rerun continues."""
     existing = list_checkpoints(output_dir)
