@@ -5,8 +5,12 @@ Everything here runs before a model is loaded or a file is written, so a bad val
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
+import os
+import sys
 from typing import Sequence
 
 from nerf.anneal import AnnealedValue, check_anneal_spec, normalise_anneal_spec
@@ -89,6 +93,8 @@ def validate(opt: Options) -> None:
     _check_cameras(opt)
     _check_model(opt)
     _check(opt.seed >= 0, f"--seed must be >= 0, got {opt.seed}.")
+    _check(not opt.workspace or not os.path.exists(opt.workspace) or os.path.isdir(opt.workspace),
+           f"--workspace {opt.workspace} is a file; give a folder (a new one, or a run's workspace to resume).")
     _check(opt.ckpt in CKPT_NAMES or opt.ckpt.endswith((".pth", ".pt")),
            f"--ckpt must be scratch, latest, latest_model, best or a .pth file, got '{opt.ckpt}'.")
     objective = opt.objective
@@ -127,9 +133,42 @@ def resolve(opt: Options) -> Options:
 
 
 def parse(args: Sequence[str] | None = None) -> Options:
-    """Parse the command line with tyro (flat underscored flags, grouped help) and resolve presets."""
+    """Parse the command line with tyro (flat underscored flags, grouped help) and resolve presets.
+
+    tyro reports a bad command line in a framed box; it becomes one UserError line here, with tyro's suggestion
+    of the nearest flag (--help still prints the full help and exits 0)."""
     import tyro
 
-    opt = tyro.cli(Options, args=args, use_underscores=True, description=Options.__doc__,
-                   config=(tyro.conf.OmitArgPrefixes,))
+    report = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(report):
+            opt = tyro.cli(Options, args=args, use_underscores=True, description=Options.__doc__,
+                           config=(tyro.conf.OmitArgPrefixes,))
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            sys.stderr.write(report.getvalue())
+            raise
+        raise UserError(one_line_parse_error(report.getvalue())) from None
+    sys.stderr.write(report.getvalue())  # tyro's warnings, if any
     return resolve(opt)
+
+
+def one_line_parse_error(box: str) -> str:
+    """tyro's framed error report as one line: its message, then 'did you mean' with the flags it suggests."""
+    sections: list[list[str]] = [[]]
+    for line in box.splitlines():
+        inner = line.strip()
+        if not inner or inner[0] in "╭╰":
+            continue
+        inner = inner.strip("│").strip()
+        if inner and set(inner) <= {"─", " "}:  # a rule between sections
+            sections.append([])
+        elif inner:
+            sections[-1].append(inner)
+    message = " ".join(sections[0]) or "the command line could not be parsed"
+    for section in sections[1:]:
+        if section and section[0].lower().startswith("perhaps you meant"):
+            flags = list(dict.fromkeys(item.split()[0] for item in section[1:] if item.startswith("-")))
+            if flags:
+                message += f"; did you mean {' or '.join(flags[:3])}?"
+    return f"{message.rstrip('.')} (--help lists every option)."

@@ -164,10 +164,23 @@ def test_invalid_values_give_one_line_errors(args, fragment):
     assert fragment in message and "\n" not in message
 
 
-def test_unknown_option_exits_2():
-    with pytest.raises(SystemExit) as exc:
-        parse(["--no_such_option", "1"])
-    assert exc.value.code == 2
+@pytest.mark.parametrize("args,fragment", [
+    (["--itters", "5"], "Unrecognized options: --itters, 5; did you mean --iters?"),
+    (["--no_such_option", "1"], "--no_such_option"),
+    (["--legacy", "nosuch"], "'nosuch' for argument '--legacy'. Expected one of ('camera_replacement'"),
+    (["--iters", "abc"], "Error parsing --iters"),
+])
+def test_command_line_parse_errors_are_one_line_with_a_suggestion(args, fragment):
+    with pytest.raises(UserError) as exc:
+        parse(args)
+    message = str(exc.value)
+    assert fragment in message and "\n" not in message and "│" not in message and "--help" in message
+
+
+def test_a_workspace_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "ws").write_text("not a folder")
+    with pytest.raises(UserError, match="is a file"):
+        parse(["--workspace", str(tmp_path / "ws")])
 
 
 def test_options_json_round_trip(tmp_path):
