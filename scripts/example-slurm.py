@@ -250,6 +250,9 @@ def run(argv: list[str]) -> int:
             for stage, command in spec.stages:
                 print(f"[{spec.name}] {stage}: {shlex.join(command)}")
         return 0
+    if args.cluster == "slurm" and shutil.which("srun") is None:
+        raise UserError("--cluster slurm needs SLURM (no srun here); run it on the cluster, or pass --cluster local "
+                        "to run the jobs on this machine (--dry_run prints them).")
     for rgba, spec in zip(inputs, specs):
         stage_photo(rgba, spec)
     executor = make_executor(args)

@@ -169,3 +169,12 @@ def test_a_crashing_job_is_reported_and_the_summary_still_written(tmp_path: Path
     assert [r["input"] for r in rows] == ["a", "b"]
     assert all(r["status"].startswith("failed: ") and "no-such-program" in r["status"] for r in rows)
     assert all(r["wall_time_s"] == "" for r in rows)
+
+
+def test_slurm_without_slurm_is_one_line_pointing_to_local(tmp_path: Path, monkeypatch) -> None:
+    inputs = make_inputs(tmp_path / "inputs", ["a"])
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # no srun on the PATH
+    result = subprocess.run([sys.executable, str(SCRIPT), "--inputs_dir", str(inputs), "--output_dir",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--cluster local" in result.stderr
+    assert not (tmp_path / "out").exists()
