@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     """Check everything, compute the outputs, and only then write them."""
     if args.box is not None and (args.mask_path is not None or args.method != "grabcut"):
         raise UserError("--box only guides --method grabcut without --mask_path; drop one of them")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UserError(f"--output_dir {args.output_dir} is a file; give a folder (it is created if missing)")
     clashes = existing_outputs(args.output_dir)
     if clashes and not args.overwrite:
         names = ", ".join(p.name for p in clashes)

@@ -180,6 +180,7 @@ def error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     flat = str(save_png(tmp_path / "flat.png", np.full((40, 60, 3), 128, np.uint8)))
     return {
         "no separable object": (["--image_path", flat], "no object found"),
+
         "full mask": (["--image_path", image, "--mask_path", full], "whole image"),
         "bad fraction": (["--image_path", image, "--mask_path", str(save_png(tmp_path / "m.png",
                                                                                truth.astype(np.uint8) * 255)),
@@ -316,3 +317,12 @@ def test_masks_of_any_scale_become_8_bit(tmp_path: Path, scale: int, dtype: type
     Image.fromarray((truth * scale).astype(dtype)).save(mask_file)
     mask = masking.load_mask(mask_file, truth.shape)
     np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
+
+
+def test_cli_output_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    photo, truth = disk_photo(40, 60)
+    out = tmp_path / "out"
+    out.write_text("keep")
+    result = run_cli("--image_path", str(save_png(tmp_path / "p.png", photo)), "--output_dir", str(out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a file" in result.stderr
+    assert out.read_text() == "keep"
