@@ -50,9 +50,9 @@ def test_every_command_line_tool_uses_the_one_place():
         for node in mains:
             tools += 1
             assert any(getattr(d, "id", None) == "one_line_errors" for d in node.decorator_list), file.name
-        handlers = [h for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler)
-                    and getattr(h.type, "id", None) == "UserError"]
-        assert not handlers, f"{file.name} catches UserError itself; leave it to one_line_errors"
+            handlers = [h for h in ast.walk(node) if isinstance(h, ast.ExceptHandler)
+                        and getattr(h.type, "id", None) == "UserError"]
+            assert not handlers, f"{file.name}'s main catches UserError itself; leave it to one_line_errors"
     assert tools >= 10
 
 
