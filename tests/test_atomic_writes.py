@@ -58,3 +58,42 @@ def test_a_failed_writer_removes_its_partial_and_keeps_the_target(tmp_path):
     except OSError:
         pass
     assert target.read_text() == "{}" and not list(tmp_path.glob(f".*{PARTIAL}*"))
+
+
+def test_a_checkpoint_write_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch, capsys):
+    """torch.save on a full disk fails with 'unexpected pos ...'; the run says the disk is full in one line and the
+    previous checkpoint is left whole."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import cv2
+    import numpy as np
+    import torch
+
+    import main as main_module
+    import nerf.checkpoint
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = ["--lambda_prior", "0", "--iters", "5", "--HW_real", "16", "--HW_synthetic", "16", "--num_rays", "128",
+            "--occupancy_grid_size", "16", "--max_steps", "32", "--HW_vis", "8", "--no_cuda_ray", "--eval_interval",
+            "1", "--image_path", str(tmp_path / "rgba.png"), "--workspace", str(tmp_path / "ws")]
+    assert main_module.main(args) == 0
+    good = (tmp_path / "ws" / "checkpoints" / "latest.pth").read_bytes()
+    real_save = torch.save
+
+    def disk_fills_up(obj, file, *rest, **kwargs):
+        real_save(obj, file, *rest, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 145344 vs 145240")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(nerf.checkpoint.torch, "save", disk_fills_up)
+    monkeypatch.setattr(nerf.checkpoint.shutil, "disk_usage", lambda folder: usage(10**9, 10**9, 1024))
+    assert nerf.checkpoint.shutil is shutil_module
+    capsys.readouterr()
+    assert main_module.main([*args, "--iters", "10"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "latest.pth" in errors[0]
+    assert (tmp_path / "ws" / "checkpoints" / "latest.pth").read_bytes() == good
+    assert not list((tmp_path / "ws" / "checkpoints").glob(f".*{PARTIAL}*"))
