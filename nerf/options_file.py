@@ -21,7 +21,12 @@ def to_dict(opt: Options) -> dict:
 
 
 def save_options(opt: Options, path: str | Path) -> None:
-    write_text_atomic(path, json.dumps(to_dict(opt), indent=2) + "\n")
+    save_record(to_dict(opt), path)
+
+
+def save_record(record: dict, path: str | Path) -> None:
+    """options.json from options already in their `to_dict` form (the record a checkpoint carries)."""
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def _group_of() -> dict[str, str]:

@@ -138,7 +138,7 @@ class Renderer(nn.Module):
         return self.ops.near_far_from_aabb(rays_o, rays_d, self.aabb, self.min_near)
 
     def _render_all_samples(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor,
-                            settings: RenderSettings) -> tuple[dict, Tensor, Tensor, Tensor, Tensor]:
+                            settings: RenderSettings) -> tuple[dict, Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
         """Every sample of every ray from one march and one field call, composited per ray: the outputs, and the
         samples' positions, directions, steps and densities (for the training losses)."""
         nears, fars = self._march_bounds(rays_o, rays_d)

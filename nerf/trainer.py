@@ -22,9 +22,9 @@ from nerf.errors import UserError
 from nerf.objective import Objective
 from nerf.optim import EMA, lr_lambda, make_optimizer
 from nerf.options import ITERS_PER_EPOCH, TrainOptions
+from nerf.options_file import save_record
 from nerf.renderer import Renderer
 from nerf.run_log import RunLog
-from nerf.workspace import record_options
 
 log = logging.getLogger("realfusion")
 LOG_EVERY = 10
@@ -104,7 +104,7 @@ class Trainer:
         self.check_divergence()
         self.check_finite_state()
         path = save_checkpoint(self.workspace / "checkpoints" / LATEST, self.state_dict())
-        record_options(self.workspace, self.record)
+        save_record(self.record, self.workspace / "options.json")  # the record always matches the checkpoint
         log.info("saved checkpoint %s at step %d", path, self.global_step)
         return path
 

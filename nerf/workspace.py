@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import logging.handlers
 import sys
 from pathlib import Path
 
 from nerf import workspace_lock
-from nerf.fileio import remove_stale_partials, write_text_atomic
+from nerf.fileio import remove_stale_partials
 from nerf.options import Options
 
 log = logging.getLogger("realfusion")
@@ -45,7 +44,7 @@ def _log_to_file(log_file: Path) -> None:
 
 def open_workspace(workspace: Path, opt: Options) -> None:
     """Create the folder, take its lock and log into it; called only after the run was validated, so a refused
-    run leaves the workspace as it was. The options are recorded with each checkpoint (`record_options`), so that
+    run leaves the workspace as it was. The options are recorded with each checkpoint (`Trainer.save`), so that
     options.json always describes the checkpoint beside it, also after a run that failed before saving."""
     workspace.mkdir(parents=True, exist_ok=True)
     workspace_lock.acquire(workspace, force=opt.force_unlock)
@@ -54,7 +53,3 @@ def open_workspace(workspace: Path, opt: Options) -> None:
     if freed:
         log.info("removed %.1f MiB of partial files left by interrupted writes", freed / 2**20)
 
-
-def record_options(workspace: Path, record: dict) -> None:
-    """options.json: the resolved options of the checkpoint just saved (the workspace's record of its training)."""
-    write_text_atomic(workspace / "options.json", json.dumps(record, indent=2) + "\n")

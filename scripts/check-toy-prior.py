@@ -38,7 +38,8 @@ from torch import Tensor  # noqa: E402
 
 from nerf.errors import UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.learn_token import model_resolution  # noqa: E402
-from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
+from nerf.fileio import write_text_atomic  # noqa: E402
+from nerf.visualize import save_png  # noqa: E402
 from toy_prior_data import captions, parse_object, render_object  # noqa: E402
 
 SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
@@ -120,15 +121,11 @@ def score(samples: dict, truth: dict, count: int) -> dict:
 
 def figure(samples: dict, truth: dict, path: Path) -> None:
     """samples.png: a row per (object, side): the samples, then the nearest ground-truth render of each."""
-    import cv2
-
     rows = []
     for key, images in samples.items():
         nearest = [truth[key][best_match(image, truth[key])[2]] for image in images]
         rows.append(torch.cat([*images, *nearest], dim=2))
-    grid = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+    save_png(path, torch.cat(rows, dim=1).permute(1, 2, 0))
 
 
 def check(args: argparse.Namespace) -> dict:
