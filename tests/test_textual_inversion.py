@@ -179,6 +179,25 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_sd_dir, tmp_path, caps
     assert not torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
 
 
+@pytest.mark.parametrize("loader", [[], ["--dataloader_num_workers", "2", "--gradient_accumulation_steps", "2",
+                                     "--repeats", "5"]], ids=["in-process", "workers-accumulation-short-epochs"])
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_sd_dir, tmp_path, loader):
+    """Stopped after 2 of 4 steps (mid-epoch; with 5 items in batches of 2 the epochs end on a short batch) and
+    resumed, the token is exactly that of a run that was never stopped: same items, augmentations, noise."""
+    write_rgba(tmp_path / "data" / "rgba.png")
+    extra = ["--only_save_embeds", "--checkpointing_steps", "2", "--save_steps", "100", "--use_augmentations", *loader]
+    straight = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "straight", *extra)
+    resumed = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "resumed", *extra)
+    assert ti.main(straight + ["--max_train_steps", "4"]) == 0
+    assert ti.main(resumed + ["--max_train_steps", "2"]) == 0
+    assert ti.main(resumed + ["--max_train_steps", "4"]) == 0
+    first = load_learned_embeds(str(tmp_path / "straight" / "learned_embeds.bin"))[1]
+    second = load_learned_embeds(str(tmp_path / "resumed" / "learned_embeds.bin"))[1]
+    halfway = torch.load(tmp_path / "resumed" / "checkpoint-2" / "state.pt", weights_only=True)["vector"]
+    assert not torch.equal(first, halfway)  # the second half of the resumed run did train
+    assert torch.equal(first, second)
+
+
 def test_every_step_is_logged(trained):
     """Losses are read from the device in blocks; every step still reaches tensorboard with its number."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

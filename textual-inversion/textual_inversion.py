@@ -94,7 +94,7 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     dataset, loader = make_loader(args, images, model.parts.tokenizer, device)
     derive_counts(args, items=len(dataset), micro_batches=len(loader))
     opt = make_optimisation(args, model, device, weight_dtype)
-    step = resume(args, output_dir, model.row, opt)
+    step = resume(args, output_dir, model.row, opt, loader.sampler)
     trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
     print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch {args.train_batch_size} "
           f"x {args.gradient_accumulation_steps} accumulation, {args.max_train_steps} steps, "

@@ -11,8 +11,10 @@ images are converted to RGB as they are.
 
 Item i uses image i mod n_images; the dataset has n_images * repeats items. Each item gets a caption
 drawn from the templates with the placeholder token filled in, tokenised to the tokenizer's maximum
-length. All randomness (caption, augmentation) comes from torch's global generator, which
-``--seed`` seeds (and DataLoader workers derive their seeds from it).
+length. An item asked for by index alone draws its caption and augmentation from torch's global
+generator; the training loop asks for (index, seed) pairs from `ResumableSampler`, so that what an item
+looks like depends only on the run's data seed, the epoch and the position in it: a resumed run sees the
+very items the interrupted one would have, whatever the worker processes or the prefetching did.
 
 Speed (an item costs tens of milliseconds of CPU, four items make one optimisation step): the
 augmentation's deterministic first step (resize and centre crop to 1.25 x size) is applied once per
@@ -22,6 +24,7 @@ through NumPy in one pass. Each gives exactly the values of the per-item computa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,7 +166,42 @@ class TextualInversionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        pixels = to_pixels(self.augment(self.images[index % len(self.images)]), self.range_01)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Item `key`, or for an (index, seed) pair item `index` drawn with its own seed (the global generator
+        is left as it was)."""
+        if isinstance(key, tuple):
+            index, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self[index]
+        pixels = to_pixels(self.augment(self.images[key % len(self.images)]), self.range_01)
         caption = int(torch.randint(len(self.captions), ()))
         return {"pixel_values": pixels, "input_ids": self.captions[caption].clone()}
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Shuffled (index, item seed) pairs, epoch after epoch, as a function of (seed, epoch, position) only.
+
+    A DataLoader's own shuffling draws from the global generator whenever an epoch starts, so a run resumed in
+    the middle of an epoch would see other items than the uninterrupted one; here `skip_batches` puts the
+    sampler where the interrupted run was, and the global generator is never touched.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.position = 0  # items handed out so far, over all epochs
+
+    def __len__(self) -> int:
+        return self.size
+
+    def skip_batches(self, count: int) -> None:
+        """Start after `count` micro-batches (the last batch of an epoch may be short, as the DataLoader's)."""
+        epoch, batch = divmod(count, math.ceil(self.size / self.batch_size))
+        self.position = epoch * self.size + batch * self.batch_size
+
+    def __iter__(self):
+        epoch, start = divmod(self.position, self.size)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        for k in range(start, self.size):
+            self.position = epoch * self.size + k + 1
+            yield int(order[k]), (self.seed * 1_000_003 + self.position) % 2**63

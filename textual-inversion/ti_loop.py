@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from PIL import Image
 
-from ti_dataset import TextualInversionDataset
+from ti_dataset import ResumableSampler, TextualInversionDataset
 from ti_logging import StepLog, Trackers, validation_images
 from ti_model import Model
 from ti_state import save_checkpoint, save_embeds
@@ -35,9 +35,13 @@ def make_loader(args: argparse.Namespace, images: list[Image.Image], tokenizer: 
                                       args.repeats, args.learnable_property, args.center_crop,
                                       args.use_augmentations, args.augment_range_01)
     workers = loader_workers(args, device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True,
+    # The data seed comes from the seeded global generator; a resumed run takes it from its checkpoint.
+    sampler = ResumableSampler(len(dataset), args.train_batch_size, seed=int(torch.randint(2**62, ())))
+    # The loader's own generator (its workers' base seed) keeps it off the global one as well.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
                                          num_workers=workers, persistent_workers=workers > 0,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(sampler.seed))
     return dataset, loader
 
 
@@ -64,8 +68,9 @@ def run_steps(args: argparse.Namespace, model: Model, opt: Optimisation, loader:
 
     bar = tqdm(total=args.max_train_steps, initial=step, desc="textual inversion")
     log = StepLog(trackers, bar)
-    stream = endless(loader)
     accumulation = args.gradient_accumulation_steps
+    loader.sampler.skip_batches(step * accumulation)
+    stream = endless(loader)
     fuse_limit = 1 if args.gradient_checkpointing else FUSED_SAMPLES
     while step < args.max_train_steps:
         step_loss = optimisation_step(model, opt, list(itertools.islice(stream, accumulation)),
@@ -73,7 +78,8 @@ def run_steps(args: argparse.Namespace, model: Model, opt: Optimisation, loader:
         step += 1
         bar.update(1)
         log.add(step, step_loss, opt.lr_scheduler.get_last_lr()[0])
-        save_and_validate(args, model, opt, step=step, output_dir=output_dir, trackers=trackers)
+        save_and_validate(args, model, opt, step=step, output_dir=output_dir, trackers=trackers,
+                          data_seed=loader.sampler.seed)
         on_phase("logging")
     log.flush()
     bar.close()
@@ -81,13 +87,13 @@ def run_steps(args: argparse.Namespace, model: Model, opt: Optimisation, loader:
 
 
 def save_and_validate(args: argparse.Namespace, model: Model, opt: Optimisation, *, step: int, output_dir: Path,
-                      trackers: Trackers) -> None:
+                      trackers: Trackers, data_seed: int) -> None:
     """The embedding, checkpoint and validation samples that are due after `step`."""
     if step % args.save_steps == 0:
         save_embeds(output_dir / f"learned_embeds-steps-{step}.bin", args.placeholder_token, model.row.vector)
     if step % args.checkpointing_steps == 0:
         save_checkpoint(output_dir, step, args.placeholder_token, model.row, opt.optimizer, opt.lr_scheduler,
-                        opt.scaler, args.checkpoints_total_limit)
+                        opt.scaler, args.checkpoints_total_limit, data_seed)
     if args.validation_prompt is not None and step % args.validation_steps == 0:
         images = validation_images(model.parts, args, model.autocast)
         trackers.images("validation", images, args.validation_prompt, step)

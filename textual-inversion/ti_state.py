@@ -23,6 +23,7 @@ from nerf.fileio import write_atomic
 from nerf.guidance.stable_diffusion import StableDiffusionParts
 
 if TYPE_CHECKING:
+    from ti_dataset import ResumableSampler
     from ti_model import Model, TokenVector
     from ti_step import Optimisation
 
@@ -105,7 +106,7 @@ def checkpoint_to_resume(args: argparse.Namespace, output_dir: Path) -> Path | N
 
 
 def save_checkpoint(output_dir: Path, step: int, token: str, row: TokenVector, optimizer: torch.optim.Optimizer,
-                    lr_scheduler: Any, scaler: torch.amp.GradScaler, limit: int | None) -> None:
+                    lr_scheduler: Any, scaler: torch.amp.GradScaler, limit: int | None, data_seed: int) -> None:
     """checkpoint-{step}/state.pt, after removing the oldest ones beyond --checkpoints_total_limit."""
     existing = list_checkpoints(output_dir)
     if limit is not None:
@@ -113,12 +114,12 @@ def save_checkpoint(output_dir: Path, step: int, token: str, row: TokenVector, o
             shutil.rmtree(old.parent)
     state = {"step": step, "token": token, "vector": row.vector.detach().cpu().clone(),
              "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "rng": rng_state()}
+             "scaler": scaler.state_dict(), "rng": rng_state(), "data_seed": data_seed}
     write_atomic(output_dir / f"checkpoint-{step}" / "state.pt", lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(file: Path, token: str, row: TokenVector, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
-                    scaler: torch.amp.GradScaler) -> int:
+                    scaler: torch.amp.GradScaler, sampler: ResumableSampler) -> int:
     """Restore a checkpoint into the run; returns its step."""
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
@@ -134,15 +135,18 @@ def load_checkpoint(file: Path, token: str, row: TokenVector, optimizer: torch.o
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"])
+    if "data_seed" in state:  # checkpoints of earlier versions resume with this run's data seed
+        sampler.seed = int(state["data_seed"])
     return int(state["step"])
 
 
-def resume(args: argparse.Namespace, output_dir: Path, row: TokenVector, opt: Optimisation) -> int:
-    """The step to start from: 0, or that of the checkpoint resumed (restored into `row` and `opt`)."""
+def resume(args: argparse.Namespace, output_dir: Path, row: TokenVector, opt: Optimisation,
+           sampler: ResumableSampler) -> int:
+    """The step to start from: 0, or that of the checkpoint resumed (restored into `row`, `opt`, `sampler`)."""
     file = checkpoint_to_resume(args, output_dir)
     if file is None:
         return 0
-    step = load_checkpoint(file, args.placeholder_token, row, opt.optimizer, opt.lr_scheduler, opt.scaler)
+    step = load_checkpoint(file, args.placeholder_token, row, opt.optimizer, opt.lr_scheduler, opt.scaler, sampler)
     for group in opt.optimizer.param_groups:  # this run's device decides, not the checkpoint's
         group["fused"] = opt.fused
     return step
