@@ -32,7 +32,7 @@ from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
 from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
 from nerf.evaluation.scenes import FAMILIES  # noqa: E402
-from nerf.evaluation.reconstruct import MODES, PRIOR_MODES  # noqa: E402
+from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT  # noqa: E402
 from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite  # noqa: E402
 
 
@@ -66,7 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="runs per scene (default: every mode of --guidance)")
     suite.add_argument("--toy_prior", type=Path, default=REPO / "examples" / "toy-prior",
                        help="a prior written by scripts/train-toy-prior.py")
-    suite.add_argument("--guidance_scale", type=float, default=100.0, help="of the toy prior's runs")
+    suite.add_argument("--guidance_scale", type=float, default=TOY_GUIDANCE_SCALE,
+                       help="of the toy prior's runs (default %(default)s, measured for a 64-pixel prior)")
+    suite.add_argument("--toy_lambda_prior", type=float, default=TOY_PRIOR_WEIGHT,
+                       help="SDS weight of the toy prior's runs (default 2^-12, measured for a 64-pixel prior)")
     suite.add_argument("--ti_steps", type=int, default=500, help="textual-inversion steps of the toy_ti runs")
     suite.add_argument("--ti_initializer", default="dog", help="an unrelated word the toy_ti token starts from")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
@@ -95,7 +98,8 @@ def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str
     modes = args.modes or default
     if not any(mode in PRIOR_MODES for mode in modes):
         return None, modes
-    return TrainedPrior.load(args.toy_prior, guidance_scale=args.guidance_scale, ti_steps=args.ti_steps,
+    return TrainedPrior.load(args.toy_prior, guidance_scale=args.guidance_scale, lambda_prior=args.toy_lambda_prior,
+                             ti_steps=args.ti_steps,
                              ti_initializer=args.ti_initializer), modes
 
 

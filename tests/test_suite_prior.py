@@ -12,7 +12,7 @@ import torch
 
 from nerf.errors import UserError
 from nerf.evaluation.learn_token import PLACEHOLDER, learn_token, model_resolution
-from nerf.evaluation.reconstruct import PriorRun, reconstruction_args
+from nerf.evaluation.reconstruct import TOY_PRIOR_WEIGHT, PriorRun, reconstruction_args
 from nerf.evaluation.suite import SuiteTask, TrainedPrior
 from nerf.option_checks import parse
 from tests.test_reconstruction import shaded_sphere_rgba
@@ -25,6 +25,8 @@ def test_a_word_run_prompts_with_the_word_and_a_token_run_with_the_learned_token
     assert word.prior.guidance == "sd" and word.prior.pretrained_model_name_or_path == str(model)
     assert word.prior.text == "A high-resolution DSLR image of a cup" and word.prior.guidance_scale == 7.5
     assert word.prior.learned_embeds_path is None
+    # the settings measured for a small prior: its own SDS weight, albedo renders throughout
+    assert word.objective.lambda_prior == [TOY_PRIOR_WEIGHT] and word.objective.albedo
     token = parse(reconstruction_args(tmp_path, tmp_path / "ws", "toy_ti", "reduced", cuda=False,
                                       prior=PriorRun(model, learned_embeds=tmp_path / "e.bin")))
     assert token.prior.text == "A high-resolution DSLR image of a <token>"

@@ -33,21 +33,32 @@ MODES = ("prior_free", "oracle")
 # set by --oracle_strength at weight 1 (the default weight, 2^-16, is score distillation's).
 MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle", "--lambda_prior", "1"]}
 PRIOR_MODES = ("toy", "toy_ti")  # score distillation from a trained prior: the true word, or a learned token
+# Settings of score distillation from a small 64-pixel prior, chosen by measurement (README, "A prior that knows a
+# small world"). Its latent gradient reaches a render through a 4x VAE at 64 px, not SD's 8x VAE after an 8x
+# upsampling, so each rendered pixel gets about 16 times less of it than from SD 1.5: 2^-12 = 16 x main.py's
+# 2^-16. At 16x16 latents guidance 100 mostly saturates (its gradient agrees less with the true view's than
+# guidance 7.5-20 does). Albedo renders throughout: such a prior has only seen the objects' own colours, never a
+# textureless or relit view.
+TOY_GUIDANCE_SCALE = 20.0
+TOY_PRIOR_WEIGHT = 2.0**-12
 
 
 @dataclass(frozen=True)
 class PriorRun:
-    """Score distillation from a Stable-Diffusion-format prior (main.py's defaults otherwise): the prompt names the
-    object by `word`, or by a token learned from the input view (`learned_embeds`)."""
+    """Score distillation from a Stable-Diffusion-format prior (main.py's defaults otherwise, the suite's sizes):
+    the prompt names the object by `word`, or by a token learned from the input view (`learned_embeds`)."""
 
     model: Path
-    guidance_scale: float = 100.0
+    guidance_scale: float = TOY_GUIDANCE_SCALE
     word: str | None = None
     learned_embeds: Path | None = None
+    lambda_prior: float = TOY_PRIOR_WEIGHT
+    albedo: bool = True
 
     def args(self) -> list[str]:
         args = ["--guidance", "sd", "--pretrained_model_name_or_path", str(self.model),
-                "--guidance_scale", str(self.guidance_scale)]
+                "--guidance_scale", str(self.guidance_scale), "--lambda_prior", str(self.lambda_prior),
+                *(["--albedo"] if self.albedo else [])]
         if self.learned_embeds is not None:
             return [*args, "--learned_embeds_path", str(self.learned_embeds), "--text", DEFAULT_PROMPT]
         assert self.word is not None, "a prior run names the object by a word or a learned token"

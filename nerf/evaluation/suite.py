@@ -25,7 +25,8 @@ from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.evaluation.learn_token import learn_token
-from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, PriorRun, reconstruct
+from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, PriorRun,
+                                         reconstruct)
 from nerf.evaluation.report import format_table, lookup
 from nerf.evaluation.scene_files import Conventions, write_scene
 from nerf.evaluation.scenes import FAMILIES, make_scene
@@ -81,7 +82,8 @@ class TrainedPrior:
 
     model: Path
     words: dict[str, str]  # "family:seed" -> the object's word
-    guidance_scale: float = 100.0
+    guidance_scale: float = TOY_GUIDANCE_SCALE
+    lambda_prior: float = TOY_PRIOR_WEIGHT
     ti_steps: int = 500
     ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
 
@@ -100,11 +102,11 @@ class TrainedPrior:
             if scene_key not in self.words:
                 raise UserError(f"the prior {self.model} does not know the scene {scene_key}; it knows "
                                 f"{', '.join(self.words)}.")
-            return PriorRun(self.model, self.guidance_scale, word=self.words[scene_key])
+            return PriorRun(self.model, self.guidance_scale, word=self.words[scene_key], lambda_prior=self.lambda_prior)
         embeds = learn_token(task.scene_dir / "rgba.png", self.model, task.workspace.parent / "token",
                              initializer=self.ti_initializer, steps=self.ti_steps, seed=task.seed,
                              cuda=task.device.startswith("cuda"))
-        return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds)
+        return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
 
 
 def run_task(task: SuiteTask) -> dict:
@@ -191,6 +193,7 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
                 "main_args": list(extra_args)}
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
+                             "lambda_prior": prior.lambda_prior,
                              "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer}
     return {"settings": settings, "rows": rows, "table": suite_table(rows)}
 
