@@ -7,10 +7,12 @@ escapes is a bug in this project and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import errno
 import functools
 import sys
-from typing import Callable, ParamSpec
+from typing import Callable, NoReturn, ParamSpec
 
 P = ParamSpec("P")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -22,6 +24,29 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a command line it cannot parse is a `UserError`: one line (with the nearest valid option for
+    an unknown one) instead of the usage block, and exit status 2 through `one_line_errors`."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            known = self.option_names()
+            guesses = [match for word in message.split(":", 1)[1].split() if word.startswith("-")
+                       for match in difflib.get_close_matches(word.split("=")[0], known, n=1)]
+            if guesses:
+                message += f"; did you mean {' or '.join(dict.fromkeys(guesses))}?"
+        raise UserError(f"{self.prog}: {message.rstrip('.')} ({self.prog} --help lists every option).")
+
+    def option_names(self) -> list[str]:
+        """Every option string of this parser and of its subcommands' parsers."""
+        names = []
+        for action in self._actions:
+            names += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                names += [name for sub in action.choices.values() for name in sub.option_names()]
+        return list(dict.fromkeys(names))
 
 
 def os_error_message(exc: OSError) -> str | None:

@@ -9,12 +9,14 @@ process of this host is taken over with a notice; one from another host cannot b
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import json
 import logging
 import os
 import socket
 from pathlib import Path
+from typing import Iterator
 
 from nerf.errors import UserError
 
@@ -54,8 +56,10 @@ def _create(lock: Path) -> bool:
     return True
 
 
-def acquire(workspace: Path, force: bool = False) -> None:
-    """Hold `workspace` for this process (again, if it already does), or raise a UserError naming the owner."""
+def acquire(workspace: Path, force: bool = False, flag: str = "--workspace") -> None:
+    """Hold `workspace` for this process (again, if it already does), or raise a UserError naming the owner.
+
+    `flag` is the option that chose the folder, for the message (each tool names its own)."""
     workspace = workspace.resolve()
     lock = workspace / LOCK_NAME
     if workspace in _held:
@@ -74,7 +78,7 @@ def acquire(workspace: Path, force: bool = False) -> None:
         elif owner.get("host") == host:
             if _alive(owner["pid"]):
                 raise UserError(f"{workspace} is in use by another run (pid {owner['pid']}, started "
-                                f"{owner.get('started', '?')}); wait for it to end or choose another --workspace.")
+                                f"{owner.get('started', '?')}); wait for it to end or choose another {flag}.")
             log.warning("taking over %s from pid %d, which is no longer running", workspace, owner["pid"])
         elif not force:
             raise UserError(f"{workspace} is locked by a run on host {owner.get('host')} (pid {owner['pid']}, "
@@ -83,6 +87,16 @@ def acquire(workspace: Path, force: bool = False) -> None:
             log.warning("--force_unlock: taking %s over from host %s", workspace, owner.get("host"))
         lock.unlink(missing_ok=True)
     raise UserError(f"could not lock {workspace}: other runs keep taking it; run one at a time.")
+
+
+@contextlib.contextmanager
+def held(workspace: Path, force: bool = False, flag: str = "--workspace") -> Iterator[Path]:
+    """The folder locked for the block (see `acquire`), released when it ends, however it ends."""
+    acquire(workspace, force, flag)
+    try:
+        yield workspace
+    finally:
+        release(workspace)
 
 
 def release(workspace: Path) -> None:

@@ -18,13 +18,13 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from benchmarks import common, kernels, recon, ti  # noqa: E402
-from nerf.errors import one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, one_line_errors  # noqa: E402
 
 SUBCOMMANDS = {"kernels": kernels, "recon": recon, "ti": ti}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
         child = sub.add_parser(name, help=module.__doc__.splitlines()[0])
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "all":
         results = {}
         for name, module in SUBCOMMANDS.items():
-            defaults = argparse.ArgumentParser()
+            defaults = ArgumentParser()
             module.add_arguments(defaults)
             results[name] = run_one(name, defaults.parse_args([]))
     else:

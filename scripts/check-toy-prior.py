@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.learn_token import model_resolution  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.visualize import save_png  # noqa: E402
@@ -47,7 +47,7 @@ WHITE_THRESHOLD = 0.92  # a pixel with every channel above this is background (i
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("prior", type=Path, nargs="?", default=REPO / "examples" / "toy-prior")
     p.add_argument("--out", type=Path, default=Path("outputs/toy-prior-check"))
     p.add_argument("--samples", type=int, default=2, help="samples per word and side")

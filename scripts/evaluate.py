@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # noqa: E402
 from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
@@ -37,7 +37,7 @@ from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite  # noqa: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("workspace", nargs="?", type=Path, help="a reconstruction workspace")
     what.add_argument("--compare", nargs="+", type=Path, metavar="WORKSPACE", help="several workspaces side by side")

@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf import workspace_lock  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
 
@@ -203,7 +204,7 @@ def csv_table(rows: list[Row]) -> str:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Our options, and the arguments after `--` (passed to main.py unchanged)."""
     ours, main_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs_dir", type=Path, default=REPO / "examples" / "natural-images",
                         help="folder of <name>/rgba.png inputs")
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "sweep",
@@ -253,6 +254,13 @@ def run(argv: list[str]) -> int:
     if args.cluster == "slurm" and shutil.which("srun") is None:
         raise UserError("--cluster slurm needs SLURM (no srun here); run it on the cluster, or pass --cluster local "
                         "to run the jobs on this machine (--dry_run prints them).")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with workspace_lock.held(args.output_dir, flag="--output_dir"):  # one sweep per folder
+        return launch(args, inputs, specs)
+
+
+def launch(args: argparse.Namespace, inputs: list[Path], specs: list[JobSpec]) -> int:
+    """Stage the photos, run every job, write the summary; 1 when a job failed."""
     for rgba, spec in zip(inputs, specs):
         stage_photo(rgba, spec)
     executor = make_executor(args)

@@ -28,7 +28,7 @@ from masking import (  # noqa: E402
     make_input,
     write_outputs,
 )
-from nerf.errors import one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the (cropped) photo
@@ -172,7 +172,7 @@ def sources_markdown(size: int) -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     repo = Path(__file__).resolve().parents[1]
     parser.add_argument("--output_dir", type=Path, default=repo / "examples" / "natural-images")
     parser.add_argument("--size", type=int, default=512)

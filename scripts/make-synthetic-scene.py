@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.scene_files import Conventions, write_scene  # noqa: E402
 from nerf.evaluation.scenes import FAMILIES, make_scene  # noqa: E402
 from nerf.options import DataOptions  # noqa: E402
@@ -26,7 +26,7 @@ from nerf.options import DataOptions  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = DataOptions()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output folder")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--family", choices=FAMILIES)

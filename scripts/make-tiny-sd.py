@@ -22,7 +22,6 @@ configs.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sd_parts, also when this file is loaded by path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerf.errors import one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from sd_parts import assemble_pipeline, clip_text_encoder, load_tokenizer, write_tokenizer_files  # noqa: E402
 
 
@@ -147,13 +146,23 @@ def write_single_file(pipe, path: Path) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
+def refuse_files_on_the_way(folder: Path, what: str) -> None:
+    """A folder to be written whose path runs through a file fails half-way in save_pretrained; say so first."""
+    for step in (folder, *folder.parents):
+        if step.exists() and not step.is_dir():
+            raise UserError(f"{what}: {step} is a file, not a folder; choose another path.")
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (diffusers layout)")
     parser.add_argument("--single_file", type=Path, default=None, help="also write one .safetensors checkpoint here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
+    refuse_files_on_the_way(args.out, "the output folder")
+    if args.single_file is not None:
+        refuse_files_on_the_way(args.single_file.parent, "--single_file")
 
     token_dir = args.out / "tokenizer"
     write_tokenizer_files(token_dir)

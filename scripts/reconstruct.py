@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nerf.checkpoint import LATEST, load_checkpoint  # noqa: E402
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
 from nerf.options_file import load_options  # noqa: E402
@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     """The pipeline's own flags, and everything after `--` for main.py."""
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photo", type=Path, help="the photo of the object (any PIL-readable image)")
     p.add_argument("--workspace", type=Path, required=True, help="folder of every stage's outputs")
     p.add_argument("--mask_path", type=Path, default=None, help="an existing object mask (default: extract one)")

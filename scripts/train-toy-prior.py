@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_atomic  # noqa: E402
 from sd_parts import (  # noqa: E402
     clip_text_encoder, load_tokenizer, save_fp16_pipeline, sd15_schedule, write_tokenizer_files)
@@ -72,7 +72,7 @@ FIELDS = ("objects", "renders", "size", "seed", "steps")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="output folder (a new one, or an unfinished one with --resume)")
     p.add_argument("--objects", nargs="*", default=None, metavar="FAMILY:SEED=WORD",
                    help=f"procedural objects (default: {' '.join(DEFAULT_OBJECTS)}; none: renders only)")

@@ -74,3 +74,37 @@ def test_weights_that_become_non_finite_stop_the_run_and_keep_the_last_good_chec
         with pytest.raises(TrainingDiverged, match="weights or the occupancy grid became non-finite"):
             main_module.main([*args, "--iters", "10"])
     assert (tmp_path / "ws" / "checkpoints" / "latest.pth").read_bytes() == good
+
+
+def test_a_run_interrupted_and_restarted_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Ctrl-C at step 150 (the last checkpoint is at 100), then the same command: the final weights, optimiser
+    state and occupancy grid are exactly those of a run that was never stopped."""
+    import torch
+
+    from nerf.checkpoint import load_checkpoint
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = [*TINY, "--iters", "200", "--image_path", str(tmp_path / "rgba.png")]
+    assert main_module.main([*args, "--workspace", str(tmp_path / "straight")]) == 0
+    step = Trainer.train_step
+
+    def ctrl_c_at_150(self):
+        if self.global_step == 150:
+            raise KeyboardInterrupt
+        return step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", ctrl_c_at_150)
+        assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 130
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "latest.pth")["global_step"] == 100
+    assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 0
+    straight, resumed = (load_checkpoint(tmp_path / name / "checkpoints" / "latest.pth")
+                         for name in ("straight", "resumed"))
+    assert straight["global_step"] == resumed["global_step"] == 200
+    assert straight["model"].keys() == resumed["model"].keys()
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    moments = [(s["exp_avg"], r["exp_avg"]) for s, r in zip(straight["optimizer"]["state"].values(),
+                                                            resumed["optimizer"]["state"].values())]
+    assert moments and all(torch.equal(s, r) for s, r in moments)

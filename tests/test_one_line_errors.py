@@ -5,7 +5,11 @@ their traceback."""
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import errno
+import io
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,82 @@ def test_a_full_disk_while_writing_the_report_is_one_line_and_keeps_the_old_one(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the disk is full" in errors[0] and "report.html" in errors[0]
     assert (tmp_path / "ws" / "report.html").read_bytes() == before
+
+
+@contextlib.contextmanager
+def read_only(root: Path, monkeypatch):
+    """`root` as a folder that cannot be written: real permissions when not running as root (whom they do not
+    stop), else the operating system's answer, EACCES, from every way the code opens, creates or makes folders."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [root, *root.rglob("*")] if p.is_dir()}
+        for folder in modes:
+            folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            for folder, mode in modes.items():
+                folder.chmod(mode)
+        return
+
+    def denied(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and Path(os.path.abspath(path)).is_relative_to(root)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    real_os_open, real_open, real_mkdir = os.open, io.open, Path.mkdir
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and denied(path):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and denied(file):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        if denied(self) and not self.is_dir():
+            refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", os_open)
+        patch.setattr(io, "open", open_)
+        patch.setattr(builtins, "open", open_)
+        patch.setattr(Path, "mkdir", mkdir)
+        yield
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatch, capsys):
+    """main.py into a new workspace under a read-only folder, and --test on a trained workspace that became
+    read-only: one line naming the folder, status 2, every byte as it was."""
+    import cv2
+    import numpy as np
+
+    import main as main_module
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    args = ["--lambda_prior", "0", "--iters", "4", "--HW_real", "16", "--HW_synthetic", "16", "--num_rays", "128",
+            "--occupancy_grid_size", "16", "--max_steps", "32", "--HW_vis", "8", "--no_cuda_ray", "--image_path",
+            str(tmp_path / "rgba.png")]
+    locked = tmp_path / "locked"
+    (locked / "trained").mkdir(parents=True)
+    assert main_module.main([*args, "--workspace", str(locked / "trained")]) == 0
+    before = tree(locked)
+    capsys.readouterr()
+    for extra in (["--workspace", str(locked / "new")], ["--workspace", str(locked / "trained"), "--test"]):
+        with read_only(locked, monkeypatch):
+            assert main_module.main([*args, *extra]) == 2
+        err = capsys.readouterr().err  # (progress lines such as "resumed from" may come first)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "Traceback" not in err and len(errors) == 1, err
+        assert errors[0].startswith("error: cannot write") and str(locked) in errors[0]
+        assert tree(locked) == before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import re
 import sys
 from contextlib import nullcontext
@@ -473,6 +475,30 @@ def test_output_folder_that_would_be_damaged_is_refused(tiny_sd_dir, tmp_path, c
     assert "--output_dir" in run_error(capsys, ti_args(tiny_sd_dir, tmp_path / "data", out))
     after = out.read_bytes() if out.is_file() else (out / "learned_embeds.bin").read_bytes()
     assert after == before
+
+
+def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(tiny_sd_dir, tmp_path, capsys):
+    import socket
+
+    from nerf import workspace_lock
+
+    write_rgba(tmp_path / "data" / "rgba.png")
+    out = tmp_path / "out"
+    bad_model = ti_args(tmp_path / "no-model", tmp_path / "data", out)
+    assert run_error(capsys, bad_model) and not out.exists()  # refused before the folder is made
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / workspace_lock.LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        message = run_error(capsys, ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1"))
+    finally:
+        owner.kill()
+        owner.wait()
+    assert f"in use by another run (pid {owner.pid}" in message and "--output_dir" in message
+    assert sorted(p.name for p in out.iterdir()) == [workspace_lock.LOCK_NAME]
+    # the owner is gone: its lock is taken over, and this run's own lock goes when it ends
+    assert ti.main(ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1", "--only_save_embeds")) == 0
+    assert (out / "learned_embeds.bin").is_file() and not (out / workspace_lock.LOCK_NAME).exists()
 
 
 # ---------------------------------------------------------------- autoinit

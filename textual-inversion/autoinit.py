@@ -21,7 +21,6 @@ local CLIP folder given with --clip_model. Runs from any directory.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ for folder in (HERE, HERE.parent):  # the repository's nerf package and this fol
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nerf.errors import UserError, one_line_errors  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
 from ti_dataset import load_rgb  # noqa: E402
 
@@ -161,9 +160,9 @@ def get_initialization(image: Path, text_emb_file: Path, clip_model: str, device
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Pick a textual-inversion initializer word with CLIP.")
+    parser = ArgumentParser(description="Pick a textual-inversion initializer word with CLIP.")
     commands = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--clip_model", default=DEFAULT_CLIP, help="hub id or local CLIP folder")
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     save = commands.add_parser("save_embeddings", parents=[common], help="embed every noun token (once per model)")

@@ -62,6 +62,7 @@ for folder in (HERE, HERE.parent):  # the repository's nerf package and this fol
 import torch  # noqa: E402
 
 from nerf.errors import one_line_errors  # noqa: E402
+from nerf import workspace_lock  # noqa: E402
 from nerf.seeding import seed_everything  # noqa: E402
 from ti_args import parse_args  # noqa: E402
 from ti_dataset import load_images  # noqa: E402
@@ -84,7 +85,6 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     output_dir = Path(args.output_dir).expanduser().resolve()
     images = load_images(args.train_data_dir)  # fail before the slow model load
     check_output_dir(output_dir, args.placeholder_token)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         seed_everything(args.seed)
     device, weight_dtype = choose_device(args)
@@ -94,13 +94,16 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     dataset, loader = make_loader(args, images, model.parts.tokenizer, device)
     derive_counts(args, items=len(dataset), micro_batches=len(loader))
     opt = make_optimisation(args, model, device, weight_dtype)
-    step = resume(args, output_dir, model.row, opt, loader.sampler)
-    trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
-    print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch {args.train_batch_size} "
-          f"x {args.gradient_accumulation_steps} accumulation, {args.max_train_steps} steps, "
-          f"lr {opt.learning_rate:g}, on {device}")
-    run_steps(args, model, opt, loader, step=step, output_dir=output_dir, trackers=trackers, on_phase=on_phase)
-    return write_outputs(args, model, output_dir)
+    # The run is valid: only now is the folder created, and it is this run's until it ends.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with workspace_lock.held(output_dir, args.force_unlock, flag="--output_dir"):
+        step = resume(args, output_dir, model.row, opt, loader.sampler)
+        trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
+        print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch "
+              f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation, {args.max_train_steps} "
+              f"steps, lr {opt.learning_rate:g}, on {device}")
+        run_steps(args, model, opt, loader, step=step, output_dir=output_dir, trackers=trackers, on_phase=on_phase)
+        return write_outputs(args, model, output_dir)
 
 
 @one_line_errors

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from nerf.errors import UserError
+from nerf.errors import ArgumentParser, UserError
 from nerf.options import DEFAULT_MODEL
 
 # The training recipe a preset gives (flags given on the command line win). realfusion is the recipe of the
@@ -32,8 +32,8 @@ POSITIVE = ("save_steps", "repeats", "resolution", "train_batch_size", "max_trai
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run's settings from `argv` (default: the command line), validated."""
-    p = argparse.ArgumentParser(description="Learn a text token for the object of one photo (textual inversion).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Learn a text token for the object of one photo (textual inversion).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=tuple(PRESETS), default="realfusion",
                    help="defaults of the training recipe: realfusion (the README's, for one photo) or diffusers "
                         "(the diffusers example's); flags given explicitly win")
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def chosen_preset(argv: list[str] | None) -> str:
     """--preset alone, read first because it decides the other flags' defaults (and so what --help shows)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=tuple(PRESETS), default="realfusion")
     return pre.parse_known_args(argv)[0].preset
 
@@ -124,6 +124,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable checkpoint every N steps")
     p.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints")
     p.add_argument("--resume_from_checkpoint", default=None, help="'latest', a checkpoint-N name, or a path")
+    p.add_argument("--force_unlock", action="store_true",
+                   help="take over an --output_dir locked by a run on another host (one run per folder)")
 
 
 def add_feature_flags(p: argparse.ArgumentParser) -> None:

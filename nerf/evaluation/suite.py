@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from nerf import workspace_lock
 from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
@@ -158,8 +159,17 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
     With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
     Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
     """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with workspace_lock.held(work_dir, flag="--work_dir"):  # one suite per folder: its runs share the scenes
+        return _run_suite(work_dir, size, device, families, seed, oracle_strength, jobs, prior, modes, extra_args)
+
+
+def _run_suite(work_dir: Path, size: str, device: torch.device | None, families: Sequence[str], seed: int,
+               oracle_strength: float, jobs: int, prior: TrainedPrior | None, modes: Sequence[str],
+               extra_args: Sequence[str]) -> dict:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    work_dir, spec = Path(work_dir), SUITE_SIZES[size]
+    spec = SUITE_SIZES[size]
     conventions = Conventions.from_options(Options())
     tasks = []
     for family in families:
