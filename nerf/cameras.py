@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 DIRECTION_NAMES = ("front", "side", "back", "side", "overhead", "bottom")

@@ -7,7 +7,7 @@ import math
 from typing import Iterable, Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 class Adan(torch.optim.Optimizer):
