@@ -1,4 +1,5 @@
-"""Ctrl-C says what it leaves: the intact last checkpoint to resume from, or nothing when none was saved yet;
+"""Ctrl-C (in-process and a real SIGINT) says what it leaves: the intact last checkpoint to resume from, or nothing
+when none was saved yet;
 exit status 130 and the workspace lock released either way."""
 
 from __future__ import annotations
@@ -108,3 +109,39 @@ def test_a_run_interrupted_and_restarted_ends_bit_identical_to_an_uninterrupted_
     moments = [(s["exp_avg"], r["exp_avg"]) for s, r in zip(straight["optimizer"]["state"].values(),
                                                             resumed["optimizer"]["state"].values())]
     assert moments and all(torch.equal(s, r) for s, r in moments)
+
+
+def test_a_real_sigint_stops_main_py_with_status_130_and_a_whole_checkpoint(tmp_path):
+    """main.py in its own process, interrupted by SIGINT (Ctrl-C) after its first checkpoint: exit status 130, the
+    message on stderr, a checkpoint that loads, no lock left behind; the same command then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from nerf.checkpoint import load_checkpoint
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    ws = tmp_path / "ws"
+    command = [sys.executable, str(Path(main_module.__file__)), *TINY, "--iters", "250", "--image_path",
+               str(tmp_path / "rgba.png"), "--workspace", str(ws)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    latest = ws / "checkpoints" / "latest.pth"
+    deadline = time.time() + 240
+    while not latest.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert latest.exists() and run.poll() is None, "the run ended or stalled before its first checkpoint"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "checkpoints/latest.pth is intact" in err
+    assert load_checkpoint(latest)["global_step"] in (100, 200)
+    assert not (ws / workspace_lock.LOCK_NAME).exists()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(latest)["global_step"] == 250
