@@ -1,6 +1,6 @@
 """Ctrl-C (in-process and a real SIGINT) says what it leaves: the intact last checkpoint to resume from, or nothing
-when none was saved yet;
-exit status 130 and the workspace lock released either way."""
+when none was saved yet; exit status 130 and the workspace lock released either way. A restarted run ends exactly
+where an uninterrupted one would."""
 
 from __future__ import annotations
 
