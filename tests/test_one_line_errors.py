@@ -165,3 +165,29 @@ def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatc
         assert "Traceback" not in err and len(errors) == 1, err
         assert errors[0].startswith("error: cannot write") and str(locked) in errors[0]
         assert tree(locked) == before
+
+
+def test_textual_inversion_into_a_read_only_folder_is_one_line_and_writes_nothing(tiny_sd_dir, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import importlib.util
+
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("ti_main", REPO / "textual-inversion" / "textual_inversion.py")
+    ti = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ti)
+    (tmp_path / "data").mkdir()
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(tmp_path / "data" / "rgba.png"), rgba)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd_dir), "--train_data_dir", str(tmp_path / "data"),
+            "--placeholder_token", "_obj_", "--initializer_token", "cat", "--output_dir", str(locked / "out"),
+            "--resolution", "16", "--max_train_steps", "1", "--only_save_embeds"]
+    with read_only(locked, monkeypatch):
+        assert ti.main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {locked / 'out'}")
+    assert list(locked.iterdir()) == []
