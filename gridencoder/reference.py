@@ -67,25 +67,36 @@ def level_resolution(scale: float) -> int:
     return math.ceil(scale) + 1
 
 
-def corner_index(corners: Tensor, resolution: int, table_size: int, hashed: bool, align_corners: bool) -> Tensor:
-    """Row (within the level) of integer grid vertices `corners` [..., D], as uint32 arithmetic would give it.
+def corner_index(cells: Tensor, corner_bits: Tensor, resolution: int, table_size: int, hashed: bool,
+                 align_corners: bool) -> Tensor:
+    """Row (within the level) [B, 2^D] of the corners of the cells whose lower vertices are `cells` [B, D] (corner k
+    takes the upper vertex along d iff corner_bits[k, d]), as uint32 arithmetic would give it.
 
     Dense row-major index while the stride still fits in the table; a stride that outgrows the table stops
     the accumulation, so tiled grids silently drop the remaining (z) dimensions. Hashed grids switch to the
-    XOR-of-primes hash in that case. The result is reduced modulo the table size.
+    XOR-of-primes hash in that case. The result is reduced modulo the table size. Each dimension's term is computed
+    once per cell for its lower and upper vertex and then combined per corner (sums modulo 2^32 and XORs do not
+    depend on the order).
     """
     step = resolution if align_corners else resolution + 1
-    index = torch.zeros(corners.shape[:-1], dtype=torch.int64, device=corners.device)
-    stride = 1
-    for d in range(corners.shape[-1]):
+    strides, stride = [], 1
+    for _ in range(cells.shape[-1]):
         if stride > table_size:
             break
-        index = (index + corners[..., d] * stride) & UINT32
+        strides.append(stride)
         stride = (stride * step) & UINT32
     if hashed and stride > table_size:
-        index = torch.zeros_like(index)
-        for d in range(corners.shape[-1]):
-            index = index ^ ((corners[..., d] * HASH_PRIMES[d]) & UINT32)
+        index = None
+        for d in range(cells.shape[-1]):
+            ends = torch.stack([cells[:, d], cells[:, d] + 1], dim=1) * HASH_PRIMES[d] & UINT32  # [B, 2]
+            term = ends[:, corner_bits[:, d].long()]  # [B, 2^D]
+            index = term if index is None else index ^ term
+    else:
+        base = sum(cells[:, d] * s for d, s in enumerate(strides))  # below 2^46: no int64 overflow
+        offsets = (corner_bits[:, :len(strides)].long() * torch.tensor(strides, device=cells.device)).sum(-1)
+        index = (base[:, None] + offsets) & UINT32
+    if table_size & (table_size - 1) == 0:  # the hashed levels' tables: a mask, much cheaper than a division
+        return index & (table_size - 1)
     return index % table_size
 
 
@@ -132,13 +143,13 @@ def grid_encode(
         frac = pos - cell
         if interpolation == "smoothstep":
             frac = frac * frac * (3.0 - 2.0 * frac)
-        axis = torch.where(corner_bits, frac[:, None, :], 1.0 - frac[:, None, :])  # [B, 2^D, D]
-        weights = axis[..., 0]
+        ends = torch.stack([1.0 - frac, frac], dim=1)  # [B, 2, D]: the lower and upper vertex's factor per axis
+        weights = ends[:, corner_bits[:, 0].long(), 0]  # [B, 2^D]
         for d in range(1, dim):  # explicit products: prod()'s backward takes a slow path on exact zeros
-            weights = weights * axis[..., d]
-        corners = cell.long()[:, None, :] + corner_bits.long()
+            weights = weights * ends[:, corner_bits[:, d].long(), d]
         table_size = rows[level + 1] - rows[level]
-        index = corner_index(corners, level_resolution(scale), table_size, gridtype == "hash", align_corners)
+        index = corner_index(cell.long(), corner_bits, level_resolution(scale), table_size, gridtype == "hash",
+                             align_corners)
         values = embeddings[rows[level] + index].to(dtype)  # [B, 2^D, C]
         features.append((weights[..., None] * values).sum(dim=1))
     out = torch.cat(features, dim=1) if features else u.new_zeros(batch, 0)
