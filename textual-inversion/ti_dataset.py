@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -199,7 +199,7 @@ class ResumableSampler(torch.utils.data.Sampler):
         epoch, batch = divmod(count, math.ceil(self.size / self.batch_size))
         self.position = epoch * self.size + batch * self.batch_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = divmod(self.position, self.size)
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
         for k in range(start, self.size):
