@@ -6,6 +6,8 @@ The processes run two at a time in a module fixture (each pays for importing tor
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -70,19 +72,31 @@ def outcomes(tmp_path_factory) -> tuple[list[subprocess.CompletedProcess], dict,
         tool, args, _ = case
         argv = [arg.format(**{k: str(v) for k, v in names.items()}) for arg in args]
         return subprocess.run([sys.executable, str(REPO / tool), *argv], cwd=root, capture_output=True, text=True,
-                              timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(run, CASES))
     return results, before, snapshot(root)
 
 
+def message_lines(stderr: str) -> list[str]:
+    """stderr without Python's warnings (a `...Warning: ...` line and the indented source line after it)."""
+    lines, skip_source = [], False
+    for line in stderr.splitlines():
+        if skip_source and line.startswith((" ", "\t")):
+            skip_source = False
+            continue
+        skip_source = bool(re.search(r"\w+Warning: ", line))
+        if not skip_source and line.strip():
+            lines.append(line)
+    return lines
+
+
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{Path(c[0]).stem}:{' '.join(c[1])[:40]}" for c in CASES])
 def test_a_bad_input_is_one_line_exit_2_and_no_traceback(outcomes, index):
     result = outcomes[0][index]
     expected = CASES[index][2]
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and "Warning" not in line and not line.startswith("  warnings.warn")]
+    lines = message_lines(result.stderr)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
