@@ -138,11 +138,11 @@ def render_videos(frames: Frames, real_view: RealView | None, *, size: int, resu
     gt = input_panel(real_view, size)
     for k in tqdm(range(TEST_FRAMES), desc="test video", dynamic_ncols=True):
         light = camera.centers[k]
-        plain = frames.render(camera, k, RenderSettings(light_d=light, need_normals=True))
-        shaded = frames.render(camera, k, RenderSettings(shading="textureless", ratio=0.1, light_d=light))
-        ws = plain["weights_sum"]
-        frame = {"rgb": plain["image"], "opacity": ws[..., None], "depth": frames.depth_image(plain),
-                 "normals": normals_to_image(plain["normal_image"], ws), "textureless": shaded["image"]}
+        # One march serves every stream; the textureless pass reuses the samples' normals.
+        out = frames.render(camera, k, RenderSettings(light_d=light, need_normals=True, textureless_ratio=0.1))
+        ws = out["weights_sum"]
+        frame = {"rgb": out["image"], "opacity": ws[..., None], "depth": frames.depth_image(out),
+                 "normals": normals_to_image(out["normal_image"], ws), "textureless": out["textureless_image"]}
         frame["grid"] = grid([[gt, frame["rgb"], frame["opacity"]],
                               [frame["depth"], frame["normals"], frame["textureless"]]])
         for key, image in frame.items():

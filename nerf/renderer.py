@@ -18,6 +18,7 @@ from torch import Tensor
 import raymarching
 from nerf.cameras import safe_normalize
 from nerf.field import Field
+from nerf.field.shading import textureless
 
 T_THRESH = 1e-4
 ALIGN = 128
@@ -35,6 +36,14 @@ class RenderSettings:
     bg_color: Tensor | float | None = None  # eval background (default white); training uses the background net
     need_normals: bool = False  # composite a normal image and the orientation loss
     need_smooth: bool = False  # 3-D normal smoothness loss (six more field evaluations per sample)
+    # Also composite `textureless_image` (white under the light, this ambient share) from the same samples' normals:
+    # the test videos' shaded pass without a second march and a second set of field evaluations.
+    textureless_ratio: float | None = None
+
+    @property
+    def uses_normals(self) -> bool:
+        """Whether the samples' normals are composited into an image (normals or the textureless pass)."""
+        return self.need_normals or self.textureless_ratio is not None
 
 
 class Renderer(nn.Module):
@@ -122,8 +131,10 @@ class Renderer(nn.Module):
                      for i in range(0, rays_o.shape[0], chunk)]
             out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         bg = self._background(rays_d, settings)
-        out["image"] = out["image"] + (1 - out["weights_sum"][:, None]) * bg
-        for key in ("image", "normal_image"):
+        for key in ("image", "textureless_image"):
+            if key in out:
+                out[key] = out[key] + (1 - out["weights_sum"][:, None]) * bg
+        for key in ("image", "normal_image", "textureless_image"):
             if key in out:
                 out[key] = out[key].reshape(*prefix, 3)
         for key in ("depth", "weights_sum"):
@@ -146,12 +157,12 @@ class Renderer(nn.Module):
             rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=settings.perturb, align=ALIGN,
             force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps)
         sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
-                                           need_normals=settings.need_normals or settings.need_smooth)
+                                           need_normals=settings.uses_normals or settings.need_smooth)
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
         hit = torch.where(weights_sum > 0, nears, torch.zeros_like(nears))
         out = {"image": image, "depth": depth + weights_sum * hit, "weights_sum": weights_sum}
-        if settings.need_normals:
-            out["normal_image"] = self.ops.composite_rays_train(sigmas, normals, deltas, rays, T_THRESH)[2]
+        for key, colours in _normal_images(normals, light_d, settings).items():
+            out[key] = self.ops.composite_rays_train(sigmas, colours, deltas, rays, T_THRESH)[2]
         return out, xyzs, dirs, deltas, (sigmas, normals)
 
     def _render_train(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
@@ -181,7 +192,7 @@ class Renderer(nn.Module):
         weights_sum = torch.zeros(count, device=device)
         depth = torch.zeros(count, device=device)
         image = torch.zeros(count, 3, device=device)
-        normal_image = torch.zeros(count, 3, device=device) if settings.need_normals else None
+        extra_images = {key: torch.zeros(count, 3, device=device) for key in _normal_image_keys(settings)}
         alive = torch.arange(count, dtype=torch.int32, device=device)
         rays_t = nears.clone()
         step = 0
@@ -193,21 +204,33 @@ class Renderer(nn.Module):
                 align=ALIGN, perturb=settings.perturb and step == 0, dt_gamma=self.dt_gamma,
                 max_steps=self.max_steps)
             sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
-                                               need_normals=settings.need_normals)
-            if normal_image is not None:
-                # Composite normals on copies of the ray state, so the colour pass below advances it exactly once.
+                                               need_normals=settings.uses_normals)
+            for key, colours in _normal_images(normals, light_d, settings).items():
+                # Composite on copies of the ray state, so the colour pass below advances it exactly once.
                 self.ops.composite_rays(n_alive, n_step, alive.clone(), rays_t.clone(), sigmas=sigmas.float(),
-                                        rgbs=normals.float(), deltas=deltas, weights_sum=weights_sum.clone(),
-                                        depth=depth.clone(), image=normal_image, T_thresh=T_THRESH)
+                                        rgbs=colours.float(), deltas=deltas, weights_sum=weights_sum.clone(),
+                                        depth=depth.clone(), image=extra_images[key], T_thresh=T_THRESH)
             self.ops.composite_rays(n_alive, n_step, alive, rays_t, sigmas=sigmas.float(), rgbs=rgbs.float(),
                                     deltas=deltas, weights_sum=weights_sum, depth=depth, image=image,
                                     T_thresh=T_THRESH)
             alive = alive[alive >= 0]
             step += n_step
-        out = {"image": image, "depth": depth, "weights_sum": weights_sum}
-        if normal_image is not None:
-            out["normal_image"] = normal_image
-        return out
+        return {"image": image, "depth": depth, "weights_sum": weights_sum, **extra_images}
+
+
+def _normal_image_keys(settings: RenderSettings) -> list[str]:
+    return [key for key, wanted in (("normal_image", settings.need_normals),
+                                    ("textureless_image", settings.textureless_ratio is not None)) if wanted]
+
+
+def _normal_images(normals: Tensor | None, light_d: Tensor, settings: RenderSettings) -> dict[str, Tensor]:
+    """Per-sample colours of the images made from the normals: the normals themselves and the textureless pass."""
+    colours = {}
+    for key in _normal_image_keys(settings):
+        assert normals is not None, "the field returns normals whenever settings.uses_normals"
+        colours[key] = normals if key == "normal_image" else textureless(None, normals, light_d,
+                                                                         settings.textureless_ratio)
+    return colours
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -210,3 +210,42 @@ def test_reference_evaluation_renders_every_sample_at_once_like_the_incremental_
     assert 0.1 < float(at_once["weights_sum"].mean()) < 0.9  # covers empty, soft and opaque rays
     for key in ("weights_sum", "image", "depth", "normal_image"):
         torch.testing.assert_close(at_once[key], incremental[key], atol=1e-3, rtol=0)
+
+
+class ShadedSoftBall(SoftBallStub):
+    """The soft ball, shaded as the project's field shades (albedo, lambertian or textureless)."""
+
+    def __call__(self, x: Tensor, d: Tensor, light_d: Tensor | None, ratio: float, shading: str,
+                 need_normals: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        from nerf.field.shading import SHADERS, needs_normals
+
+        out = self.density(x)
+        normal = self.normal(x) if need_normals or needs_normals(shading) else None
+        return out["sigma"], SHADERS[shading](out["albedo"], normal, light_d, ratio), normal
+
+
+@pytest.mark.parametrize("marcher", ["_render_eval", "_render_infer"])
+def test_one_pass_gives_the_textureless_image_of_a_separate_textureless_render(marcher) -> None:
+    """The test videos take rgb, normals and the textureless pass from one march (`textureless_ratio`): the same
+    images as a normals render plus a separate textureless render, with both marchers."""
+    torch.manual_seed(0)
+    renderer = Renderer(ShadedSoftBall(), bound=1.0, grid_size=32, max_steps=256, backend="torch")
+    renderer.update_occupancy()
+    renderer.eval()
+    side = torch.linspace(-0.7, 0.7, 16)
+    yy, xx = torch.meshgrid(side, side, indexing="ij")
+    rays_o = torch.stack([xx, yy, torch.full_like(xx, 2.0)], -1).reshape(-1, 3)
+    rays_d = torch.tensor([0.0, 0.0, -1.0]).expand_as(rays_o).contiguous()
+    light = torch.tensor([0.3, 0.5, 1.0])
+    render = getattr(renderer, marcher)
+    unit = renderer._light(RenderSettings(light_d=light), rays_o)
+    both = render(rays_o, rays_d, unit, RenderSettings(light_d=light, need_normals=True, textureless_ratio=0.1))
+    plain = render(rays_o, rays_d, unit, RenderSettings(light_d=light, need_normals=True))
+    shaded = render(rays_o, rays_d, unit, RenderSettings(shading="textureless", ratio=0.1, light_d=light))
+    for key in ("weights_sum", "image", "depth", "normal_image"):
+        torch.testing.assert_close(both[key], plain[key], atol=0, rtol=0)
+    torch.testing.assert_close(both["textureless_image"], shaded["image"], atol=1e-6, rtol=0)
+    assert float((shaded["image"] - both["image"]).abs().max()) > 0.05  # the two shadings do differ
+    full = renderer.render(rays_o, rays_d, RenderSettings(light_d=light, need_normals=True, textureless_ratio=0.1))
+    alone = renderer.render(rays_o, rays_d, RenderSettings(shading="textureless", ratio=0.1, light_d=light))
+    torch.testing.assert_close(full["textureless_image"], alone["image"], atol=1e-6, rtol=0)  # with the background

@@ -29,8 +29,8 @@ def lambertian(albedo: Tensor, normal: Tensor | None, light_d: Tensor | None, ra
     return (albedo * _lambert(normal, light_d, ratio)[:, None]).float()
 
 
-def textureless(albedo: Tensor, normal: Tensor | None, light_d: Tensor | None, ratio: float) -> Tensor:
-    """Diffuse lighting of white: the geometry alone, so texture cannot fake shape."""
+def textureless(albedo: Tensor | None, normal: Tensor | None, light_d: Tensor | None, ratio: float) -> Tensor:
+    """Diffuse lighting of white: the geometry alone, so texture cannot fake shape (the albedo is not read)."""
     return _lambert(normal, light_d, ratio)[:, None].expand(-1, 3).float()
 
 
