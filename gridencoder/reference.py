@@ -70,7 +70,7 @@ def level_resolution(scale: float) -> int:
 def corner_index(cells: Tensor, corner_bits: Tensor, resolution: int, table_size: int, hashed: bool,
                  align_corners: bool) -> Tensor:
     """Row (within the level) [B, 2^D] of the corners of the cells whose lower vertices are `cells` [B, D] (corner k
-    takes the upper vertex along d iff corner_bits[k, d]), as uint32 arithmetic would give it.
+    takes the upper vertex along d iff corner_bits[k, d] is 1), as uint32 arithmetic would give it.
 
     Dense row-major index while the stride still fits in the table; a stride that outgrows the table stops
     the accumulation, so tiled grids silently drop the remaining (z) dimensions. Hashed grids switch to the
@@ -89,11 +89,11 @@ def corner_index(cells: Tensor, corner_bits: Tensor, resolution: int, table_size
         index = None
         for d in range(cells.shape[-1]):
             ends = torch.stack([cells[:, d], cells[:, d] + 1], dim=1) * HASH_PRIMES[d] & UINT32  # [B, 2]
-            term = ends[:, corner_bits[:, d].long()]  # [B, 2^D]
+            term = ends[:, corner_bits[:, d]]  # [B, 2^D]
             index = term if index is None else index ^ term
     else:
         base = sum(cells[:, d] * s for d, s in enumerate(strides))  # below 2^46: no int64 overflow
-        offsets = (corner_bits[:, :len(strides)].long() * torch.tensor(strides, device=cells.device)).sum(-1)
+        offsets = (corner_bits[:, :len(strides)] * torch.tensor(strides, device=cells.device)).sum(-1)
         index = (base[:, None] + offsets) & UINT32
     if table_size & (table_size - 1) == 0:  # the hashed levels' tables: a mask, much cheaper than a division
         return index & (table_size - 1)
@@ -132,7 +132,7 @@ def grid_encode(
     inside = ((inputs >= 0) & (inputs <= 1)).all(dim=1, keepdim=True)
     u = torch.where(inside, inputs, torch.zeros((), dtype=inputs.dtype, device=inputs.device)).to(dtype)
     bits = torch.arange(2**dim, device=inputs.device)[:, None] >> torch.arange(dim, device=inputs.device)
-    corner_bits = (bits & 1).bool()  # [2^D, D]: corner k takes the upper vertex along d iff bit d of k
+    corner_bits = bits & 1  # [2^D, D] 0/1: corner k takes the upper vertex along d iff bit d of k
     shift = 0.0 if align_corners else 0.5
 
     scales = level_scales(len(rows) - 1, float(per_level_scale), int(base_resolution))
@@ -144,9 +144,9 @@ def grid_encode(
         if interpolation == "smoothstep":
             frac = frac * frac * (3.0 - 2.0 * frac)
         ends = torch.stack([1.0 - frac, frac], dim=1)  # [B, 2, D]: the lower and upper vertex's factor per axis
-        weights = ends[:, corner_bits[:, 0].long(), 0]  # [B, 2^D]
+        weights = ends[:, corner_bits[:, 0], 0]  # [B, 2^D]
         for d in range(1, dim):  # explicit products: prod()'s backward takes a slow path on exact zeros
-            weights = weights * ends[:, corner_bits[:, d].long(), d]
+            weights = weights * ends[:, corner_bits[:, d], d]
         table_size = rows[level + 1] - rows[level]
         index = corner_index(cell.long(), corner_bits, level_resolution(scale), table_size, gridtype == "hash",
                              align_corners)

@@ -191,18 +191,24 @@ class SoftBallStub(SphereStub):
         return {"sigma": sigma, "albedo": torch.stack([x[:, 0].abs(), (x[:, 1] + 1) / 2, x[:, 2].abs()], -1)}
 
 
+def soft_ball_rays(field: SphereStub, side_count: int) -> tuple[Renderer, Tensor, Tensor]:
+    """An evaluation renderer of `field` on the reference ops, and a square of parallel rays looking down -z
+    that cover empty, soft and opaque parts of the ball."""
+    torch.manual_seed(0)
+    renderer = Renderer(field, bound=1.0, grid_size=32, max_steps=256, backend="torch")
+    renderer.update_occupancy()
+    renderer.eval()
+    side = torch.linspace(-0.7, 0.7, side_count)
+    yy, xx = torch.meshgrid(side, side, indexing="ij")
+    rays_o = torch.stack([xx, yy, torch.full_like(xx, 2.0)], -1).reshape(-1, 3)
+    return renderer, rays_o, torch.tensor([0.0, 0.0, -1.0]).expand_as(rays_o).contiguous()
+
+
 def test_reference_evaluation_renders_every_sample_at_once_like_the_incremental_marcher() -> None:
     """On the reference ops an evaluation render marches and shades every sample in one go; the incremental
     march of the CUDA path (a few samples per live ray per round) gives the same frame, but for the samples
     after a ray turns opaque, whose weight is below the termination threshold."""
-    torch.manual_seed(0)
-    renderer = Renderer(SoftBallStub(), bound=1.0, grid_size=32, max_steps=256, backend="torch")
-    renderer.update_occupancy()
-    renderer.eval()
-    side = torch.linspace(-0.7, 0.7, 24)
-    yy, xx = torch.meshgrid(side, side, indexing="ij")
-    rays_o = torch.stack([xx, yy, torch.full_like(xx, 2.0)], -1).reshape(-1, 3)
-    rays_d = torch.tensor([0.0, 0.0, -1.0]).expand_as(rays_o).contiguous()
+    renderer, rays_o, rays_d = soft_ball_rays(SoftBallStub(), 24)
     settings = RenderSettings(need_normals=True)
     light = renderer._light(settings, rays_o)
     at_once = renderer._render_eval(rays_o, rays_d, light, settings)
@@ -228,14 +234,7 @@ class ShadedSoftBall(SoftBallStub):
 def test_one_pass_gives_the_textureless_image_of_a_separate_textureless_render(marcher) -> None:
     """The test videos take rgb, normals and the textureless pass from one march (`textureless_ratio`): the same
     images as a normals render plus a separate textureless render, with both marchers."""
-    torch.manual_seed(0)
-    renderer = Renderer(ShadedSoftBall(), bound=1.0, grid_size=32, max_steps=256, backend="torch")
-    renderer.update_occupancy()
-    renderer.eval()
-    side = torch.linspace(-0.7, 0.7, 16)
-    yy, xx = torch.meshgrid(side, side, indexing="ij")
-    rays_o = torch.stack([xx, yy, torch.full_like(xx, 2.0)], -1).reshape(-1, 3)
-    rays_d = torch.tensor([0.0, 0.0, -1.0]).expand_as(rays_o).contiguous()
+    renderer, rays_o, rays_d = soft_ball_rays(ShadedSoftBall(), 16)
     light = torch.tensor([0.3, 0.5, 1.0])
     render = getattr(renderer, marcher)
     unit = renderer._light(RenderSettings(light_d=light), rays_o)
