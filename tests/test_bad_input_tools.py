@@ -52,6 +52,7 @@ CASES = [
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for folders): equal snapshots mean nothing changed."""
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nerf.errors import UserError, one_line_errors
+from tests.test_bad_input_tools import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = [REPO / "main.py", *sorted((REPO / "scripts").glob("*.py")), *sorted((REPO / "textual-inversion").glob("*.py"))]
@@ -134,10 +135,6 @@ def read_only(root: Path, monkeypatch):
         yield
 
 
-def tree(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
-
-
 def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatch, capsys):
     """main.py into a new workspace under a read-only folder, and --test on a trained workspace that became
     read-only: one line naming the folder, status 2, every byte as it was."""
@@ -155,7 +152,7 @@ def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatc
     locked = tmp_path / "locked"
     (locked / "trained").mkdir(parents=True)
     assert main_module.main([*args, "--workspace", str(locked / "trained")]) == 0
-    before = tree(locked)
+    before = snapshot(locked)
     capsys.readouterr()
     for extra in (["--workspace", str(locked / "new")], ["--workspace", str(locked / "trained"), "--test"]):
         with read_only(locked, monkeypatch):
@@ -164,7 +161,7 @@ def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatc
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert "Traceback" not in err and len(errors) == 1, err
         assert errors[0].startswith("error: cannot write") and str(locked) in errors[0]
-        assert tree(locked) == before
+        assert snapshot(locked) == before
 
 
 def test_textual_inversion_into_a_read_only_folder_is_one_line_and_writes_nothing(tiny_sd_dir, tmp_path,
