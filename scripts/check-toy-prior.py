@@ -4,6 +4,7 @@ each sample against ground-truth renders of that object from that side, of other
 
     python scripts/check-toy-prior.py [PRIOR] [--out DIR] [--samples N] [--steps S] [--views V] [--seed S]
     python scripts/check-toy-prior.py [PRIOR] --token EMBEDS --object FAMILY:SEED=WORD --initializer WORD
+    python scripts/check-toy-prior.py [PRIOR] --contexts [--views V] [--device cuda]
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -18,6 +19,11 @@ With --token, a learned token (textual_inversion.py's learned_embeds) is checked
 loss on V held-out renders of --object (random training cameras, each captioned with main.py's prompt for its
 side), with the object named by its true word, by the initializer word and by the token; noise and timesteps are
 shared, so the three losses differ by the text alone. A token that learned the object scores near the true word.
+
+With --contexts, the prior's held-out instances (objects.json) are checked: the denoising loss on V renders of each,
+captioned in main.py's context (the prompt with the view's suffix) and in textual inversion's (its object templates),
+each with the class's true word, with every other class's word (mean) and with the empty caption. A prior that knows
+its classes scores the true word clearly below the wrong words and the empty caption in both contexts.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "textual-inversion"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,7 +46,8 @@ from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.evaluation.learn_token import model_resolution  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 from nerf.visualize import save_png  # noqa: E402
-from toy_prior_data import captions, parse_object, render_object  # noqa: E402
+from nerf.toy_models.world import (  # noqa: E402
+    captions, class_words, load_world, parse_object, render_object, template_captions)
 
 SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
 WHITE_THRESHOLD = 0.92  # a pixel with every channel above this is background (images are composited on white)
@@ -57,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
     p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
     p.add_argument("--initializer", help="the word the token was learned from (with --token)")
+    p.add_argument("--contexts", action="store_true",
+                   help="denoising loss of the held-out instances by caption context and word")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token and --contexts")
     return p.parse_args(argv)
 
 
@@ -136,7 +146,7 @@ def check(args: argparse.Namespace) -> dict:
         raise UserError(f"{args.prior} has no objects.json; give a folder written by scripts/train-toy-prior.py.")
     if min(args.samples, args.steps, args.views) < 1:
         raise UserError("--samples, --steps and --views must be >= 1.")
-    table = json.loads(table_file.read_text(encoding="utf-8"))
+    table, _ = load_world(args.prior)
     objects = [parse_object(f"{source}={word}") for source, word in table.items() if ":" in source]
     if not objects:
         raise UserError(f"{args.prior} knows no procedural object; only those can be rendered again for the check.")
@@ -158,29 +168,38 @@ def check(args: argparse.Namespace) -> dict:
 
 @torch.no_grad()
 def denoising_losses(model: Path, texts: dict[str, list[str]], images: Tensor, seed: int, draws: int = 4,
-                     token: tuple[str, Tensor] | None = None) -> dict[str, float]:
+                     token: tuple[str, Tensor] | None = None, device: str = "cpu") -> dict[str, float]:
     """The prior's epsilon-prediction loss on `images` [N, 3, S, S] in [0, 1] with each name's captions (one per
     image), over `draws` shared (noise, timestep) draws per image."""
     from nerf.guidance.stable_diffusion import add_learned_token, load_stable_diffusion
 
-    parts = load_stable_diffusion(str(model), torch.device("cpu"), fp16=False)
+    parts = load_stable_diffusion(str(model), torch.device(device), fp16=False)
     if token is not None:
         add_learned_token(parts, *token)
-    latents = parts.vae.encode(images * 2 - 1).latent_dist.mean * parts.vae.config.scaling_factor
+    latents = parts.vae.encode(images.to(device) * 2 - 1).latent_dist.mean * parts.vae.config.scaling_factor
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((draws, *latents.shape), generator=generator)
-    steps = torch.randint(20, 980, (draws, len(latents)), generator=generator)
+    noise = torch.randn((draws, *latents.shape), generator=generator).to(device)
+    steps = torch.randint(20, 980, (draws, len(latents)), generator=generator).to(device)
     losses = {}
     for name, captions_ in texts.items():
         ids = parts.tokenizer(captions_, padding="max_length", max_length=parts.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
-        states = parts.text_encoder(ids)[0]
+        states = parts.text_encoder(ids.to(device))[0]
         total = 0.0
         for eps, t in zip(noise, steps):
             noisy = parts.scheduler.add_noise(latents, eps, t)
             total += float(F.mse_loss(parts.unet(noisy, t, encoder_hidden_states=states).sample, eps))
         losses[name] = total / draws
     return losses
+
+
+def held_out_views(obj, resolution: int, views: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Renders of `obj` [N, 3, S, S] in [0, 1] from main.py's random training cameras (no input-camera copies: the
+    input view is what a user gives, not what the check should measure) and their direction buckets."""
+    generator = torch.Generator().manual_seed(seed + 7)  # other cameras than the prior's training views
+    images, directions = render_object(obj, resolution, views, generator, torch.device("cpu"))
+    keep = torch.arange(len(images)) >= max(1, round(views * 0.1))
+    return images[keep].float() / 255, directions[keep]
 
 
 def check_token(args: argparse.Namespace) -> dict:
@@ -191,13 +210,10 @@ def check_token(args: argparse.Namespace) -> dict:
         raise UserError("--token needs --object family:seed=word and --initializer WORD.")
     obj = parse_object(args.object)
     token, vector = load_learned_embeds(str(args.token))
-    generator = torch.Generator().manual_seed(args.seed + 7)  # other cameras than the prior's training views
-    images, directions = render_object(obj, model_resolution(args.prior), args.views, generator, torch.device("cpu"))
-    keep = torch.arange(len(images)) >= max(1, round(args.views * 0.1))  # drop the input-camera copies: held out
-    images, directions = images[keep].float() / 255, directions[keep]
+    images, directions = held_out_views(obj, model_resolution(args.prior), args.views, args.seed)
     texts = {name: [captions(word)[int(d)] for d in directions]
              for name, word in (("true word", obj.word), ("initializer", args.initializer), ("token", token))}
-    losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector))
+    losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector), device=args.device)
     report = {"object": args.object, "initializer": args.initializer, "token": str(args.token),
               "views": len(images), "denoising_loss": losses}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -205,9 +221,56 @@ def check_token(args: argparse.Namespace) -> dict:
     return report
 
 
+def context_texts(word: str, others: list[str], directions: Tensor) -> dict[str, list[str]]:
+    """Captions of each view by (context, word): main.py's prompt for its side, or template k mod T for view k."""
+    def prompt(w: str) -> list[str]:
+        return [captions(w)[int(d)] for d in directions]
+
+    def template(w: str) -> list[str]:
+        table = template_captions(w)
+        return [table[k % len(table)] for k in range(len(directions))]
+
+    texts = {"empty": [""] * len(directions)}
+    for context, make in (("prompt", prompt), ("template", template)):
+        texts[f"{context}/true"] = make(word)
+        texts.update({f"{context}/wrong:{w}": make(w) for w in others})
+    return texts
+
+
+def check_contexts(args: argparse.Namespace) -> dict:
+    """Per held-out instance and context: the loss with the true word, the mean over wrong words, the empty one."""
+    training, held_out = load_world(args.prior)
+    if not held_out:
+        raise UserError(f"{args.prior} lists no held-out instances; train it with --held_out (train-toy-prior.py).")
+    words = class_words([parse_object(f"{s}={w}") for s, w in training.items() if ":" in s])
+    resolution, rows = model_resolution(args.prior), {}
+    for source, word in held_out.items():
+        obj = parse_object(f"{source}={word}")
+        images, directions = held_out_views(obj, resolution, args.views, args.seed)
+        losses = denoising_losses(args.prior, context_texts(word, [w for w in words if w != word], directions),
+                                  images, args.seed, device=args.device)
+        row = {"empty": losses["empty"]}
+        for context in ("prompt", "template"):
+            row[f"{context} true"] = losses[f"{context}/true"]
+            row[f"{context} wrong"] = float(np.mean([v for k, v in losses.items() if k.startswith(f"{context}/wrong")]))
+        rows[f"{source}={word}"] = row
+    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in next(iter(rows.values()))}
+    report = {"prior": str(args.prior), "views": args.views, "per_instance": rows, "mean": mean}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "contexts.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu.")
+    if args.contexts:
+        report = check_contexts(args)
+        for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:
+            print(f"{name}: " + ", ".join(f"{k} {v:.5f}" for k, v in row.items()))
+        return 0
     if args.token is not None:
         losses = check_token(args)["denoising_loss"]
         print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))

@@ -1,0 +1,370 @@
+"""The toy world a toy prior learns: classes of objects, their words, the views main.py asks about, the captions.
+
+A class is a word naming several instances: seeds of a procedural family (`family:SEEDS=word`, rendered here by
+ray tracing) and/or folders of RGBA renders with a ``cameras.json`` (`DIR=word`, several folders per word allowed).
+Held-out seeds of a family (`family:SEEDS`) are never rendered for training; evaluation reconstructs them, so the
+prior is tested, like Stable Diffusion, on objects of a class it knows but instances it never saw.
+
+Views are drawn from the camera distribution main.py samples for the prior (`random_cameras` with `DataOptions()`
+defaults) plus, for INPUT_SHARE of a rendered instance's views, the input camera (main.py renders it with the
+front prompt every 10th step). Captions come from three contexts, drawn per training sample with CAPTION_SHARES:
+main.py's prompt with the word and the view's direction suffix, one of textual inversion's object templates with
+the word ("a photo of a {}", ...), and the empty caption (classifier-free guidance). Images are on white.
+
+cameras.json of a renders folder: ``{"frames": [{"file": "000.png", "theta": 75, "phi": 0, "radius": 1.8,
+"fovy": 55}, ...]}`` -- polar angle and azimuth in degrees, as `nerf.cameras.fixed_cameras` takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from nerf.cameras import FRONT, direction_prompts, fixed_cameras, random_cameras, view_direction
+from nerf.errors import UserError
+from nerf.evaluation.raytrace import over_background, render_rgba
+from nerf.evaluation.scenes import FAMILIES, make_scene
+from nerf.fileio import write_atomic, write_text_atomic
+from nerf.guidance.stable_diffusion import replace_token_placeholder
+from nerf.options import DEFAULT_PROMPT, DataOptions
+from ti_dataset import OBJECT_TEMPLATES
+
+DEFAULT_OBJECTS = ("primitive:0-11=ball", "union:0-11=robot", "nonconvex:0-11=cake", "thin:0-11=chair")
+DEFAULT_HELD_OUT = ("primitive:100-103", "union:100-103", "nonconvex:100-103", "thin:100-103")
+INPUT_SHARE = 0.1  # share of a rendered object's views taken from the input camera
+# Caption contexts of a training sample. main.py's prompts carry the view (what SDS asks); the templates are where
+# textual inversion learns its token, so the word must matter there too; empty captions train the unconditional
+# branch of classifier-free guidance (SD's 10-20 %).
+CAPTION_SHARES = {"prompt": 0.5, "template": 0.35, "empty": 0.15}
+CAMERA_BATCH = 16  # views per random_cameras draw (each draw has one FoV, as in main.py)
+FRAME_KEYS = ("theta", "phi", "radius", "fovy")
+
+
+@dataclass(frozen=True)
+class ToyObject:
+    """One instance of the toy world: a procedural scene or a renders folder, and its class word."""
+
+    word: str
+    family: str | None = None
+    seed: int = 0
+    folder: Path | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.family}:{self.seed}" if self.folder is None else str(self.folder)
+
+
+@dataclass
+class Views:
+    """The fixed training set: images over white, their object and the view's direction bucket."""
+
+    images: Tensor  # [N, 3, S, S] uint8
+    objects: Tensor  # [N] index into the object list
+    directions: Tensor  # [N] bucket id (nerf.cameras.DIRECTION_NAMES)
+
+
+def parse_seeds(text: str, spec: str, flag: str) -> list[int]:
+    """`3`, `0-11` or `1,4,7` (ranges inclusive) -> the seeds, in order, each once."""
+    seeds: list[int] = []
+    try:
+        for piece in text.split(","):
+            low, dash, high = piece.strip().partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+    except ValueError:
+        raise UserError(f"{flag} '{spec}': '{text}' is not seeds like 3, 0-11 or 1,4,7.") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"{flag} '{spec}': the seeds must be non-negative, distinct and at least one.")
+    return seeds
+
+
+def _family_and_seeds(scene: str, spec: str, flag: str) -> tuple[str, list[int]]:
+    family, colon, seeds = scene.partition(":")
+    if not colon:
+        raise UserError(f"{flag} '{spec}' is not family:seeds (e.g. union:0-11).")
+    if family not in FAMILIES:
+        raise UserError(f"{flag} '{spec}': unknown scene family '{family}'; choose one of {', '.join(FAMILIES)}.")
+    return family, parse_seeds(seeds, spec, flag)
+
+
+def parse_objects(spec: str) -> list[ToyObject]:
+    """`family:SEEDS=word` -> one ToyObject per seed; an unknown family or a malformed spec is a UserError."""
+    scene, sep, word = spec.partition("=")
+    if not sep or not word.strip():
+        raise UserError(f"--objects '{spec}' is not family:seeds=word (e.g. union:0-11=robot).")
+    family, seeds = _family_and_seeds(scene, spec, "--objects")
+    return [ToyObject(word.strip(), family, seed) for seed in seeds]
+
+
+def parse_object(spec: str) -> ToyObject:
+    """`family:seed=word` -> the one ToyObject it names."""
+    objects = parse_objects(spec)
+    if len(objects) != 1:
+        raise UserError(f"'{spec}' names {len(objects)} objects; give one seed (family:seed=word).")
+    return objects[0]
+
+
+def parse_renders(spec: str) -> ToyObject:
+    """`DIR=word` -> ToyObject (the folder is checked when it is read)."""
+    folder, sep, word = spec.rpartition("=")
+    if not sep or not folder or not word.strip():
+        raise UserError(f"--renders '{spec}' is not DIR=word (a folder of RGBA renders with cameras.json, a word).")
+    return ToyObject(word.strip(), folder=Path(folder).expanduser())
+
+
+def held_out_objects(specs: list[str], objects: list[ToyObject]) -> list[ToyObject]:
+    """`family:SEEDS` -> the held-out instances, named by their family's training word; a seed the prior trains on,
+    or a family without a word, is a UserError."""
+    words = {o.family: o.word for o in objects if o.family is not None}
+    trained = {(o.family, o.seed) for o in objects}
+    held: list[ToyObject] = []
+    for spec in specs:
+        family, seeds = _family_and_seeds(spec, spec, "--held_out")
+        if family not in words:
+            raise UserError(f"--held_out '{spec}': no --objects instance of {family} names its word; add some.")
+        for seed in seeds:
+            if (family, seed) in trained:
+                raise UserError(f"--held_out '{spec}': {family}:{seed} is also a training instance; a held-out seed "
+                                "must be one the prior never sees.")
+            held.append(ToyObject(words[family], family, seed))
+    return held
+
+
+def check_words(objects: list[ToyObject], tokenizer: Any) -> None:
+    """Every word must be one token of the tokenizer, and every instance listed once."""
+    for obj in objects:
+        pieces = tokenizer.tokenize(obj.word)
+        if len(pieces) != 1:
+            raise UserError(f"the word '{obj.word}' of {obj.source} is {len(pieces)} tokens ({' '.join(pieces)}); "
+                            f"pick a word of the tokenizer's corpus (nerf/toy_models/sd_parts.py CORPUS), "
+                            "e.g. cup or robot.")
+    sources = [obj.source for obj in objects]
+    twice = sorted({s for s in sources if sources.count(s) > 1})
+    if twice:
+        raise UserError(f"{twice[0]} is listed twice; list each instance once.")
+
+
+def class_words(objects: list[ToyObject]) -> list[str]:
+    """The distinct words, in order of first appearance: the classes."""
+    return list(dict.fromkeys(obj.word for obj in objects))
+
+
+def captions(word: str) -> list[str]:
+    """main.py's prompt for every direction bucket, with `word` in place of <token>."""
+    text = replace_token_placeholder(DEFAULT_PROMPT, word)
+    return [positive for positive, _ in direction_prompts(text, "", True, None)]
+
+
+def template_captions(word: str) -> list[str]:
+    """Textual inversion's object templates with `word` in place of the placeholder."""
+    return [template.format(word) for template in OBJECT_TEMPLATES]
+
+
+def to_uint8(rgba: Tensor) -> Tensor:
+    """Straight RGBA [B, H, W, 4] in [0, 1] -> RGB over white [B, 3, H, W] uint8."""
+    return (over_background(rgba, 1.0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 3, 1, 2).cpu()
+
+
+def render_object(obj: ToyObject, size: int, count: int, generator: torch.Generator,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """`count` views of a procedural scene: random training cameras and INPUT_SHARE input-camera copies."""
+    data = DataOptions()
+    scene = make_scene(obj.family, obj.seed)
+    inputs = max(1, round(count * INPUT_SHARE))
+    front = fixed_cameras(data.pose_angle, torch.zeros(1), data.orbit_radius, data.default_fovy, size,
+                          data.angle_overhead, data.angle_front)
+    images = [to_uint8(render_rgba(scene, front.to(device))).expand(inputs, -1, -1, -1)]
+    directions = [torch.full((inputs,), FRONT)]  # main.py's input-camera step always uses the front prompt
+    for _ in range(math.ceil((count - inputs) / CAMERA_BATCH)):
+        cams = random_cameras(CAMERA_BATCH, size, radius_range=data.radius_range, fovy_range=data.fovy_range,
+                              uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
+                              angle_front=data.angle_front, generator=generator)
+        images.append(to_uint8(render_rgba(scene, cams.to(device))))
+        directions.append(cams.directions)
+    return torch.cat(images)[:count], torch.cat(directions)[:count]
+
+
+def read_frames(folder: Path) -> list[dict]:
+    """cameras.json's frames, checked against the PNG files of the folder (one entry per image)."""
+    file = folder / "cameras.json"
+    if not file.is_file():
+        raise UserError(f"--renders {folder} has no cameras.json; see nerf/toy_models/world.py for its format.")
+    try:
+        frames = json.loads(file.read_text(encoding="utf-8"))["frames"]
+        frames = [{"file": str(f["file"]), **{k: float(f[k]) for k in FRAME_KEYS}} for f in frames]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{file} is malformed ({exc!r}); it needs frames with file, {', '.join(FRAME_KEYS)}.") from None
+    listed, found = [f["file"] for f in frames], sorted(p.name for p in folder.glob("*.png"))
+    missing = sorted(set(listed) - set(found)) or sorted(set(found) - set(listed))
+    if missing or len(set(listed)) != len(listed) or not frames:
+        what = f"{missing[0]} is only in one of them" if missing else "cameras.json lists no frame or one twice"
+        raise UserError(f"--renders {folder}: cameras.json and the PNG files disagree ({what}).")
+    return frames
+
+
+def read_rgba(path: Path) -> Tensor:
+    """A square RGBA PNG as straight RGBA [H, W, 4] in [0, 1]."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 3 or raw.shape[2] != 4:
+        raise UserError(f"{path} is not an RGBA image; --renders folders hold RGBA PNGs (alpha = object mask).")
+    if raw.shape[0] != raw.shape[1]:
+        raise UserError(f"{path} is {raw.shape[1]}x{raw.shape[0]}; --renders images must be square.")
+    rgba = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / float(np.iinfo(raw.dtype).max)
+    return torch.from_numpy(rgba)
+
+
+def load_renders(obj: ToyObject, size: int) -> tuple[Tensor, Tensor, int]:
+    """A renders folder's images (resized to `size`), the direction buckets of their cameras, their own side."""
+    data = DataOptions()
+    if obj.folder is None or not obj.folder.is_dir():
+        raise UserError(f"--renders {obj.folder} is not a folder.")
+    frames = read_frames(obj.folder)
+    images = [read_rgba(obj.folder / f["file"]) for f in frames]
+    sides = sorted({image.shape[0] for image in images})
+    if len(sides) > 1:
+        raise UserError(f"--renders {obj.folder} mixes image sizes ({', '.join(map(str, sides))}); use one size.")
+    rgba = F.interpolate(torch.stack(images).permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False).permute(0, 2, 3, 1)
+    theta, phi = (torch.tensor([f[k] for f in frames]) for k in ("theta", "phi"))
+    return to_uint8(rgba), view_direction(theta, phi, data.angle_overhead, data.angle_front), sides[0]
+
+
+def build_views(objects: list[ToyObject], size: int, count: int, seed: int, device: torch.device) -> Views:
+    """Every object's views: folders read first (a bad one fails before any rendering; the folders of one word must
+    share an image size), then procedural scenes rendered from cameras drawn from `seed`."""
+    pairs, sides = {}, {}
+    for i, obj in enumerate(objects):
+        if obj.folder is not None:
+            images, directions, side = load_renders(obj, size)
+            first = sides.setdefault(obj.word, (side, obj.folder))
+            if first[0] != side:
+                raise UserError(f"--renders of '{obj.word}' differ in image size: {first[1]} is {first[0]} px, "
+                                f"{obj.folder} is {side} px; render one word's folders at one size.")
+            pairs[i] = (images, directions)
+    generator = torch.Generator().manual_seed(seed)
+    for i, obj in enumerate(tqdm(objects, desc=f"views {size}px")):
+        if i not in pairs:
+            pairs[i] = render_object(obj, size, count, generator, device)
+    images, directions = zip(*(pairs[i] for i in range(len(objects))))
+    owners = [torch.full((len(pairs[i][0]),), i) for i in range(len(objects))]
+    return Views(torch.cat(images), torch.cat(owners), torch.cat(directions).cpu())
+
+
+def cached_views(out: Path, objects: list[ToyObject], size: int, count: int, seed: int,
+                 device: torch.device) -> Views:
+    """The training views: from OUT/.cache when they match this recipe, else rendered (before OUT is created)."""
+    file, key = out / ".cache" / "views.pt", json.dumps([[o.source, o.word] for o in objects] + [size, count, seed])
+    if file.is_file():
+        data = torch.load(file, map_location="cpu", weights_only=True)
+        if data["key"] == key:
+            return Views(data["images"], data["objects"], data["directions"])
+    views = build_views(objects, size, count, seed, device)
+    data = {"key": key, **vars(views)}
+    write_atomic(file, lambda tmp: torch.save(data, tmp))
+    return views
+
+
+@dataclass
+class Captions:
+    """Token ids of every caption context: main.py's prompt of each view [N, 77], the templates of each view's word
+    [N, T, 77] (gathered through `word_of`), and the empty caption [77]."""
+
+    prompt: Tensor
+    templates: Tensor  # [W, T, 77]
+    word_of: Tensor  # [N] index of each view's word
+    empty: Tensor
+
+    def to(self, device: torch.device) -> "Captions":
+        return Captions(self.prompt.to(device), self.templates.to(device), self.word_of.to(device),
+                        self.empty.to(device))
+
+    def draw(self, views: Tensor, generator: torch.Generator) -> Tensor:
+        """The caption ids [B, 77] of views [B]: each sample's context drawn with CAPTION_SHARES, its template
+        uniformly; the random numbers come from the CPU `generator`, so a resumed run draws the same."""
+        count, device = len(views), views.device
+        u = torch.rand(count, generator=generator).to(device)
+        pick = torch.randint(0, self.templates.shape[1], (count,), generator=generator).to(device)
+        template = self.templates[self.word_of[views], pick]
+        ids = torch.where((u < CAPTION_SHARES["template"])[:, None], template, self.prompt[views])
+        return torch.where((u >= 1 - CAPTION_SHARES["empty"])[:, None], self.empty, ids)
+
+
+def caption_ids(tokenizer: Any, objects: list[ToyObject], views: Views) -> Captions:
+    """Every caption of every view, tokenised once."""
+    def encode(texts: list[str]) -> Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    words = class_words(objects)
+    prompts = encode([text for obj in objects for text in captions(obj.word)])
+    prompts = prompts.reshape(len(objects), -1, prompts.shape[1])[views.objects, views.directions]
+    templates = encode([text for word in words for text in template_captions(word)])
+    index = torch.tensor([words.index(obj.word) for obj in objects])
+    return Captions(prompts, templates.reshape(len(words), -1, templates.shape[1]), index[views.objects],
+                    encode([""])[0])
+
+
+def load_world(model: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A prior folder's objects.json: (training instance -> word, held-out instance -> word). A flat file of an
+    earlier prior (instance -> word) has no held-out instances."""
+    try:
+        table = json.loads((Path(model) / "objects.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{model} has no readable objects.json ({exc}); give a folder written by "
+                        "scripts/train-toy-prior.py.") from None
+    if "objects" in table:
+        return dict(table["objects"]), dict(table.get("held_out", {}))
+    return dict(table), {}
+
+
+def write_card(out: Path, recipe: dict, objects: list[ToyObject], held_out: list[ToyObject], views: Views,
+               shape: tuple[int, int], done: tuple[int, int], seconds: float, device: str) -> None:
+    """README.md: what the model saw, how long it trained, how to make it again, and what it is not for;
+    objects.json: every training and held-out instance with its word."""
+    counts = torch.bincount(views.objects, minlength=len(objects))
+    rows = []
+    for word in class_words(objects):
+        members = [i for i, o in enumerate(objects) if o.word == word]
+        sources = ", ".join(objects[i].source for i in members)
+        held = ", ".join(o.source for o in held_out if o.word == word) or "none"
+        rows.append(f"| {word} | {sources} | {held} | {int(counts[members].sum())} |")
+    options = ["--objects", *recipe["objects"], *(["--renders", *recipe["renders"]] if recipe["renders"] else []),
+               *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),
+               "--size", recipe["size"], "--steps", *map(str, done), "--seed", str(recipe["seed"])]
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in CAPTION_SHARES.items())
+    text = f"""# Toy Stable Diffusion prior (RealFusion tests)
+
+A tiny Stable Diffusion 1.x-format model (diffusers folder, fp16 weights) that knows {len(class_words(objects))}
+classes of objects, {len(objects)} instances in all, made to test score distillation and textual inversion end to
+end. Each word names a class; the held-out instances of a class were never shown to it. It is for testing the
+method, **not for real photos**.
+
+| word | training instances | held-out instances | views |
+| --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+- Views: main.py's random training cameras (`nerf.cameras.random_cameras` with `DataOptions()` defaults) and, for
+  {INPUT_SHARE:.0%} of a rendered instance's views, the input camera (front prompt); RGB over a white background.
+- Captions, drawn per training sample ({shares}): main.py's prompt with the word and the view's direction suffix
+  (`{captions(objects[0].word)[0]}`); one of textual inversion's {len(OBJECT_TEMPLATES)} object templates with the
+  word (`{template_captions(objects[0].word)[0]}`); the empty caption (classifier-free guidance).
+- Resolution: {shape[0]}x{shape[0]} images, {shape[1]}x{shape[1]}x4 latents (size `{recipe["size"]}`).
+- Training: VAE {done[0]}/{recipe["steps"][0]} steps, then UNet and text encoder {done[1]}/{recipe["steps"][1]}
+  steps (saved: their EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {seconds:.0f} s on {device}.
+- Regenerate: `python scripts/train-toy-prior.py OUT {" ".join(options)}` (the steps it was trained for;
+  GPU kernels are not bit-reproducible, so a regenerated model is equivalent, not identical). `.cache/` (rendered
+  views and the resumable checkpoint) is not part of the model. `objects.json` maps each training and held-out
+  instance to its word.
+"""
+    write_text_atomic(out / "README.md", text)
+    world = {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}
+    write_text_atomic(out / "objects.json", json.dumps(world, indent=2) + "\n")
