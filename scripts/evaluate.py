@@ -31,7 +31,7 @@ from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # n
 from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
 from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
-from nerf.evaluation.scenes import FAMILIES  # noqa: E402
+from nerf.scenes.procedural import FAMILIES  # noqa: E402
 from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT  # noqa: E402
 from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite  # noqa: E402
 

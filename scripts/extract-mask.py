@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from framing import object_fraction  # noqa: E402
-from masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
+from nerf.input_prep.framing import object_fraction  # noqa: E402
+from nerf.input_prep.masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
 from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
 from nerf.fileio import write_text_atomic  # noqa: E402
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from masking import (  # noqa: E402
+from nerf.input_prep.masking import (  # noqa: E402
     BACKGROUND,
     FOREGROUND,
     PROBABLY_BACKGROUND,

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.evaluation.scene_files import Conventions, write_scene  # noqa: E402
-from nerf.evaluation.scenes import FAMILIES, make_scene  # noqa: E402
+from nerf.scenes.files import Conventions, write_scene  # noqa: E402
+from nerf.scenes.procedural import FAMILIES, make_scene  # noqa: E402
 from nerf.options import DataOptions  # noqa: E402
 
 

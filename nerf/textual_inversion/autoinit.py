@@ -21,21 +21,17 @@ local CLIP folder given with --clip_model. Runs from any directory.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-for folder in (HERE, HERE.parent):  # the repository's nerf package and this folder's modules
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import torch
+from PIL import Image
 
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
-from ti_dataset import load_rgb  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.fileio import write_atomic, write_text_atomic
+from nerf.textual_inversion.dataset import load_rgb
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_EMBEDDINGS = HERE / "clip-vit-large-patch14-text-embeddings.pth"
@@ -181,6 +177,3 @@ def main(argv: list[str] | None = None) -> int:
                            save_dir=args.save_dir)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ notice says so), as does ``--resume_from_checkpoint latest``; a path or ``checkp
 one. Delete the folder to start over.
 
 Differences from the original (see the README): images are the image files of --train_data_dir only,
-RGBA composited on white (``ti_dataset.py``); heavy augmentations reach the VAE in [-1, 1]
+RGBA composited on white (``dataset.py``); heavy augmentations reach the VAE in [-1, 1]
 (``--augment_range_01`` restores [0, 1]); one process only (no multi-GPU); trackers are tensorboard
 and wandb. The LR scheduler is built, like the original's, with warm-up and total counts multiplied
 by --gradient_accumulation_steps and is stepped once per optimisation step.
@@ -40,37 +40,30 @@ on CUDA the frozen VAE encoder and UNet are replayed from CUDA graphs (``--no_cu
 this off), the UNet runs channels-last, the augmentations run in DataLoader worker processes, the
 optimiser is the fused AdamW, and losses are read back from the GPU every few steps, not every step.
 
-Code: this file is the entry point (``train`` runs the steps below in order); ``ti_args.py`` the
-flags, ``ti_dataset.py`` the images and captions, ``ti_model.py`` the networks and the trainable vector,
-``ti_step.py`` the loss and one optimisation step, ``ti_loop.py`` the loop, ``ti_logging.py`` the
-trackers, ``ti_state.py`` the files written and resumed from. This folder is not a package: the lines
-below put it (and the repository, for ``nerf``) on ``sys.path``, so the modules import each other by name.
+Code: ``train`` runs the steps below in order (``textual-inversion/textual_inversion.py`` and the
+``realfusion-textual-inversion`` command call ``main``); ``args.py`` the flags, ``dataset.py`` the images and
+captions, ``model.py`` the networks and the trainable vector, ``step.py`` the loss and one optimisation step,
+``loop.py`` the loop, ``trackers.py`` the trackers, ``state.py`` the files written and resumed from.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable
 
-HERE = Path(__file__).resolve().parent
-for folder in (HERE, HERE.parent):  # the repository's nerf package and this folder's modules
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+import torch
 
-import torch  # noqa: E402
-
-from nerf.errors import one_line_errors  # noqa: E402
-from nerf import workspace_lock  # noqa: E402
-from nerf.seeding import seed_everything  # noqa: E402
-from ti_args import parse_args  # noqa: E402
-from ti_dataset import load_images  # noqa: E402
-from ti_logging import Trackers  # noqa: E402
-from ti_loop import derive_counts, loader_workers, make_loader, run_steps  # noqa: E402
-from ti_model import FrozenNetworks, TokenVector, add_placeholder, choose_device, load_model  # noqa: E402
-from ti_state import check_output_dir, resume, save_pipeline, write_outputs  # noqa: E402
-from ti_step import FUSED_SAMPLES, PHASES, denoising_loss, fuse, make_optimisation, no_mark  # noqa: E402
+from nerf.errors import one_line_errors
+from nerf import workspace_lock
+from nerf.seeding import seed_everything
+from nerf.textual_inversion.args import parse_args
+from nerf.textual_inversion.dataset import load_images
+from nerf.textual_inversion.trackers import Trackers
+from nerf.textual_inversion.loop import derive_counts, loader_workers, make_loader, run_steps
+from nerf.textual_inversion.model import FrozenNetworks, TokenVector, add_placeholder, choose_device, load_model
+from nerf.textual_inversion.state import check_output_dir, resume, save_pipeline, write_outputs
+from nerf.textual_inversion.step import FUSED_SAMPLES, PHASES, denoising_loss, fuse, make_optimisation, no_mark
 
 # The names that tests/test_textual_inversion.py and scripts/benchmarks/ti.py use from this module.
 __all__ = ["FUSED_SAMPLES", "PHASES", "FrozenNetworks", "TokenVector", "add_placeholder", "denoising_loss", "fuse",
@@ -112,6 +105,3 @@ def main(argv: list[str] | None = None) -> int:
     train(parse_args(argv))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
