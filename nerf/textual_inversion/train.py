@@ -60,14 +60,10 @@ from nerf.seeding import seed_everything
 from nerf.textual_inversion.args import parse_args
 from nerf.textual_inversion.dataset import load_images
 from nerf.textual_inversion.trackers import Trackers
-from nerf.textual_inversion.loop import derive_counts, loader_workers, make_loader, run_steps
-from nerf.textual_inversion.model import FrozenNetworks, TokenVector, add_placeholder, choose_device, load_model
-from nerf.textual_inversion.state import check_output_dir, resume, save_pipeline, write_outputs
-from nerf.textual_inversion.step import FUSED_SAMPLES, PHASES, denoising_loss, fuse, make_optimisation, no_mark
-
-# The names that tests/test_textual_inversion.py and scripts/benchmarks/ti.py use from this module.
-__all__ = ["FUSED_SAMPLES", "PHASES", "FrozenNetworks", "TokenVector", "add_placeholder", "denoising_loss", "fuse",
-           "loader_workers", "main", "parse_args", "save_pipeline", "train"]
+from nerf.textual_inversion.loop import derive_counts, make_loader, run_steps
+from nerf.textual_inversion.model import choose_device, load_model
+from nerf.textual_inversion.state import check_output_dir, resume, write_outputs
+from nerf.textual_inversion.step import make_optimisation, no_mark
 
 
 def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -> Path:
