@@ -22,18 +22,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace  # noqa: E402
-from nerf.guidance.oracle import DEFAULT_STRENGTH  # noqa: E402
-from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL  # noqa: E402
-from nerf.evaluation.report import comparison_table, write_json  # noqa: E402
-from nerf.evaluation.scenes import FAMILIES  # noqa: E402
-from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT  # noqa: E402
-from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
+from nerf.guidance.oracle import DEFAULT_STRENGTH
+from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL
+from nerf.evaluation.report import comparison_table, write_json
+from nerf.scenes.procedural import FAMILIES
+from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT
+from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

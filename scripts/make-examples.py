@@ -17,9 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from masking import (  # noqa: E402
+from nerf.input_prep.masking import (
     BACKGROUND,
     FOREGROUND,
     PROBABLY_BACKGROUND,
@@ -28,8 +26,8 @@ from masking import (  # noqa: E402
     make_input,
     write_outputs,
 )
-from nerf.errors import ArgumentParser, one_line_errors  # noqa: E402
-from nerf.fileio import write_text_atomic  # noqa: E402
+from nerf.errors import ArgumentParser, one_line_errors
+from nerf.fileio import write_text_atomic
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the (cropped) photo
 

@@ -14,8 +14,8 @@ import main as main_module
 import nerf.build
 from nerf import outputs
 from nerf.evaluation.reconstruct import reconstruct, reconstruction_args
-from nerf.evaluation.scene_files import Conventions, write_scene
-from nerf.evaluation.scenes import make_scene
+from nerf.scenes.files import Conventions, write_scene
+from nerf.scenes.procedural import make_scene
 from nerf.evaluation.workspace import TrainedField
 from nerf.option_checks import parse
 from nerf.options import Options

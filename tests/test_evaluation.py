@@ -18,10 +18,10 @@ from nerf.evaluation import geometry, image_metrics
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import OracleGuidance
 from nerf.evaluation.perceptual import PerceptualMetrics
-from nerf.evaluation.raytrace import HIT_EPS, render_rgba, trace
+from nerf.scenes.raytrace import HIT_EPS, render_rgba, trace
 from nerf.evaluation.reconstruct import reconstruct
-from nerf.evaluation.scene_files import Conventions, load_scene, read_rgba_png, write_scene
-from nerf.evaluation.scenes import EXTENT, FAMILIES, Part, Scene, make_scene
+from nerf.scenes.files import Conventions, load_scene, read_rgba_png, write_scene
+from nerf.scenes.procedural import EXTENT, FAMILIES, Part, Scene, make_scene
 from nerf.options import Options
 
 

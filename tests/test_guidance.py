@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from nerf.cameras import direction_prompts, fixed_cameras
 from nerf.errors import UserError
-from nerf.evaluation.raytrace import render_rgba
-from nerf.evaluation.scenes import make_scene
+from nerf.scenes.raytrace import render_rgba
+from nerf.scenes.procedural import make_scene
 from nerf.guidance import GUIDANCES, Guidance, build_guidance
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import (

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nerf.build import build_run
-from nerf.evaluation.scene_files import Conventions, write_scene
-from nerf.evaluation.scenes import make_scene
+from nerf.scenes.files import Conventions, write_scene
+from nerf.scenes.procedural import make_scene
 from nerf.option_checks import parse
 from nerf.options import Options
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import re
@@ -20,27 +19,20 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from nerf.guidance.stable_diffusion import load_learned_embeds, load_stable_diffusion
+from nerf.textual_inversion import autoinit
+from nerf.textual_inversion import dataset as ti_dataset
+from nerf.textual_inversion.args import parse_args
+from nerf.textual_inversion.loop import loader_workers
+from nerf.textual_inversion.model import FrozenNetworks, TokenVector, add_placeholder
+from nerf.textual_inversion.state import save_pipeline
+from nerf.textual_inversion.step import FUSED_SAMPLES, denoising_loss, fuse
+from nerf.textual_inversion.train import main as ti_main
 
-REPO = Path(__file__).resolve().parents[1]
-TI_DIR = REPO / "textual-inversion"
 CPU = torch.device("cpu")
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, TI_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ti = load_module("textual_inversion")
-ti_dataset = load_module("ti_dataset")
-autoinit = load_module("autoinit")
-
-
-def eager(parts) -> "ti.FrozenNetworks":
-    return ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=False)
+def eager(parts) -> "FrozenNetworks":
+    return FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=False)
 
 
 def write_rgba(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0) -> np.ndarray:
@@ -66,7 +58,7 @@ def trained(tiny_sd_dir, tmp_path_factory) -> Path:
     write_rgba(root / "data" / "rgba.png")
     (root / "data" / "notes.txt").write_text("not an image")
     (root / "data" / "learned_embeds.bin").write_bytes(b"not an image either")
-    code = ti.main(ti_args(tiny_sd_dir, root / "data", root / "out", "--max_train_steps", "4", "--save_steps", "2",
+    code = ti_main(ti_args(tiny_sd_dir, root / "data", root / "out", "--max_train_steps", "4", "--save_steps", "2",
                            "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_augmentations",
                            "--gradient_accumulation_steps", "2"))
     assert code == 0
@@ -128,7 +120,7 @@ def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
 
     def setup():
         parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
-        token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
+        token_id, initial = add_placeholder(parts, "_obj_", "cat")
         scheduler = DDPMScheduler.from_config(parts.scheduler.config)
         ids = parts.tokenizer(["a photo of a _obj_", "a rendering of a _obj_"], padding="max_length",
                               max_length=77, return_tensors="pt").input_ids
@@ -138,11 +130,11 @@ def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
     pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     parts, token_id, initial, scheduler, ids = setup()
-    row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
+    row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
     optimizer = torch.optim.AdamW([row.vector], **hyper)
     for k in range(3):
         torch.manual_seed(k)
-        ti.denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
+        denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
                           nullcontext).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -155,7 +147,7 @@ def test_single_vector_follows_the_full_table_adamw_trajectory(tiny_sd_dir):
     optimizer = torch.optim.AdamW([table], **hyper)
     for k in range(3):
         torch.manual_seed(k)
-        ti.denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
+        denoising_loss(parts, eager(parts), scheduler, [{"pixel_values": pixels, "input_ids": ids}], 1,
                           nullcontext).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -170,13 +162,13 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_sd_dir, tmp_path, caps
     write_rgba(tmp_path / "data" / "rgba.png")
     args = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "out", "--only_save_embeds", "--checkpointing_steps",
                    "2", "--save_steps", "100")
-    assert ti.main(args + ["--max_train_steps", "2"]) == 0
+    assert ti_main(args + ["--max_train_steps", "2"]) == 0
     checkpoint = torch.load(tmp_path / "out" / "checkpoint-2" / "state.pt", weights_only=True)
     capsys.readouterr()
-    assert ti.main(args + ["--max_train_steps", "2"]) == 0  # nothing left to do: the checkpoint's vector
+    assert ti_main(args + ["--max_train_steps", "2"]) == 0  # nothing left to do: the checkpoint's vector
     assert "resuming from" in capsys.readouterr().out
     assert torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
-    assert ti.main(args + ["--max_train_steps", "4"]) == 0
+    assert ti_main(args + ["--max_train_steps", "4"]) == 0
     assert (tmp_path / "out" / "checkpoint-4" / "state.pt").is_file()
     assert not torch.equal(load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))[1], checkpoint["vector"])
 
@@ -190,9 +182,9 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_sd_dir, t
     extra = ["--only_save_embeds", "--checkpointing_steps", "2", "--save_steps", "100", "--use_augmentations", *loader]
     straight = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "straight", *extra)
     resumed = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "resumed", *extra)
-    assert ti.main(straight + ["--max_train_steps", "4"]) == 0
-    assert ti.main(resumed + ["--max_train_steps", "2"]) == 0
-    assert ti.main(resumed + ["--max_train_steps", "4"]) == 0
+    assert ti_main(straight + ["--max_train_steps", "4"]) == 0
+    assert ti_main(resumed + ["--max_train_steps", "2"]) == 0
+    assert ti_main(resumed + ["--max_train_steps", "4"]) == 0
     first = load_learned_embeds(str(tmp_path / "straight" / "learned_embeds.bin"))[1]
     second = load_learned_embeds(str(tmp_path / "resumed" / "learned_embeds.bin"))[1]
     halfway = torch.load(tmp_path / "resumed" / "checkpoint-2" / "state.pt", weights_only=True)["vector"]
@@ -245,17 +237,17 @@ def test_fused_micro_batches_give_the_accumulated_update(tiny_sd_dir, sizes, pre
     updates, gradients = [], []
     for fused in (False, True):
         parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
-        token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
-        row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
+        token_id, initial = add_placeholder(parts, "_obj_", "cat")
+        row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
         optimizer = torch.optim.AdamW([row.vector], lr=0.05, weight_decay=0.1)
         scheduler = DDPMScheduler.from_config(parts.scheduler.config, prediction_type=prediction)
         batches = micro_batches(parts.tokenizer, sizes)
         torch.manual_seed(3)
         if fused:
-            groups = ti.fuse(batches, ti.FUSED_SAMPLES)
+            groups = fuse(batches, FUSED_SAMPLES)
             assert len(groups) < len(batches)
             for group in groups:
-                ti.denoising_loss(parts, eager(parts), scheduler, group, len(batches), nullcontext).backward()
+                denoising_loss(parts, eager(parts), scheduler, group, len(batches), nullcontext).backward()
         else:
             original_accumulation(parts, scheduler, batches)
         gradients.append(row.vector.grad.clone())
@@ -273,11 +265,11 @@ def test_fuse_groups_consecutive_micro_batches_up_to_the_limit():
     def batches(*ns):
         return [{"input_ids": torch.zeros(n, 77, dtype=torch.long)} for n in ns]
 
-    assert sizes(ti.fuse(batches(1, 1, 1, 1), 4)) == [[1, 1, 1, 1]]
-    assert sizes(ti.fuse(batches(1, 1, 1, 1, 1), 4)) == [[1, 1, 1, 1], [1]]
-    assert sizes(ti.fuse(batches(2, 1, 2), 4)) == [[2, 1], [2]]
-    assert sizes(ti.fuse(batches(16, 16), 4)) == [[16], [16]]
-    assert sizes(ti.fuse(batches(2, 2), 1)) == [[2], [2]]
+    assert sizes(fuse(batches(1, 1, 1, 1), 4)) == [[1, 1, 1, 1]]
+    assert sizes(fuse(batches(1, 1, 1, 1, 1), 4)) == [[1, 1, 1, 1], [1]]
+    assert sizes(fuse(batches(2, 1, 2), 4)) == [[2, 1], [2]]
+    assert sizes(fuse(batches(16, 16), 4)) == [[16], [16]]
+    assert sizes(fuse(batches(2, 2), 1)) == [[2], [2]]
 
 
 def test_unet_graph_captures_one_shape_and_falls_back(tiny_sd_dir, monkeypatch, capsys):
@@ -290,7 +282,7 @@ def test_unet_graph_captures_one_shape_and_falls_back(tiny_sd_dir, monkeypatch, 
         return lambda *inputs: replays.append(shapes) or fn(*inputs)
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
-    nets = ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
+    nets = FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
     two = (torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 32))
     one = (torch.randn(1, 4, 8, 8), torch.tensor([700]), torch.randn(1, 77, 32))
     for args in (two, one, two):
@@ -303,7 +295,7 @@ def test_unet_graph_captures_one_shape_and_falls_back(tiny_sd_dir, monkeypatch, 
         raise RuntimeError("capture failed\ndetails")
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", broken)
-    nets = ti.FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
+    nets = FrozenNetworks(parts.vae, parts.unet, torch.float32, nullcontext, graphs=True)
     capsys.readouterr()
     torch.testing.assert_close(nets.denoise(*two), eager(parts).denoise(*two))
     assert capsys.readouterr().out == ("note: CUDA graph capture of the UNet failed (capture failed); running it "
@@ -316,16 +308,16 @@ def test_unet_graph_captures_one_shape_and_falls_back(tiny_sd_dir, monkeypatch, 
 def test_pipeline_saves_from_a_channels_last_unet(tiny_sd_dir, tmp_path):
     parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
     parts.unet.to(memory_format=torch.channels_last)
-    ti.save_pipeline(parts, tmp_path)
+    save_pipeline(parts, tmp_path)
     saved, original = load_stable_diffusion(str(tmp_path), CPU, fp16=False).unet.state_dict(), parts.unet.state_dict()
     assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in original)
 
 
 def test_loader_workers(tiny_sd_dir, tmp_path):
     argv = ti_args(tiny_sd_dir, tmp_path, tmp_path / "out")
-    assert ti.loader_workers(ti.parse_args(argv), CPU) == 0
-    assert ti.loader_workers(ti.parse_args(argv + ["--dataloader_num_workers", "3"]), CPU) == 3
-    assert 1 <= ti.loader_workers(ti.parse_args(argv), torch.device("cuda")) <= 6
+    assert loader_workers(parse_args(argv), CPU) == 0
+    assert loader_workers(parse_args(argv + ["--dataloader_num_workers", "3"]), CPU) == 3
+    assert 1 <= loader_workers(parse_args(argv), torch.device("cuda")) <= 6
 
 
 # ---------------------------------------------------------------- data
@@ -432,7 +424,7 @@ def one_error_line(stderr: str) -> str:
 
 
 def run_error(capsys, argv: list[str]) -> str:
-    assert ti.main(argv) == 2
+    assert ti_main(argv) == 2
     return one_error_line(capsys.readouterr().err)
 
 
@@ -497,7 +489,7 @@ def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(ti
     assert f"in use by another run (pid {owner.pid}" in message and "--output_dir" in message
     assert sorted(p.name for p in out.iterdir()) == [workspace_lock.LOCK_NAME]
     # the owner is gone: its lock is taken over, and this run's own lock goes when it ends
-    assert ti.main(ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1", "--only_save_embeds")) == 0
+    assert ti_main(ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1", "--only_save_embeds")) == 0
     assert (out / "learned_embeds.bin").is_file() and not (out / workspace_lock.LOCK_NAME).exists()
 
 
@@ -532,7 +524,7 @@ def test_autoinit_embeds_every_noun_token(tiny_clip, tmp_path):
     data = torch.load(file, weights_only=True)
     processor, model = CLIPProcessor.from_pretrained(tiny_clip), CLIPModel.from_pretrained(tiny_clip)
 
-    nouns = set(re.findall(r"^[a-z]+$", (TI_DIR / "wordnet-nouns.txt").read_text(), flags=re.M))
+    nouns = set(re.findall(r"^[a-z]+$", autoinit.NOUN_LIST.read_text(), flags=re.M))
     vocab = processor.tokenizer.get_vocab()
     expected = sorted(i for t, i in vocab.items() if t.endswith("</w>") and t[:-4] in nouns)
     assert data["idx"] == expected and {"cat</w>", "dog</w>", "teapot</w>"} <= {
@@ -596,20 +588,20 @@ def test_cuda_graphs_give_the_eager_loss_and_gradient(tiny_sd_dir, dtype):
 
     cuda = torch.device("cuda")
     parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=False)
-    token_id, initial = ti.add_placeholder(parts, "_obj_", "cat")
-    row = ti.TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(cuda)
+    token_id, initial = add_placeholder(parts, "_obj_", "cat")
+    row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(cuda)
     parts.unet.to(dtype)
     parts.vae.to(dtype)
     scheduler = DDPMScheduler.from_config(parts.scheduler.config)
     autocast = partial(torch.autocast, "cuda", dtype=dtype, enabled=dtype != torch.float32, cache_enabled=False)
-    graphed, eager_nets = (ti.FrozenNetworks(parts.vae, parts.unet, dtype, autocast, graphs=g) for g in (True, False))
+    graphed, eager_nets = (FrozenNetworks(parts.vae, parts.unet, dtype, autocast, graphs=g) for g in (True, False))
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
     for seed in range(3):  # replays with new inputs and new draws
         batches = micro_batches(parts.tokenizer, [1, 1, 1, 1], resolution=32, seed=seed)
         results = []
         for nets in (graphed, eager_nets):
             torch.manual_seed(seed)
-            loss = ti.denoising_loss(parts, nets, scheduler, batches, 4, autocast)
+            loss = denoising_loss(parts, nets, scheduler, batches, 4, autocast)
             results.append((loss.detach(), torch.autograd.grad(loss, row.vector)[0]))
         assert graphed.denoiser is not None and graphed.encoder.graph is not None and not graphed.encoder.failed
         torch.testing.assert_close(results[0][0], results[1][0], **tolerance)
@@ -624,7 +616,7 @@ def test_mixed_precision_on_cuda(tiny_sd_dir, tmp_path, precision):
     argv = ti_args(tiny_sd_dir, tmp_path / "data", tmp_path / "out", "--max_train_steps", "3", "--only_save_embeds",
                    "--mixed_precision", precision, "--use_augmentations", "--validation_prompt", "a photo of a _obj_",
                    "--validation_steps", "3", "--num_validation_images", "1")
-    assert ti.main(argv) == 0
+    assert ti_main(argv) == 0
     _, vector = load_learned_embeds(str(tmp_path / "out" / "learned_embeds.bin"))
     base = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
     cat_row = base.text_encoder.get_input_embeddings().weight[base.tokenizer.convert_tokens_to_ids("cat</w>")]
@@ -633,14 +625,14 @@ def test_mixed_precision_on_cuda(tiny_sd_dir, tmp_path, precision):
 
 def test_defaults_are_the_realfusion_recipe_and_the_diffusers_preset_stays_reachable(tmp_path):
     argv = ["--train_data_dir", str(tmp_path), "--placeholder_token", "_x_", "--initializer_token", "cat"]
-    recipe = ti.parse_args(argv)
+    recipe = parse_args(argv)
     assert (recipe.train_batch_size, recipe.gradient_accumulation_steps, recipe.max_train_steps) == (1, 4, 3000)
     assert (recipe.learning_rate, recipe.scale_lr, recipe.lr_scheduler, recipe.lr_warmup_steps) == (5e-4, True,
                                                                                                       "constant", 0)
     assert recipe.use_augmentations and recipe.mixed_precision == "auto"
-    example = ti.parse_args([*argv, "--preset", "diffusers"])
+    example = parse_args([*argv, "--preset", "diffusers"])
     assert (example.train_batch_size, example.max_train_steps, example.learning_rate) == (16, 5000, 1e-4)
     assert not example.scale_lr and not example.use_augmentations and example.mixed_precision == "no"
-    given = ti.parse_args([*argv, "--train_batch_size", "2", "--no-use_augmentations", "--no-scale_lr"])
+    given = parse_args([*argv, "--train_batch_size", "2", "--no-use_augmentations", "--no-scale_lr"])
     assert given.train_batch_size == 2 and not given.use_augmentations and not given.scale_lr
     assert given.max_train_steps == 3000  # the rest keeps the preset's values

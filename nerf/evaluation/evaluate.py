@@ -13,8 +13,8 @@ from nerf.errors import UserError
 from nerf.evaluation import image_metrics
 from nerf.evaluation.geometry import F_SCORE_FRACTIONS, geometry_metrics, load_mesh
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL, PerceptualMetrics
-from nerf.evaluation.raytrace import over_background
-from nerf.evaluation.scene_files import Conventions, read_rgba_png
+from nerf.scenes.raytrace import over_background
+from nerf.scenes.files import Conventions, read_rgba_png
 from nerf.evaluation.workspace import TrainedField
 
 

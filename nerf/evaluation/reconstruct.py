@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from nerf.build import build_run
-from nerf.evaluation.scene_files import load_scene
+from nerf.scenes.files import load_scene
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.guidance.stable_diffusion import replace_token_placeholder
 from nerf.option_checks import parse

@@ -29,8 +29,8 @@ from nerf.evaluation.learn_token import learn_token
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, PriorRun,
                                          reconstruct)
 from nerf.evaluation.report import format_table, lookup
-from nerf.evaluation.scene_files import Conventions, write_scene
-from nerf.evaluation.scenes import FAMILIES, make_scene
+from nerf.scenes.files import Conventions, write_scene
+from nerf.scenes.procedural import FAMILIES, make_scene
 from nerf.build import build_renderer
 from nerf.options import Options
 

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from nerf.cameras import CameraBatch
 from nerf.errors import UserError
-from nerf.evaluation.raytrace import over_background, render_rgba
-from nerf.evaluation.scene_files import load_scene
-from nerf.evaluation.scenes import FAMILIES, Scene, make_scene
+from nerf.scenes.raytrace import over_background, render_rgba
+from nerf.scenes.files import load_scene
+from nerf.scenes.procedural import FAMILIES, Scene, make_scene
 from nerf.guidance.surrogate import surrogate_loss
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 CLIP_VOCAB = 49408
 MARKER = "model_index.json"
 

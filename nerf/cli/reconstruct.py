@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from nerf.checkpoint import LATEST, load_checkpoint  # noqa: E402
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.fileio import write_text_atomic  # noqa: E402
-from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
-from nerf.options_file import load_options  # noqa: E402
-from nerf.report import write_report  # noqa: E402
+from nerf.checkpoint import LATEST, load_checkpoint
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.fileio import write_text_atomic
+from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT
+from nerf.options_file import load_options
+from nerf.report import write_report
 
 PLACEHOLDER = "_object_"
 

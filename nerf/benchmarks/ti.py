@@ -3,7 +3,7 @@
     python scripts/benchmark.py ti [--steps 60] [--variant eager=--no_cuda_graph ...]
     python scripts/benchmark.py ti --device cpu --model TINY_SD_DIR --resolution 16 --steps 2 --warmup 1
 
-Calls `train` of textual-inversion/textual_inversion.py (the loop itself, not a copy) on
+Calls `nerf.textual_inversion.train.train` (the loop itself, not a copy) on
 examples/natural-images/cat/rgba.png (alone in a folder, as the sweep stages it) with the README's command -- batch 1, gradient accumulation 4, 512 px,
 --use_augmentations, --scale_lr, constant LR -- plus --mixed_precision fp16 on CUDA, on an SD-1.5-shaped
 random-weight model (`sd15.build_sd15`, or --model). The loop's phase hook marks the end of each phase
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import shlex
 import shutil
 import statistics
@@ -28,22 +27,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import ROOT, device_info
+from nerf.benchmarks.common import ROOT, device_info
 from nerf.errors import UserError
+from nerf.textual_inversion.args import parse_args
+from nerf.textual_inversion.step import PHASES
+from nerf.textual_inversion.train import train
 
 PHOTO = ROOT / "examples" / "natural-images" / "cat" / "rgba.png"
 PROJECTED_STEPS = 3000  # the README's --max_train_steps
 
 
-def load_textual_inversion() -> Any:
-    spec = importlib.util.spec_from_file_location("textual_inversion", ROOT / "textual-inversion" / "textual_inversion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TI = load_textual_inversion()
-COLUMNS = ["variant", "ms_step", "ms_step_mean", "steps_per_s", "min_3000_steps", *TI.PHASES, "peak_gib"]
+COLUMNS = ["variant", "ms_step", "ms_step_mean", "steps_per_s", "min_3000_steps", *PHASES, "peak_gib"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +122,7 @@ def measure(name: str, flags: list[str], model: str, args: argparse.Namespace, c
         argv = ["--pretrained_model_name_or_path", model,
                 *readme_flags(data, Path(tmp) / "out", args.warmup + args.steps, args.resolution, cuda), *flags]
         began = time.perf_counter()
-        TI.train(TI.parse_args(argv), on_phase=clock)
+        train(parse_args(argv), on_phase=clock)
         wall = time.perf_counter() - began
     timed = clock.steps()[args.warmup - 1:]  # steps() starts at step 2
     totals = [sum(step["gpu"].values()) for step in timed]
@@ -138,7 +132,7 @@ def measure(name: str, flags: list[str], model: str, args: argparse.Namespace, c
         "ms_step": statistics.median(totals), "ms_step_mean": mean, "steps_per_s": 1000 / mean,
         "min_3000_steps": PROJECTED_STEPS * mean / 60000, "run_wall_s": wall,
     }
-    for phase in TI.PHASES:
+    for phase in PHASES:
         row[phase] = statistics.median(step["gpu"].get(phase, 0.0) for step in timed)
         row[f"host_{phase}"] = statistics.median(step["host"].get(phase, 0.0) for step in timed)
     if cuda:
@@ -161,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.photo.is_file():
         raise UserError(f"--photo {args.photo} does not exist; give an image file.")
     if args.model is None:
-        from benchmarks.sd15 import build_sd15
+        from nerf.benchmarks.sd15 import build_sd15
 
         print(f"building the SD-1.5-shaped random model in {args.model_dir} (once)")
         model = str(build_sd15(args.model_dir))

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from benchmarks import common
-from benchmarks.sd15 import build_sd15
+from nerf.benchmarks import common
+from nerf.benchmarks.sd15 import build_sd15
 from nerf.options import DEFAULT_PROMPT
 
 EXAMPLE = common.ROOT / "examples" / "natural-images" / "cat" / "rgba.png"

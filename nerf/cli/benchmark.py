@@ -15,10 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from benchmarks import common, kernels, recon, ti  # noqa: E402
-from nerf.errors import ArgumentParser, one_line_errors  # noqa: E402
+from nerf.benchmarks import common, kernels, recon, ti
+from nerf.errors import ArgumentParser, one_line_errors
 
 SUBCOMMANDS = {"kernels": kernels, "recon": recon, "ti": ti}
 

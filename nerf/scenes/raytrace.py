@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nerf.cameras import CameraBatch
-from nerf.evaluation.scenes import Scene
+from nerf.scenes.procedural import Scene
 
 MAX_STEPS = 192
 HIT_EPS = 1e-3  # 1/15 of a pixel of a 128^2 view at the orbit radius; 2e-4 took up to twice the steps

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from nerf.errors import UserError
 from nerf.guidance.stable_diffusion import StableDiffusionParts
-from ti_model import FrozenNetworks, Model
+from nerf.textual_inversion.model import FrozenNetworks, Model
 
 # Micro-batches of one optimisation step share a forward pass up to this many samples (more would
 # need more memory than the original's one-micro-batch-at-a-time loop by a larger factor). At the

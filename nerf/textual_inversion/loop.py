@@ -13,11 +13,11 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from PIL import Image
 
-from ti_dataset import ResumableSampler, TextualInversionDataset
-from ti_logging import StepLog, Trackers, validation_images
-from ti_model import Model
-from ti_state import save_checkpoint, save_embeds
-from ti_step import FUSED_SAMPLES, Optimisation, optimisation_step
+from nerf.textual_inversion.dataset import ResumableSampler, TextualInversionDataset
+from nerf.textual_inversion.trackers import StepLog, Trackers, validation_images
+from nerf.textual_inversion.model import Model
+from nerf.textual_inversion.state import save_checkpoint, save_embeds
+from nerf.textual_inversion.step import FUSED_SAMPLES, Optimisation, optimisation_step
 
 
 def loader_workers(args: argparse.Namespace, device: torch.device) -> int:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from nerf.cameras import CameraBatch, circle_cameras, fixed_cameras
 from nerf.errors import UserError
 from nerf.evaluation.geometry import Mesh
-from nerf.evaluation.raytrace import render_rgba
-from nerf.evaluation.scenes import Scene
+from nerf.scenes.raytrace import render_rgba
+from nerf.scenes.procedural import Scene
 from nerf.fileio import write_atomic, write_text_atomic
 from nerf.mesh import extract_surface, sample_grid
 from nerf.options import Options

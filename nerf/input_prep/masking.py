@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from framing import framing_warnings, recenter
+from nerf.input_prep.framing import framing_warnings, recenter
 from nerf.errors import UserError
 from nerf.fileio import write_atomic
 

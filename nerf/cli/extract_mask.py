@@ -15,12 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from framing import object_fraction  # noqa: E402
-from masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs  # noqa: E402
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.fileio import write_text_atomic  # noqa: E402
+from nerf.input_prep.framing import object_fraction
+from nerf.input_prep.masking import box_seeds, existing_outputs, load_mask, load_rgb, make_input, write_outputs
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.fileio import write_text_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from nerf import workspace_lock  # noqa: E402
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.fileio import write_text_atomic  # noqa: E402
-from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT  # noqa: E402
+from nerf import workspace_lock
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.fileio import write_text_atomic
+from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT
 
 TI_DATA = "ti_data"  # per-job folder holding only rgba.png: image.png/mask.png beside it would be read as photos
 # The README's single-image textual-inversion recipe (effective learning rate 5e-4 * 4 = 2e-3).

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from nerf.fileio import write_text_atomic  # noqa: E402
+from nerf.fileio import write_text_atomic
 
 
 def device_info(device: torch.device) -> dict[str, Any]:

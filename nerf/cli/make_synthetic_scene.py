@@ -16,12 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.evaluation.scene_files import Conventions, write_scene  # noqa: E402
-from nerf.evaluation.scenes import FAMILIES, make_scene  # noqa: E402
-from nerf.options import DataOptions  # noqa: E402
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.scenes.files import Conventions, write_scene
+from nerf.scenes.procedural import FAMILIES, make_scene
+from nerf.options import DataOptions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

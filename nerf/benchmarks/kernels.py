@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from benchmarks import common
+from nerf.benchmarks import common
 from nerf.errors import UserError
 
 ROOT = common.ROOT
