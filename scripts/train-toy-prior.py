@@ -14,12 +14,8 @@ checkpoint.pt (atomic); --resume continues from it with its settings (a larger U
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "textual-inversion"))
-
-from nerf.toy_models.training import main  # noqa: E402
+from nerf.toy_models.training import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import inspect
 import json
 import shutil
@@ -74,13 +73,6 @@ def sd15_alphas_cumprod() -> torch.Tensor:
 # ---------------------------------------------------------------- the tiny model script
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_tiny_sd", REPO / "scripts" / "make-tiny-sd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tiny_tokenizer_has_whole_word_tokens(parts):
     tok = parts.tokenizer
     ids = tok("a photo of a cat, an image of a dog").input_ids
@@ -92,7 +84,8 @@ def test_tiny_tokenizer_has_whole_word_tokens(parts):
 
 
 def test_tiny_model_is_deterministic_by_seed(tmp_path):
-    script = load_script()
+    from nerf.toy_models import tiny_sd as script
+
     script.write_tokenizer_files(tmp_path)
     first, again, other = (script.build_pipeline(tmp_path, seed) for seed in (0, 0, 1))
     for name in ("unet", "vae", "text_encoder"):

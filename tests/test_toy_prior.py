@@ -1,13 +1,11 @@
-"""The toy prior (scripts/train-toy-prior.py) at its CPU size: a standard SD folder that SDS and the project's
+"""The toy prior (scripts/train-toy-prior.py over nerf.toy_models) at its CPU size: a standard SD folder that SDS and the project's
 loader accept, that learns (held-out denoising loss falls), reproducibly, resumably, and that refuses bad input
 with one line and exit status 2 before touching anything."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,11 +16,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from nerf.cameras import direction_prompts, random_cameras
-from nerf.evaluation.raytrace import over_background, render_rgba
-from nerf.evaluation.scenes import make_scene
+from nerf.scenes.procedural import make_scene
+from nerf.scenes.raytrace import over_background, render_rgba
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import load_stable_diffusion
 from nerf.options import DataOptions
+from nerf.toy_models import training, world
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -31,17 +30,13 @@ WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytor
                 "text_encoder/model.safetensors")
 
 
-def load_module(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+# Two small classes and a held-out instance: the CPU size renders 24 views of each training instance.
+WORLD = ("--objects", "primitive:0=cup", "thin:0-1=chair", "--held_out", "thin:5")
 
 
 @pytest.fixture(scope="module")
 def script():
-    return load_module("train_toy_prior", "train-toy-prior.py")
+    return training
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +49,7 @@ def one_thread():
 
 
 def train(script, out: Path, *extra: str, steps: tuple[int, int] = (VAE_STEPS, UNET_STEPS)) -> Path:
-    argv = [str(out), "--size", "cpu", "--device", "cpu", "--steps", *map(str, steps), *extra]
+    argv = [str(out), "--size", "cpu", "--device", "cpu", "--steps", *map(str, steps), *WORLD, *extra]
     assert script.main(argv) == 0
     return out
 
@@ -97,7 +92,11 @@ def test_folder_is_a_stable_diffusion_model(straight):
     assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)  # set from the data's latents
     assert pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 32
     card = (straight / "README.md").read_text()
-    assert "primitive:0 | cup" in card and "not for real photos" in card and "--size cpu" in card
+    assert "| chair | thin:0, thin:1 | thin:5 |" in card and "not for real photos" in card and "--size cpu" in card
+    assert json.loads((straight / "objects.json").read_text()) == {
+        "objects": {"primitive:0": "cup", "thin:0": "chair", "thin:1": "chair"}, "held_out": {"thin:5": "chair"}}
+    assert world.load_world(straight) == ({"primitive:0": "cup", "thin:0": "chair", "thin:1": "chair"},
+                                          {"thin:5": "chair"})
 
 
 def test_sds_on_the_toy_prior_gives_a_finite_gradient(straight):
@@ -173,11 +172,51 @@ def write_renders(folder: Path, shapes=(SQUARE,) * 3, frames=None) -> Path:
 
 
 def test_renders_folder_gives_views_and_directions(tmp_path):
-    data = load_module("toy_prior_data", "toy_prior_data.py")
-    obj = data.parse_renders(f"{write_renders(tmp_path / 'r')}=ball")
-    images, directions = data.load_renders(obj, 32)
+    obj = world.parse_renders(f"{write_renders(tmp_path / 'r')}=ball")
+    images, directions, side = world.load_renders(obj, 32)
+    assert side == 16
     assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
     assert directions.tolist() == [0, 1, 2]  # front, side, back by azimuth
+
+
+def test_captions_mix_the_three_contexts_in_their_shares():
+    from nerf.toy_models.sd_parts import load_tokenizer, write_tokenizer_files
+
+    write_tokenizer_files(folder := Path(__import__("tempfile").mkdtemp()))
+    tokenizer = load_tokenizer(folder)
+    objects = [world.ToyObject("cup", "primitive", 0), world.ToyObject("chair", "thin", 0),
+               world.ToyObject("chair", "thin", 1)]
+    views = world.Views(torch.zeros(6, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]),
+                        torch.tensor([0, 1, 0, 2, 4, 1]))
+    texts = world.caption_ids(tokenizer, objects, views)
+    picked = torch.arange(6).repeat(2000)
+    ids = texts.draw(picked, torch.Generator().manual_seed(0))
+    decoded = [t.replace(" - ", "-").replace(" ,", ",") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    words = [objects[int(views.objects[i])].word for i in picked]
+    prompt = [t.startswith("a high-resolution dslr image of a") for t in decoded]
+    empty = [t == "" for t in decoded]
+    template = [not (p or e) for p, e in zip(prompt, empty)]
+    for share, flags in ((world.CAPTION_SHARES["prompt"], prompt), (world.CAPTION_SHARES["empty"], empty),
+                         (world.CAPTION_SHARES["template"], template)):
+        assert abs(np.mean(flags) - share) < 0.02
+    templates = {t.lower() for w in ("cup", "chair") for t in world.template_captions(w)}
+    assert all(t in templates and words[k] in t for k, t in enumerate(decoded) if template[k])
+    sides = {t.split(", ")[-1] for k, t in enumerate(decoded) if prompt[k] and picked[k] == 4}
+    assert sides == {"overhead view"}  # main.py's prompt keeps the view's direction
+
+
+def test_several_renders_folders_make_one_class(tmp_path):
+    objects = [world.parse_renders(f"{write_renders(tmp_path / name)}=ball") for name in ("a", "b")]
+    views = world.build_views(objects, 32, 4, 0, torch.device("cpu"))
+    assert views.objects.tolist() == [0, 0, 0, 1, 1, 1] and world.class_words(objects) == ["ball"]
+
+
+def test_renders_of_one_word_must_share_a_size(script, tmp_path, capsys):
+    small, large = write_renders(tmp_path / "a"), write_renders(tmp_path / "b", ((32, 32, 4),) * 3)
+    out = tmp_path / "model"
+    assert_one_line_error(script, [str(out), "--size", "cpu", "--objects", "--renders", f"{small}=ball",
+                                   f"{large}=ball"], capsys)
+    assert not out.exists()
 
 
 ONE_FRAME = [{"file": "000.png", "theta": 75.0, "phi": 0.0, "radius": 1.8, "fovy": 55.0}]
@@ -194,7 +233,10 @@ BAD = {
     "unknown family": ["--objects", "cube:0=cup"],
     "word of several tokens": ["--objects", "primitive:0=zebra"],
     "malformed object": ["--objects", "primitive=cup"],
-    "same word twice": ["--objects", "primitive:0=cup", "union:0=cup"],
+    "same instance twice": ["--objects", "primitive:0-2=cup", "primitive:2=ball"],
+    "held-out seed also trained": ["--objects", "primitive:0-2=cup", "--held_out", "primitive:1"],
+    "held-out family without a word": ["--objects", "primitive:0=cup", "--held_out", "union:1"],
+    "malformed seeds": ["--objects", "primitive:0-x=cup"],
     "nothing to resume": ["--resume"],
     "no objects": ["--objects"],
 }

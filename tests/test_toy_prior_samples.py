@@ -4,32 +4,22 @@ for objects that look different from the front and the side, than to the other s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from nerf.toy_models import check
+from nerf.toy_models.world import parse_object
+
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = REPO / "examples" / "toy-prior"
 OBJECTS = ("union:0=robot", "thin:0=chair", "primitive:1=book")  # asymmetric: front and side views differ
 
 
-@pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("check_toy_prior", REPO / "scripts" / "check-toy-prior.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_toy_prior"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_samples_match_the_prompted_object_and_side(check):
+def test_samples_match_the_prompted_object_and_side():
     from diffusers import StableDiffusionPipeline
-
-    from toy_prior_data import parse_object
 
     objects = [parse_object(spec) for spec in OBJECTS]
     pipe = StableDiffusionPipeline.from_pretrained(PRIOR, safety_checker=None, feature_extractor=None,

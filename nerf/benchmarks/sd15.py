@@ -1,35 +1,28 @@
 """A Stable Diffusion v1.5-shaped diffusers folder with random weights, built from the published configs.
 
 Speed depends on the shapes, not on the values, so random weights time the real model exactly while
-nothing is downloaded. The tokenizer is the offline BPE tokenizer of `scripts/make-tiny-sd.py`, padded
+nothing is downloaded. The tokenizer is the offline BPE tokenizer of `nerf/toy_models/sd_parts.py`, padded
 with unused entries to CLIP's 49,408 ids (start/end of text at 49,406/49,407 as in CLIP), so that the
 text encoder's embedding table -- and the gradient textual inversion computes for it -- has SD 1.5's size.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from nerf.toy_models.sd_parts import write_tokenizer_files
+
 CLIP_VOCAB = 49408
 MARKER = "model_index.json"
 
 
-def _tiny_sd_module():
-    spec = importlib.util.spec_from_file_location("make_tiny_sd", SCRIPTS / "make-tiny-sd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_clip_sized_tokenizer(folder: Path) -> None:
     """The offline BPE tokenizer with filler entries inserted before the two special tokens."""
-    _tiny_sd_module().write_tokenizer_files(folder)
+    write_tokenizer_files(folder)
     vocab: dict[str, int] = json.loads((folder / "vocab.json").read_text())
     specials = sorted(vocab, key=vocab.get)[-2:]
     ordered = sorted((t for t in vocab if t not in specials), key=vocab.get)

@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from nerf.cameras import FRONT, direction_prompts, fixed_cameras, random_cameras, view_direction
 from nerf.errors import UserError
-from nerf.evaluation.raytrace import over_background, render_rgba
-from nerf.evaluation.scenes import FAMILIES, make_scene
 from nerf.fileio import write_atomic, write_text_atomic
 from nerf.guidance.stable_diffusion import replace_token_placeholder
 from nerf.options import DEFAULT_PROMPT, DataOptions
-from ti_dataset import OBJECT_TEMPLATES
+from nerf.scenes.procedural import FAMILIES, make_scene
+from nerf.scenes.raytrace import over_background, render_rgba
+from nerf.textual_inversion.dataset import OBJECT_TEMPLATES
 
 DEFAULT_OBJECTS = ("primitive:0-11=ball", "union:0-11=robot", "nonconvex:0-11=cake", "thin:0-11=chair")
 DEFAULT_HELD_OUT = ("primitive:100-103", "union:100-103", "nonconvex:100-103", "thin:100-103")

@@ -1,0 +1,283 @@
+"""Check that a toy prior knows its world: sample every word from every side with diffusers' own pipeline and score
+each sample against ground-truth renders of that object from that side, of other objects, and from other sides.
+
+    python scripts/check-toy-prior.py [PRIOR] [--out DIR] [--samples N] [--steps S] [--views V] [--seed S]
+    python scripts/check-toy-prior.py [PRIOR] --token EMBEDS --object FAMILY:SEED=WORD --initializer WORD
+    python scripts/check-toy-prior.py [PRIOR] --contexts [--views V] [--device cuda]
+
+PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
+ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
+with StableDiffusionPipeline at S inference steps (its default, 50) and guidance 7.5. A sample's score against an
+(object, side) pair is the best PSNR over V ground-truth renders of that object whose camera falls in that side's
+bucket (main.py's camera distribution), and the mask IoU of that best view (object = not white). The report gives,
+per object and side: the score with the true word and side, with a wrong word (the same side, other objects; mean),
+and from a wrong side (the same object, other sides; mean). OUT gets check.json and samples.png (per row: an object
+and side; the samples, then the nearest ground-truth view of each).
+
+With --token, a learned token (textual_inversion.py's learned_embeds) is checked instead: the prior's denoising
+loss on V held-out renders of --object (random training cameras, each captioned with main.py's prompt for its
+side), with the object named by its true word, by the initializer word and by the token; noise and timesteps are
+shared, so the three losses differ by the text alone. A token that learned the object scores near the true word.
+
+With --contexts, the prior's held-out instances (objects.json) are checked: the denoising loss on V renders of each,
+captioned in main.py's context (the prompt with the view's suffix) and in textual inversion's (its object templates),
+each with the class's true word, with every other class's word (mean) and with the empty caption. A prior that knows
+its classes scores the true word clearly below the wrong words and the empty caption in both contexts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nerf.errors import ArgumentParser, UserError, one_line_errors
+from nerf.evaluation.learn_token import model_resolution
+from nerf.fileio import write_text_atomic
+from nerf.visualize import save_png
+from nerf.toy_models.world import (
+    captions, class_words, load_world, parse_object, render_object, template_captions)
+
+REPO = Path(__file__).resolve().parents[2]
+SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
+WHITE_THRESHOLD = 0.92  # a pixel with every channel above this is background (images are composited on white)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("prior", type=Path, nargs="?", default=REPO / "examples" / "toy-prior")
+    p.add_argument("--out", type=Path, default=Path("outputs/toy-prior-check"))
+    p.add_argument("--samples", type=int, default=2, help="samples per word and side")
+    p.add_argument("--steps", type=int, default=50, help="inference steps (the pipeline's default)")
+    p.add_argument("--views", type=int, default=240, help="ground-truth renders per object")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
+    p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
+    p.add_argument("--initializer", help="the word the token was learned from (with --token)")
+    p.add_argument("--contexts", action="store_true",
+                   help="denoising loss of the held-out instances by caption context and word")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token and --contexts")
+    return p.parse_args(argv)
+
+
+def object_mask(images: Tensor) -> Tensor:
+    """[..., 3, H, W] in [0, 1] -> [..., H, W] bool: not background white."""
+    return (images < WHITE_THRESHOLD).any(dim=-3)
+
+
+def best_match(sample: Tensor, references: Tensor) -> tuple[float, float, int]:
+    """(PSNR, mask IoU, index) of the reference [N, 3, H, W] closest to `sample` [3, H, W] by PSNR."""
+    mse = ((references - sample) ** 2).flatten(1).mean(1)
+    best = int(mse.argmin())
+    psnr = float(-10 * torch.log10(mse[best].clamp_min(1e-10)))
+    a, b = object_mask(sample), object_mask(references[best])
+    iou = float((a & b).sum() / (a | b).sum().clamp_min(1))
+    return psnr, iou, best
+
+
+def ground_truth(objects: list, resolution: int, views: int, seed: int) -> dict[tuple[int, int], Tensor]:
+    """(object index, direction bucket) -> renders [N, 3, S, S] in [0, 1] from main.py's camera distribution."""
+    table: dict[tuple[int, int], Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for i, obj in enumerate(objects):
+        images, directions = render_object(obj, resolution, views, generator, torch.device("cpu"))
+        for side in SIDES.values():
+            chosen = images[directions == side]
+            if len(chosen) == 0:
+                raise UserError(f"no ground-truth view of {obj.source} from bucket {side}; raise --views.")
+            table[i, side] = chosen.float() / 255
+    return table
+
+
+def sample_all(pipe, words: list[str], samples: int, steps: int, seed: int) -> dict[tuple[int, int], Tensor]:
+    """(object index, direction bucket) -> samples [N, 3, S, S] in [0, 1], prompted exactly as main.py does."""
+    out = {}
+    for i, word in enumerate(words):
+        prompts = captions(word)
+        for side in SIDES.values():
+            generator = torch.Generator().manual_seed(seed + 1000 * i + side)
+            images = pipe([prompts[side]] * samples, num_inference_steps=steps, generator=generator,
+                          output_type="pt").images
+            out[i, side] = images.float().cpu()
+    return out
+
+
+def score(samples: dict, truth: dict, count: int) -> dict:
+    """Per object and side: true / wrong-word / wrong-side PSNR and IoU (means over the samples)."""
+    report = {}
+    for (i, side), images in samples.items():
+        def mean(obj: int, s: int) -> tuple[float, float]:
+            matches = [best_match(image, truth[obj, s])[:2] for image in images]
+            return float(np.mean([m[0] for m in matches])), float(np.mean([m[1] for m in matches]))
+
+        true = mean(i, side)
+        wrong_word = np.mean([mean(j, side) for j in range(count) if j != i], axis=0)
+        wrong_side = np.mean([mean(i, s) for s in SIDES.values() if s != side], axis=0)
+        report[f"{i}:{side}"] = {"psnr": true[0], "iou": true[1], "wrong_word_psnr": float(wrong_word[0]),
+                                 "wrong_word_iou": float(wrong_word[1]), "wrong_side_psnr": float(wrong_side[0]),
+                                 "wrong_side_iou": float(wrong_side[1])}
+    return report
+
+
+def figure(samples: dict, truth: dict, path: Path) -> None:
+    """samples.png: a row per (object, side): the samples, then the nearest ground-truth render of each."""
+    rows = []
+    for key, images in samples.items():
+        nearest = [truth[key][best_match(image, truth[key])[2]] for image in images]
+        rows.append(torch.cat([*images, *nearest], dim=2))
+    save_png(path, torch.cat(rows, dim=1).permute(1, 2, 0))
+
+
+def check(args: argparse.Namespace) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    table_file = args.prior / "objects.json"
+    if not table_file.is_file():
+        raise UserError(f"{args.prior} has no objects.json; give a folder written by scripts/train-toy-prior.py.")
+    if min(args.samples, args.steps, args.views) < 1:
+        raise UserError("--samples, --steps and --views must be >= 1.")
+    table, _ = load_world(args.prior)
+    objects = [parse_object(f"{source}={word}") for source, word in table.items() if ":" in source]
+    if not objects:
+        raise UserError(f"{args.prior} knows no procedural object; only those can be rendered again for the check.")
+    pipe = StableDiffusionPipeline.from_pretrained(args.prior, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    truth = ground_truth(objects, resolution, args.views, args.seed)
+    samples = sample_all(pipe, [o.word for o in objects], args.samples, args.steps, args.seed)
+    per_view = score(samples, truth, len(objects))
+    summary = {key: float(np.mean([v[key] for v in per_view.values()])) for key in next(iter(per_view.values()))}
+    report = {"objects": [f"{o.source}={o.word}" for o in objects], "sides": SIDES, "samples": args.samples,
+              "steps": args.steps, "per_view": per_view, "mean": summary}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "check.json", json.dumps(report, indent=2) + "\n")
+    figure(samples, truth, args.out / "samples.png")
+    return report
+
+
+@torch.no_grad()
+def denoising_losses(model: Path, texts: dict[str, list[str]], images: Tensor, seed: int, draws: int = 4,
+                     token: tuple[str, Tensor] | None = None, device: str = "cpu") -> dict[str, float]:
+    """The prior's epsilon-prediction loss on `images` [N, 3, S, S] in [0, 1] with each name's captions (one per
+    image), over `draws` shared (noise, timestep) draws per image."""
+    from nerf.guidance.stable_diffusion import add_learned_token, load_stable_diffusion
+
+    parts = load_stable_diffusion(str(model), torch.device(device), fp16=False)
+    if token is not None:
+        add_learned_token(parts, *token)
+    latents = parts.vae.encode(images.to(device) * 2 - 1).latent_dist.mean * parts.vae.config.scaling_factor
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((draws, *latents.shape), generator=generator).to(device)
+    steps = torch.randint(20, 980, (draws, len(latents)), generator=generator).to(device)
+    losses = {}
+    for name, captions_ in texts.items():
+        ids = parts.tokenizer(captions_, padding="max_length", max_length=parts.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+        states = parts.text_encoder(ids.to(device))[0]
+        total = 0.0
+        for eps, t in zip(noise, steps):
+            noisy = parts.scheduler.add_noise(latents, eps, t)
+            total += float(F.mse_loss(parts.unet(noisy, t, encoder_hidden_states=states).sample, eps))
+        losses[name] = total / draws
+    return losses
+
+
+def held_out_views(obj, resolution: int, views: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Renders of `obj` [N, 3, S, S] in [0, 1] from main.py's random training cameras (no input-camera copies: the
+    input view is what a user gives, not what the check should measure) and their direction buckets."""
+    generator = torch.Generator().manual_seed(seed + 7)  # other cameras than the prior's training views
+    images, directions = render_object(obj, resolution, views, generator, torch.device("cpu"))
+    keep = torch.arange(len(images)) >= max(1, round(views * 0.1))
+    return images[keep].float() / 255, directions[keep]
+
+
+def check_token(args: argparse.Namespace) -> dict:
+    """Held-out denoising loss of --object named by its word, the initializer and the learned token."""
+    from nerf.guidance.stable_diffusion import load_learned_embeds
+
+    if not args.object or not args.initializer:
+        raise UserError("--token needs --object family:seed=word and --initializer WORD.")
+    obj = parse_object(args.object)
+    token, vector = load_learned_embeds(str(args.token))
+    images, directions = held_out_views(obj, model_resolution(args.prior), args.views, args.seed)
+    texts = {name: [captions(word)[int(d)] for d in directions]
+             for name, word in (("true word", obj.word), ("initializer", args.initializer), ("token", token))}
+    losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector), device=args.device)
+    report = {"object": args.object, "initializer": args.initializer, "token": str(args.token),
+              "views": len(images), "denoising_loss": losses}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "token.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def context_texts(word: str, others: list[str], directions: Tensor) -> dict[str, list[str]]:
+    """Captions of each view by (context, word): main.py's prompt for its side, or template k mod T for view k."""
+    def prompt(w: str) -> list[str]:
+        return [captions(w)[int(d)] for d in directions]
+
+    def template(w: str) -> list[str]:
+        table = template_captions(w)
+        return [table[k % len(table)] for k in range(len(directions))]
+
+    texts = {"empty": [""] * len(directions)}
+    for context, make in (("prompt", prompt), ("template", template)):
+        texts[f"{context}/true"] = make(word)
+        texts.update({f"{context}/wrong:{w}": make(w) for w in others})
+    return texts
+
+
+def check_contexts(args: argparse.Namespace) -> dict:
+    """Per held-out instance and context: the loss with the true word, the mean over wrong words, the empty one."""
+    training, held_out = load_world(args.prior)
+    if not held_out:
+        raise UserError(f"{args.prior} lists no held-out instances; train it with --held_out (train-toy-prior.py).")
+    words = class_words([parse_object(f"{s}={w}") for s, w in training.items() if ":" in s])
+    resolution, rows = model_resolution(args.prior), {}
+    for source, word in held_out.items():
+        obj = parse_object(f"{source}={word}")
+        images, directions = held_out_views(obj, resolution, args.views, args.seed)
+        losses = denoising_losses(args.prior, context_texts(word, [w for w in words if w != word], directions),
+                                  images, args.seed, device=args.device)
+        row = {"empty": losses["empty"]}
+        for context in ("prompt", "template"):
+            row[f"{context} true"] = losses[f"{context}/true"]
+            row[f"{context} wrong"] = float(np.mean([v for k, v in losses.items() if k.startswith(f"{context}/wrong")]))
+        rows[f"{source}={word}"] = row
+    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in next(iter(rows.values()))}
+    report = {"prior": str(args.prior), "views": args.views, "per_instance": rows, "mean": mean}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "contexts.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu.")
+    if args.contexts:
+        report = check_contexts(args)
+        for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:
+            print(f"{name}: " + ", ".join(f"{k} {v:.5f}" for k, v in row.items()))
+        return 0
+    if args.token is not None:
+        losses = check_token(args)["denoising_loss"]
+        print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+        return 0
+    report = check(args)
+    mean = report["mean"]
+    print(f"true word and side: PSNR {mean['psnr']:.2f} dB, IoU {mean['iou']:.3f}; wrong word: "
+          f"{mean['wrong_word_psnr']:.2f} dB, {mean['wrong_word_iou']:.3f}; wrong side: "
+          f"{mean['wrong_side_psnr']:.2f} dB, {mean['wrong_side_iou']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
