@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
@@ -37,9 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nerf.cameras import random_cameras
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.evaluation.learn_token import model_resolution
 from nerf.fileio import write_text_atomic
+from nerf.options import DataOptions
+from nerf.scenes.procedural import make_scene
+from nerf.scenes.raytrace import over_background, render_rgba
 from nerf.visualize import save_png
 from nerf.toy_models.world import (
     captions, class_words, load_world, parse_object, render_object, template_captions)
@@ -255,6 +260,60 @@ def check_contexts(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "contexts.json", json.dumps(report, indent=2) + "\n")
     return report
+
+PROMPTS = ("true", "shuffled", "empty")  # how sds_alignment names the object in main.py's prompt
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One SDS-direction measurement: the instance, the wrong render's source and how the prompt names it."""
+
+    instance: str  # family:seed=word, the object whose render SDS should pull towards
+    wrong: str  # family:seed of the object rendered instead
+    prompt: str = "true"  # a PROMPTS entry; "shuffled" uses another class's word
+    random_unet: bool = False  # replace the UNet's weights by random ones (a prior that knows nothing)
+    views: int = 4
+    draws: int = 16
+    guidance_scale: float = 20.0
+    seed: int = 0
+
+
+def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> float:
+    """The cosine between (true render - wrong render) and the SDS pixel gradient at the wrong render (the descent
+    direction, averaged over `draws` noise and timestep draws), averaged over `views` random training cameras.
+
+    The wrong render is another object seen from the same camera, so an SDS that knows the prompted object pulls the
+    pixels towards its true look; a prompt that names nothing (empty), names another class (shuffled), or a UNet
+    that learned nothing has no reason to."""
+    from nerf.guidance.sds import SDSGuidance
+    from nerf.guidance.stable_diffusion import load_stable_diffusion
+
+    obj = parse_object(setting.instance)
+    family, _, seed = setting.wrong.partition(":")
+    parts = load_stable_diffusion(str(prior), torch.device("cpu"), fp16=False)
+    if setting.random_unet:
+        torch.manual_seed(setting.seed)
+        parts.unet = type(parts.unet).from_config(parts.unet.config)
+    resolution = model_resolution(prior)
+    generator = torch.Generator().manual_seed(setting.seed)
+    data = DataOptions()
+    cams = random_cameras(setting.views, resolution, radius_range=data.radius_range, fovy_range=data.fovy_range,
+                          uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
+                          angle_front=data.angle_front, generator=generator)
+    true = over_background(render_rgba(make_scene(obj.family, obj.seed), cams)).permute(0, 3, 1, 2)
+    wrong = over_background(render_rgba(make_scene(family, int(seed)), cams)).permute(0, 3, 1, 2)
+    word = {"true": obj.word, "shuffled": other_word, "empty": None}[setting.prompt]
+    prompts = [(text, "") for text in captions(word)] if word else [("", "")]
+    guidance = SDSGuidance(parts, prompts, guidance_scale=setting.guidance_scale)
+    cosines = []
+    for k in range(setting.views):
+        image = wrong[k:k + 1].clone().requires_grad_(True)
+        direction = int(cams.directions[k]) if word else 0
+        for _ in range(setting.draws):
+            loss, _ = guidance(image, direction, generator=generator)
+            loss.backward()
+        cosines.append(float(F.cosine_similarity(-image.grad.flatten(), (true[k] - wrong[k]).flatten(), dim=0)))
+    return float(np.mean(cosines))
 
 
 @one_line_errors
