@@ -30,8 +30,9 @@ log = logging.getLogger("realfusion")
 LOG_EVERY = 10
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses: the run stops before writing a poisoned checkpoint."""
+class TrainingDiverged(UserError):
+    """Too many consecutive non-finite losses: the run stops before writing a poisoned checkpoint (a one-line
+    error, exit status 2, like every other failure the user can act on)."""
 
 
 class Trainer:

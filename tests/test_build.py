@@ -106,7 +106,7 @@ def test_evaluation_of_a_workspace_restores_the_trained_run(scene_dir, tmp_path,
 
 def test_the_kernel_benchmark_builds_main_py_s_run(repo, tmp_path, monkeypatch, first_iteration):
     monkeypatch.syspath_prepend(str(repo / "scripts"))
-    from benchmarks import kernels
+    from nerf.benchmarks import kernels
 
     sizes = dataclasses.replace(kernels.QUICK, field_options=(*kernels.QUICK.field_options, "--iters", "1"))
     trainers = kernels.fitted_trainers(torch.device("cpu"), sizes, iters=1, workdir=tmp_path / "bench")

@@ -76,12 +76,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    from nerf.trainer import TrainingDiverged
-
-    try:
-        sys.exit(main())
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
