@@ -18,8 +18,7 @@ from torch import Tensor
 from nerf.build import build_run
 from nerf.cameras import CameraBatch
 from nerf.errors import UserError
-from nerf.evaluation.geometry import Mesh
-from nerf.mesh import extract_surface, keep_main_components, sample_grid
+from nerf.mesh import Mesh, extract_surface, keep_main_components, sample_grid
 from nerf.options import Options
 from nerf.options_file import load_options
 from nerf.renderer import Renderer, RenderSettings
