@@ -65,12 +65,14 @@ def prior_enabled(opt: Options) -> bool:
     return not opt.inference and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
 
 
-def build_prior(opt: Options, device: torch.device) -> Guidance | None:
+def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guidance | None:
+    """The prior, given the input view as loaded for the run; it runs on `device`."""
     if not prior_enabled(opt):
         return None
-    from nerf.guidance import build_guidance
+    from nerf.guidance import PriorContext, build_guidance
 
-    return build_guidance(opt.prior, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    return build_guidance(opt.prior, context)
 
 
 def load_real_view(opt: Options) -> RealView:
@@ -154,7 +156,7 @@ def build_run(opt: Options, *, device: torch.device | None = None, write: bool =
     real_view = load_real_view(opt).to(device)
     checkpoint = read_checkpoint(opt, workspace)
     renderer = build_renderer(opt, device)
-    guidance = build_prior(opt, device)
+    guidance = build_prior(opt, real_view, device)
     frames = Frames(renderer, orbit(opt), opt.render.max_ray_batch, half=opt.train.fp16 and device.type == "cuda")
     trainer = build_trainer(opt, renderer=renderer, real_view=real_view, guidance=guidance, frames=frames,
                             workspace=workspace)

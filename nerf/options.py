@@ -40,8 +40,9 @@ def _anneal(values: Sequence[float]) -> AnnealSpec:
 class PriorOptions:
     """The 2-D prior: prompt, diffusion model, learned token, score distillation."""
 
-    guidance: Literal["sd", "oracle"] = "sd"
-    """Prior by name: sd (Stable Diffusion + score distillation) or oracle (a synthetic scene's ground truth)."""
+    guidance: str = "sd"
+    """Prior by name (the registry of nerf/guidance): sd (Stable Diffusion + score distillation) or oracle (a
+    synthetic scene's ground truth)."""
     guidance_scene: Optional[str] = None
     """Oracle only: FAMILY[:SEED] of a procedural scene, or a scene folder written by make-synthetic-scene.py."""
     oracle_strength: float = 10.0

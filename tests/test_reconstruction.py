@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf import losses
 from nerf.checkpoint import load_checkpoint
 from nerf.build import build_run

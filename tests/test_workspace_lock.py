@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf import workspace_lock
 from nerf.errors import UserError
 
