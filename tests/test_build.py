@@ -86,8 +86,8 @@ def test_main_and_the_evaluation_suite_build_the_same_run(mode, scene_dir, tmp_p
 
 def test_left_handed_changes_the_cameras_everywhere(scene_dir, tmp_path):
     args = reconstruction_args(scene_dir, tmp_path / "ws", "prior_free", "reduced", extra_args=TINY, cuda=False)
-    right = nerf.build.build_run(parse(args), write=False)
-    left = nerf.build.build_run(parse([*args, "--legacy", "left_handed"]), write=False)
+    right = nerf.build.build_run(parse(args))
+    left = nerf.build.build_run(parse([*args, "--legacy", "left_handed"]))
     assert not torch.allclose(right.real_view.camera.poses, left.real_view.camera.poses)
     device = torch.device("cpu")
     assert not torch.allclose(right.frames.orbit.cameras(2, 8, device).poses, left.frames.orbit.cameras(2, 8, device).poses)

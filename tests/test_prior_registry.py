@@ -37,7 +37,7 @@ def test_a_registered_prior_gets_the_input_view_and_names_its_loss_term(repo, tm
     monkeypatch.setitem(GUIDANCES, "pull", f"{__name__}:build")
     opt = parse([*TINY, "--guidance", "pull", "--image_path", str(repo / "examples/natural-images/cat/rgba.png"),
                  "--workspace", str(tmp_path / "ws")])
-    run = build_run(opt, device=torch.device("cpu"), write=False)
+    run = build_run(opt, device=torch.device("cpu"))
     assert isinstance(run.guidance, PullToInput)
     context = run.guidance.context
     assert context.view is run.real_view and context.camera is run.real_view.camera

@@ -44,7 +44,7 @@ class TrainedField:
                             "give the --workspace folder of a main.py run.")
         opt = dataclasses.replace(load_options(workspace / "options.json"), test=True, ckpt="latest",
                                   workspace=str(workspace))
-        trainer = build_run(opt, device=device, write=False).trainer
+        trainer = build_run(opt, device=device).trainer
         trainer.ema.copy_to_params()
         trainer.renderer.eval()
         return cls(workspace, opt, trainer.renderer, device, trainer.global_step)
