@@ -1,19 +1,23 @@
 """The one place a run is assembled from resolved options.
 
 input view -> field + renderer -> prior (by name) -> objective -> trainer -> restored checkpoint. `main.py`, the
-evaluation tools and the benchmarks all call :func:`build_run`; each component receives only its slice of the
-options. Everything that can fail on bad input (the image, the checkpoint, the prior) is checked before the
+evaluation tools and the benchmarks all call :func:`build_run` (which writes nothing) or :func:`open_run` (the same
+run with its workspace created, locked and logged into for a block); each component receives only its slice of
+the options. Everything that can fail on bad input (the image, the checkpoint, the prior) is checked before the
 workspace is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+from nerf import workspace_lock
 from nerf.anneal import AnnealedValue
 from nerf.checkpoint import find_checkpoint, load_checkpoint
 from nerf.data import RealView
@@ -65,12 +69,14 @@ def prior_enabled(opt: Options) -> bool:
     return not opt.inference and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
 
 
-def build_prior(opt: Options, device: torch.device) -> Guidance | None:
+def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guidance | None:
+    """The prior, given the input view as loaded for the run; it runs on `device`."""
     if not prior_enabled(opt):
         return None
-    from nerf.guidance import build_guidance
+    from nerf.guidance import PriorContext, build_guidance
 
-    return build_guidance(opt.prior, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    return build_guidance(opt.prior, context)
 
 
 def load_real_view(opt: Options) -> RealView:
@@ -135,7 +141,8 @@ def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guid
                           guidance=guidance, num_rays=opt.data.num_rays, generator=generator,
                           legacy_anneal_4=opt.uses("anneal_4"), unscaled_prior=opt.uses("sds_unscaled"))
     return Trainer(opt.train, renderer=renderer, objective=objective, frames=frames, real_view=real_view,
-                   workspace=workspace, generator=generator, update_grid_every=opt.render.update_extra_interval,
+                   workspace=workspace, generator=generator, orbit_size=opt.output.HW_vis,
+                   update_grid_every=opt.render.update_extra_interval,
                    grid_levels_mask_iters=opt.field.grid_levels_mask_iters, record=to_dict(opt),
                    training_render_every=DEBUG_RENDER_EVERY if opt.debug else TRAINING_RENDER_EVERY,
                    log_to_wandb=opt.output.wandb and not opt.inference,
@@ -143,9 +150,8 @@ def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guid
                    live_weights_outputs=opt.uses("live_weights_final_video"))
 
 
-def build_run(opt: Options, *, device: torch.device | None = None, write: bool = True) -> Run:
-    """Assemble and restore a run. With `write`, the workspace is created (log, and for training options.json)
-    only after every input has been read and checked; without it (evaluation) nothing is written."""
+def build_run(opt: Options, *, device: torch.device | None = None) -> Run:
+    """Assemble and restore a run from every input, read and checked; nothing is written (see `open_run`)."""
     device = device or default_device()
     workspace = Path(opt.workspace) if opt.workspace else default_workspace(opt)
     if opt.output.wandb and not opt.inference:
@@ -154,15 +160,24 @@ def build_run(opt: Options, *, device: torch.device | None = None, write: bool =
     real_view = load_real_view(opt).to(device)
     checkpoint = read_checkpoint(opt, workspace)
     renderer = build_renderer(opt, device)
-    guidance = build_prior(opt, device)
+    guidance = build_prior(opt, real_view, device)
     frames = Frames(renderer, orbit(opt), opt.render.max_ray_batch, half=opt.train.fp16 and device.type == "cuda")
     trainer = build_trainer(opt, renderer=renderer, real_view=real_view, guidance=guidance, frames=frames,
                             workspace=workspace)
     if checkpoint is not None:
         path, state = checkpoint
         trainer.load(state, path, model_only=opt.ckpt == "latest_model")
-    if write:
-        open_workspace(workspace, opt)
-        log.info("workspace: %s | device: %s | backends: grid encoder %s, ray marching %s", workspace, device,
-                 renderer.field.encoder.backend_name, renderer.ops.name)
     return Run(opt, workspace, device, real_view, renderer, guidance, frames, trainer)
+
+
+@contextlib.contextmanager
+def open_run(opt: Options, *, device: torch.device | None = None) -> Iterator[Run]:
+    """The run of `build_run`, then its workspace created and held for the block (one run per workspace) and
+    logged into; a refused run leaves the workspace as it was, and the lock goes however the block ends."""
+    run = build_run(opt, device=device)
+    run.workspace.mkdir(parents=True, exist_ok=True)
+    with workspace_lock.held(run.workspace, opt.force_unlock):
+        open_workspace(run.workspace)
+        log.info("workspace: %s | device: %s | backends: grid encoder %s, ray marching %s", run.workspace,
+                 run.device, run.renderer.field.encoder.backend_name, run.renderer.ops.name)
+        yield run

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,17 @@ AlbedoFn = Callable[[Tensor], Tensor]
 
 DILATE_PX = 3  # texels around each chart filled with the nearest baked colour (no dark seams when filtered)
 ATLAS_PADDING_PX = 2  # gap xatlas leaves between charts
+
+
+class Mesh(NamedTuple):
+    """A triangle mesh as arrays (ground-truth scenes, extracted surfaces, loaded files)."""
+
+    vertices: np.ndarray  # [V, 3] float
+    faces: np.ndarray  # [F, 3] int
+
+    @property
+    def diagonal(self) -> float:
+        return float(np.linalg.norm(self.vertices.max(0) - self.vertices.min(0)))
 
 
 @torch.no_grad()

@@ -119,7 +119,7 @@ class Objective:
             prior, _ = self.guidance(_image(out["image"], size), view.direction, camera=view.camera)
             if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
                 prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
-            terms["sds"] = w("prior", step) * prior
+            terms[self.guidance.term] = w("prior", step) * prior
         terms.update(self.regularisers(out, size, step))
         loss = sum(terms.values(), torch.zeros((), device=rays_o.device))
         return StepLoss(loss, terms, SyntheticRender(out, view.camera))

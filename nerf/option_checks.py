@@ -15,6 +15,7 @@ from typing import Sequence
 
 from nerf.anneal import AnnealedValue, check_anneal_spec, normalise_anneal_spec
 from nerf.errors import UserError
+from nerf.guidance import check_guidance_name
 from nerf.options import ANNEALED_FIELDS, GROUPS, Options
 
 CKPT_NAMES = ("scratch", "latest", "latest_model", "best")
@@ -103,6 +104,7 @@ def validate(opt: Options) -> None:
            "--lambda_prior 0 with --real_iters > 0 or --real_every > 1 leaves iterations with no loss at all; "
            "drop one of them.")
     _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
+    check_guidance_name(opt.prior.guidance)
     _check(opt.prior.guidance != "oracle" or opt.prior.guidance_scene is not None,
            "--guidance oracle needs --guidance_scene FAMILY[:SEED] or a scene folder from make-synthetic-scene.py.")
 

@@ -40,8 +40,9 @@ def _anneal(values: Sequence[float]) -> AnnealSpec:
 class PriorOptions:
     """The 2-D prior: prompt, diffusion model, learned token, score distillation."""
 
-    guidance: Literal["sd", "oracle"] = "sd"
-    """Prior by name: sd (Stable Diffusion + score distillation) or oracle (a synthetic scene's ground truth)."""
+    guidance: str = "sd"
+    """Prior by name (the registry of nerf/guidance): sd (Stable Diffusion + score distillation) or oracle (a
+    synthetic scene's ground truth)."""
     guidance_scene: Optional[str] = None
     """Oracle only: FAMILY[:SEED] of a procedural scene, or a scene folder written by make-synthetic-scene.py."""
     oracle_strength: float = 10.0
@@ -79,7 +80,8 @@ class DataOptions:
     pose_angle: float = 75.0
     """Polar angle (degrees down from the vertical) of the input camera and of the circular path."""
     radius_rot: Optional[float] = 1.8
-    """Distance of the input camera and of the circular validation/test path (default 1.2 * max radius_range)."""
+    """Distance of the input camera and of the circular validation/test path (None: 1.2 * the largest
+    --radius_range)."""
     radius_range: tuple[float, float] = (1.0, 1.5)
     """Camera distance range of random training views."""
     fovy_range: tuple[float, float] = (40.0, 70.0)
@@ -232,7 +234,8 @@ class OutputOptions:
     """What a run writes besides checkpoints: videos, real-view renders, the mesh, logging."""
 
     HW_vis: int = 128
-    """Side of the validation orbit and test video frames."""
+    """Side of the validation orbit's views and of the test video frames (the input view is validated at
+    --HW_real)."""
     save_test_name: str = "df_test"
     """Prefix of the test videos."""
     test_on_real_data: bool = False
@@ -274,7 +277,7 @@ class Options:
     seed: int = 101
     """Seeds Python, NumPy and torch, and names automatic workspaces."""
     debug: bool = False
-    """Automatic workspace name and training renders every 50 iterations."""
+    """Automatic workspace name (--workspace is ignored), training renders every 50 iterations, no wandb."""
     force_unlock: bool = False
     """Take over a workspace locked by a run on another host (a dead run of this host is taken over anyway)."""
     legacy: tuple[LegacyBehaviour, ...] = ()

@@ -30,20 +30,21 @@ log = logging.getLogger("realfusion")
 LOG_EVERY = 10
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses: the run stops before writing a poisoned checkpoint."""
+class TrainingDiverged(UserError):
+    """Too many consecutive non-finite losses: the run stops before writing a poisoned checkpoint (a one-line
+    error, exit status 2, like every other failure the user can act on)."""
 
 
 class Trainer:
     """Owns the optimisation state (optimiser, scheduler, loss scaler, EMA, generator, step) and the loop."""
 
     def __init__(self, train: TrainOptions, *, renderer: Renderer, objective: Objective, frames: outputs.Frames,
-                 real_view: RealView, workspace: Path, generator: torch.Generator,
+                 real_view: RealView, workspace: Path, generator: torch.Generator, orbit_size: int,
                  update_grid_every: int, grid_levels_mask_iters: int, record: dict,
                  training_render_every: int = 100, log_to_wandb: bool = False, empty_grid_start: bool = False,
                  live_weights_outputs: bool = False) -> None:
-        """`record`: the resolved options, saved in every checkpoint (and logged with `log_to_wandb`); the last two
-        flags are legacy behaviours."""
+        """`orbit_size`: side of the validation orbit's views; `record`: the resolved options, saved in every
+        checkpoint (and logged with `log_to_wandb`); the last two flags are legacy behaviours."""
         self.options = train
         self.renderer = renderer
         self.field = renderer.field
@@ -52,6 +53,7 @@ class Trainer:
         self.real_view = real_view
         self.workspace = workspace
         self.generator = generator
+        self.orbit_size = orbit_size
         self.device = renderer.density_grid.device
         self.update_grid_every = update_grid_every
         self.grid_levels_mask_iters = grid_levels_mask_iters
@@ -216,8 +218,8 @@ class Trainer:
         self.log.scalars({**scalars, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
 
     def validate(self) -> None:
-        """Validation renders at the input view's resolution."""
-        image = outputs.save_validation(self.frames, self.real_view, self.ema, size=self.real_view.size,
+        """Validation renders: the input view at its own size, the orbit at `orbit_size` (--HW_vis)."""
+        image = outputs.save_validation(self.frames, self.real_view, self.ema, size=self.orbit_size,
                                         out_dir=self.workspace / "validation", epoch=self.epoch)
         self.log.image("validation/orbit", image, self.global_step)
 

@@ -8,7 +8,6 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from nerf import workspace_lock
 from nerf.fileio import remove_stale_partials
 from nerf.options import Options
 
@@ -42,12 +41,11 @@ def _log_to_file(log_file: Path) -> None:
     root.addHandler(file_handler)
 
 
-def open_workspace(workspace: Path, opt: Options) -> None:
-    """Create the folder, take its lock and log into it; called only after the run was validated, so a refused
-    run leaves the workspace as it was. The options are recorded with each checkpoint (`Trainer.save`), so that
-    options.json always describes the checkpoint beside it, also after a run that failed before saving."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    workspace_lock.acquire(workspace, force=opt.force_unlock)
+def open_workspace(workspace: Path) -> None:
+    """Log into the workspace and clear partial files (the folder is created and locked by `nerf.build.open_run`,
+    after the run was validated, so a refused run leaves it as it was). The options are recorded with each
+    checkpoint (`Trainer.save`), so that options.json always describes the checkpoint beside it, also after a run
+    that failed before saving."""
     _log_to_file(workspace / "log.txt")
     freed = sum(remove_stale_partials(folder) for folder in (workspace, workspace / "checkpoints"))
     if freed:

@@ -1,14 +1,14 @@
 """One run per workspace: a lock file holding the owner's pid and host.
 
 Two runs on one workspace would mix one run's checkpoint and videos with the other's options.json. The lock is
-taken once the run is known to be valid (`open_workspace`) and released when the run ends. A lock left by a dead
+taken once the run is known to be valid and released when the run ends, by one context manager (`held`) that
+every tool uses. A lock left by a dead
 process of this host is taken over with a notice; one from another host cannot be checked from here and needs
 `--force_unlock`.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import json
@@ -110,7 +110,3 @@ def release(workspace: Path) -> None:
             lock.unlink(missing_ok=True)
 
 
-@atexit.register
-def _release_all() -> None:
-    for workspace in list(_held):
-        release(workspace)

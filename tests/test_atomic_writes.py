@@ -70,7 +70,7 @@ def test_a_checkpoint_write_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, 
     import numpy as np
     import torch
 
-    import main as main_module
+    from nerf.cli import train as main_module
     import nerf.checkpoint
 
     rgba = np.zeros((32, 32, 4), np.uint8)

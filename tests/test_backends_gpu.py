@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf.build import build_run
 from nerf.cameras import fixed_cameras
 from nerf.option_checks import parse

@@ -3,7 +3,6 @@ backends for every row."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -39,9 +38,8 @@ def test_quick_cpu_run_writes_both_backends(repo, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a CUDA device")
 def test_without_cuda_the_default_device_is_a_one_line_error(repo, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("benchmark_cli", repo / "scripts" / "benchmark.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from nerf.cli import benchmark as cli
+
     out = tmp_path / "kernels.json"
     assert cli.main(["kernels", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "scripts") not in sys.path:
-    sys.path.insert(0, str(REPO / "scripts"))
-
-from benchmarks import common, ti  # noqa: E402
-from nerf.errors import UserError  # noqa: E402
+from nerf.benchmarks import common, ti
+from nerf.errors import UserError
 
 
 def parse(*argv: str) -> argparse.Namespace:

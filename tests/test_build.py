@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import main as main_module
 import nerf.build
 from nerf import outputs
+from nerf.cli import train as main_module
 from nerf.evaluation.reconstruct import reconstruct, reconstruction_args
 from nerf.scenes.files import Conventions, write_scene
 from nerf.scenes.procedural import make_scene
@@ -77,7 +77,8 @@ def test_main_and_the_evaluation_suite_build_the_same_run(mode, scene_dir, tmp_p
     from_main, from_suite = first_iteration
     assert_same_run(from_main, from_suite)
     if mode == "oracle":
-        assert "sds" in from_main["terms"] and type(from_main["run"].guidance).__name__ == "OracleGuidance"
+        assert "oracle" in from_main["terms"] and "sds" not in from_main["terms"]  # the term names its prior
+        assert type(from_main["run"].guidance).__name__ == "OracleGuidance"
     for built in (from_main["run"], from_suite["run"]):
         assert built.opt.uses("left_handed") and built.frames.orbit.left_handed
         assert built.trainer.objective.views.left_handed
@@ -85,8 +86,8 @@ def test_main_and_the_evaluation_suite_build_the_same_run(mode, scene_dir, tmp_p
 
 def test_left_handed_changes_the_cameras_everywhere(scene_dir, tmp_path):
     args = reconstruction_args(scene_dir, tmp_path / "ws", "prior_free", "reduced", extra_args=TINY, cuda=False)
-    right = nerf.build.build_run(parse(args), write=False)
-    left = nerf.build.build_run(parse([*args, "--legacy", "left_handed"]), write=False)
+    right = nerf.build.build_run(parse(args))
+    left = nerf.build.build_run(parse([*args, "--legacy", "left_handed"]))
     assert not torch.allclose(right.real_view.camera.poses, left.real_view.camera.poses)
     device = torch.device("cpu")
     assert not torch.allclose(right.frames.orbit.cameras(2, 8, device).poses, left.frames.orbit.cameras(2, 8, device).poses)
@@ -104,9 +105,8 @@ def test_evaluation_of_a_workspace_restores_the_trained_run(scene_dir, tmp_path,
     assert not (tmp_path / "ws" / "results").exists() or not any((tmp_path / "ws" / "results").iterdir())
 
 
-def test_the_kernel_benchmark_builds_main_py_s_run(repo, tmp_path, monkeypatch, first_iteration):
-    monkeypatch.syspath_prepend(str(repo / "scripts"))
-    from benchmarks import kernels
+def test_the_kernel_benchmark_builds_main_py_s_run(tmp_path, first_iteration):
+    from nerf.benchmarks import kernels
 
     sizes = dataclasses.replace(kernels.QUICK, field_options=(*kernels.QUICK.field_options, "--iters", "1"))
     trainers = kernels.fitted_trainers(torch.device("cpu"), sizes, iters=1, workdir=tmp_path / "bench")

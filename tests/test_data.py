@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf.data import RealView, load_rgba
 from nerf.errors import UserError
 

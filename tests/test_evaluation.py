@@ -3,9 +3,10 @@ tiny oracle-guided reconstruction that recovers more shape than a prior-free one
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,13 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def load_script(repo, name):
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), repo / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def icosphere(radius: float, offset: float = 0.0) -> geometry.Mesh:
@@ -184,7 +178,8 @@ def test_renders_are_right_handed_world_plus_x_on_the_viewers_right():
 
 
 def test_scene_folder_round_trip_and_script(repo, tmp_path):
-    script = load_script(repo, "make-synthetic-scene")
+    from nerf.cli import make_synthetic_scene as script
+
     args = ["--family", "union", "--seed", "2", "--input_size", "48", "--view_size", "16", "--views", "3",
             "--mesh_resolution", "48"]
     assert script.main([str(tmp_path / "a"), *args]) == 0
@@ -271,30 +266,34 @@ def test_oracle_guided_run_recovers_more_shape_than_a_prior_free_run(tiny_runs):
     assert scores["oracle"]["novel_views"]["psnr"] > scores["prior_free"]["novel_views"]["psnr"]
 
 
-def test_evaluate_script_report_compare_and_errors(repo, tiny_runs, tmp_path, capsys):
+def test_evaluate_script_report_compare_and_errors(repo, tiny_runs, tmp_path):
     scene_dir, runs = tiny_runs
-    script = load_script(repo, "evaluate")
+    def evaluate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo / "scripts" / "evaluate.py"), *args], capture_output=True,
+                              text=True)
+
     common = ["--gt_mesh", str(scene_dir / "mesh.ply"), "--gt_views", str(scene_dir / "views"), "--device", "cpu",
               "--mesh_resolution", "32", "--surface_points", "4000", "--voxel_resolution", "32"]
     out = tmp_path / "report.json"
-    assert script.main([str(runs["oracle"]), *common, "--out", str(out)]) == 0
-    captured = capsys.readouterr()
+    done = evaluate(str(runs["oracle"]), *common, "--out", str(out))
+    assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["step"] == 150 and report["novel_views"]["count"] == 3
     assert set(report["geometry"]["fscore"]) == {"1%", "2%", "5%"}
     # a learned metric whose weights did not load is absent, not invented, and the reason is printed
     assert report["novel_views"]["clip_similarity"] is None  # offline: the default hub model is not cached
     for key, notice in (("clip_similarity", "CLIP similarity skipped"), ("lpips", "LPIPS skipped")):
-        assert (report["novel_views"][key] is None) == (notice in captured.err)
-    assert "| input PSNR" in captured.out
+        assert (report["novel_views"][key] is None) == (notice in done.stderr)
+    assert "| input PSNR" in done.stdout
     compare = tmp_path / "compare.json"
-    assert script.main(["--compare", str(runs["prior_free"]), str(runs["oracle"]), *common, "--no_perceptual",
-                        "--out", str(compare)]) == 0
-    header = capsys.readouterr().out.splitlines()[0]
+    done = evaluate("--compare", str(runs["prior_free"]), str(runs["oracle"]), *common, "--no_perceptual", "--out",
+                    str(compare))
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0]
     assert str(runs["prior_free"]) in header and str(runs["oracle"]) in header
     assert set(json.loads(compare.read_text())["reports"]) == {str(runs["prior_free"]), str(runs["oracle"])}
-    assert script.main([str(tmp_path), "--device", "cpu"]) == 2
-    assert "not a reconstruction workspace" in capsys.readouterr().err
+    done = evaluate(str(tmp_path), "--device", "cpu")
+    assert done.returncode == 2 and "not a reconstruction workspace" in done.stderr
 
 
 @pytest.mark.slow

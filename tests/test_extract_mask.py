@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import importlib.util
 import subprocess
 import sys
 import types
@@ -17,17 +16,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "extract-mask.py"
-sys.path.insert(0, str(REPO / "scripts"))
-
-import masking  # noqa: E402
-from nerf.errors import UserError  # noqa: E402
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("extract_mask_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from nerf.cli import extract_mask as cli
+from nerf.errors import UserError
+from nerf.input_prep import masking
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -163,7 +154,6 @@ def test_cli_combines_image_and_mask_into_square_rgba(tmp_path: Path) -> None:
 
 def test_cli_extracts_the_object_without_a_mask(tmp_path: Path) -> None:
     photo, truth = disk_photo(60, 60)
-    cli = load_cli()
     assert cli.main(["--image_path", str(save_png(tmp_path / "p.png", photo)),
                      "--output_dir", str(tmp_path), "--size", "60", "--no-recenter"]) == 0
     alpha = np.asarray(Image.open(tmp_path / "rgba.png"))[..., 3]
@@ -208,7 +198,6 @@ def test_cli_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     args = ["--image_path", str(save_png(tmp_path / "p.png", photo)),
             "--mask_path", str(save_png(tmp_path / "m.png", truth.astype(np.uint8) * 255)),
             "--output_dir", str(tmp_path / "out"), "--size", "32"]
-    cli = load_cli()
     assert cli.main(args) == 0
     (tmp_path / "out" / "mask.png").write_bytes(b"keep me")
     with pytest.raises(UserError, match="--overwrite"):
@@ -280,7 +269,7 @@ def test_recentring_scales_the_object_as_the_input_camera_sees_the_scene(tmp_pat
 
 
 def test_default_fraction_follows_the_input_camera() -> None:
-    from framing import object_fraction
+    from nerf.input_prep.framing import object_fraction
 
     expected = math.tan(math.asin(0.75 / 1.8)) / math.tan(math.radians(27.5))
     assert object_fraction() == pytest.approx(expected) and 0.85 < expected < 0.9
@@ -288,7 +277,7 @@ def test_default_fraction_follows_the_input_camera() -> None:
 
 
 def test_poor_framing_is_warned_about(tmp_path: Path) -> None:
-    from framing import framing_warnings
+    from nerf.input_prep.framing import framing_warnings
 
     cut = np.zeros((100, 100), np.uint8)
     cut[:40, 30:70] = 255  # touches the top edge

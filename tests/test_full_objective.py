@@ -9,7 +9,7 @@ import imageio.v2 as imageio
 import torch
 import trimesh
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf.checkpoint import load_checkpoint
 from nerf.options_file import load_options
 from tests.test_reconstruction import shaded_sphere_rgba

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from nerf.cameras import direction_prompts, fixed_cameras
+from nerf.data import RealView
 from nerf.errors import UserError
 from nerf.scenes.raytrace import render_rgba
 from nerf.scenes.procedural import make_scene
-from nerf.guidance import GUIDANCES, Guidance, build_guidance
+from nerf.guidance import GUIDANCES, Guidance, PriorContext, build_guidance
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
@@ -551,6 +552,12 @@ def test_import_of_the_package_does_not_import_diffusers():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def context(image_path: str, fp16: bool = False) -> PriorContext:
+    """A run's context for priors that read neither the input's pixels nor its camera."""
+    view = RealView(torch.zeros(8, 8, 4), fixed_cameras(60.0, torch.zeros(1), 1.4, 50.0, 8))
+    return PriorContext(view, device=CPU, fp16=fp16, image_path=image_path)
+
+
 def test_every_registered_builder_resolves():
     assert set(GUIDANCES) == {"sd", "oracle"}
     for target in GUIDANCES.values():
@@ -560,7 +567,7 @@ def test_every_registered_builder_resolves():
 
 def test_unknown_guidance_is_a_one_line_user_error():
     with pytest.raises(UserError) as excinfo:
-        build_guidance(PriorOptions(guidance="nope"), device=CPU, fp16=False, image_path="x.png")
+        build_guidance(PriorOptions(guidance="nope"), context("x.png"))
     message = one_line_error(excinfo)
     assert "nope" in message and all(name in message for name in GUIDANCES)
 
@@ -581,7 +588,7 @@ def assert_guidance_protocol(guidance: object) -> None:
 
 def test_oracle_by_name_gives_the_unweighted_image_gradient():
     prior = PriorOptions(guidance="oracle", guidance_scene="union:3", oracle_strength=4.0)
-    guidance = build_guidance(prior, device=CPU, fp16=False, image_path="unused.png")
+    guidance = build_guidance(prior, context("unused.png"))
     assert_guidance_protocol(guidance)
     camera = fixed_cameras(60.0, torch.tensor([45.0]), 1.4, 50.0, 12)
     image = torch.rand(1, 3, 12, 12, requires_grad=True)
@@ -599,11 +606,10 @@ def test_oracle_scene_from_a_folder_or_its_json(tmp_path):
     conventions = {"pose_angle": 75.0, "radius": 1.8, "fovy": 55.0}
     (tmp_path / "scene.json").write_text(json.dumps({**scene.to_dict(), "conventions": conventions}))
     for spec in (str(tmp_path), str(tmp_path / "scene.json")):
-        guidance = build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), device=CPU, fp16=False,
-                                  image_path="unused.png")
+        guidance = build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), context("unused.png"))
         assert guidance.scene.to_dict() == scene.to_dict()
     default_seed = build_guidance(PriorOptions(guidance="oracle", guidance_scene="thin", oracle_strength=2.5),
-                                  device=CPU, fp16=False, image_path="unused.png")
+                                  context("unused.png"))
     assert default_seed.scene.to_dict() == make_scene("thin", 0).to_dict() and default_seed.strength == 2.5
 
 
@@ -611,8 +617,7 @@ def test_oracle_scene_from_a_folder_or_its_json(tmp_path):
 def test_bad_guidance_scene_is_a_one_line_user_error(tmp_path, spec):
     spec = str(tmp_path) if spec == "EMPTY_FOLDER" else spec
     with pytest.raises(UserError) as excinfo:
-        build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), device=CPU, fp16=False,
-                       image_path="unused.png")
+        build_guidance(PriorOptions(guidance="oracle", guidance_scene=spec), context("unused.png"))
     message = one_line_error(excinfo)
     assert "--guidance_scene" in message and "FAMILY[:SEED]" in message and "make-synthetic-scene.py" in message
 
@@ -625,7 +630,7 @@ def test_sd_by_name_with_a_learned_token(tiny_sd_dir, tmp_path, caplog):
                          pretrained_model_name_or_path=str(tiny_sd_dir), guidance_scale=12.0, dir_text=True,
                          suppress_face="face", cuda_graph=False)
     with caplog.at_level("INFO", logger="realfusion"):
-        guidance = build_guidance(prior, device=CPU, fp16=True, image_path=str(tmp_path / "rgba.png"))
+        guidance = build_guidance(prior, context(str(tmp_path / "rgba.png"), fp16=True))
     assert_guidance_protocol(guidance)
     assert isinstance(guidance, SDSGuidance) and guidance.guidance_scale == 12.0
     assert (guidance.prompt, guidance.negative_prompt) == ("a photo of a _obj_", "blurry _obj_")

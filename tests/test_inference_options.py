@@ -67,7 +67,7 @@ def test_inference_never_renders_an_untrained_model(tmp_path, capsys, case):
     import cv2
     import numpy as np
 
-    import main as main_module
+    from nerf.cli import train as main_module
 
     image = tmp_path / "rgba.png"
     rgba = np.full((16, 16, 4), 200, np.uint8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf import workspace_lock
 from nerf.trainer import Trainer
 

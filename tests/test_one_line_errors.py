@@ -65,7 +65,7 @@ def test_a_full_disk_while_writing_the_report_is_one_line_and_keeps_the_old_one(
     import cv2
     import numpy as np
 
-    import main as main_module
+    from nerf.cli import train as main_module
     import nerf.report
 
     image = tmp_path / "rgba.png"
@@ -141,7 +141,7 @@ def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatc
     import cv2
     import numpy as np
 
-    import main as main_module
+    from nerf.cli import train as main_module
 
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[8:24, 8:24] = (40, 90, 200, 255)
@@ -166,14 +166,10 @@ def test_a_read_only_folder_is_one_line_and_nothing_changes(tmp_path, monkeypatc
 
 def test_textual_inversion_into_a_read_only_folder_is_one_line_and_writes_nothing(tiny_sd_dir, tmp_path,
                                                                                    monkeypatch, capsys):
-    import importlib.util
-
     import cv2
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("ti_main", REPO / "textual-inversion" / "textual_inversion.py")
-    ti = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ti)
+    from nerf.textual_inversion import train as ti
     (tmp_path / "data").mkdir()
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[8:24, 8:24] = (40, 90, 200, 255)

@@ -28,8 +28,8 @@ def scene_dir(tmp_path_factory) -> Path:
 def prior_term(scene_dir: Path, tmp_path: Path, *flags: str, loss_scale: float = 1.0) -> float:
     opt = parse([*TINY, "--image_path", str(scene_dir / "rgba.png"), "--guidance_scene", str(scene_dir),
                  "--workspace", str(tmp_path / "ws"), *flags])
-    objective = build_run(opt, device=torch.device("cpu"), write=False).trainer.objective
-    return float(objective.synthetic_step(0, lambda: loss_scale).terms["sds"].detach())
+    objective = build_run(opt, device=torch.device("cpu")).trainer.objective
+    return float(objective.synthetic_step(0, lambda: loss_scale).terms["oracle"].detach())
 
 
 def test_default_weight_is_the_original_fp16_weight(scene_dir, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf import losses
 from nerf.checkpoint import load_checkpoint
 from nerf.build import build_run
@@ -84,7 +84,7 @@ def test_run_writes_its_outputs(trained):
 
 def test_resume_continues_with_the_saved_optimiser_state(trained, tmp_path):
     saved = load_checkpoint(trained["workspace"] / "checkpoints" / "latest.pth")
-    trainer = build_run(parse(trained["args"] + ["--iters", str(ITERS + 100)]), write=False).trainer
+    trainer = build_run(parse(trained["args"] + ["--iters", str(ITERS + 100)])).trainer
     assert trainer.global_step == ITERS
     restored = trainer.optimizer.state_dict()["state"]
     for key, value in saved["optimizer"]["state"].items():

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf.options_file import load_options
 from nerf.report import write_report
 

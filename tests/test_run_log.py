@@ -9,7 +9,7 @@ import types
 
 import torch
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf.run_log import RunLog
 from tests.test_reconstruction import shaded_sphere_rgba
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shlex
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from nerf.cli import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "example-slurm.py"
@@ -47,14 +48,6 @@ open(os.path.join(workspace, "report.html"), "w").write("<html></html>")
 """
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("example_slurm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_inputs(root: Path, names: list[str]) -> Path:
     for name in names:
         (root / name).mkdir(parents=True)
@@ -86,58 +79,61 @@ def test_local_sweep_reports_one_success_and_one_failure(tmp_path: Path) -> None
     assert good["status"] == "ok" and float(good["wall_time_s"]) > 0
     assert float(good["loss"]) == 0.125 and float(good["loss_rgb"]) == 0.0625  # last step, lr left out
     assert "lr" not in rows["good"]
-    assert bad["status"].startswith("failed: reconstruction exited with 3")
+    assert bad["status"].startswith("failed: nerf exited with 3")
     assert bad["loss"] == ""
     # Both jobs ran textual inversion first, and main.py got the learned token, the prompt and the extras.
     for name in ("good", "bad"):
-        embeds = out / name / "textual_inversion" / "learned_embeds.bin"
+        embeds = out / name / "token" / "learned_embeds.bin"
         assert embeds.read_bytes() == b"embedding"
-        argv = json.loads((out / name / "workspace" / "argv.json").read_text())
+        argv = json.loads((out / name / "nerf" / "argv.json").read_text())
         assert argv[:3] == ["--O", "--image_path", str((inputs / name / "rgba.png").resolve())]
         assert argv[argv.index("--learned_embeds_path") + 1] == str(embeds)
         assert argv[argv.index("--text") + 1] == "A high-resolution DSLR image of a <token>"
         assert argv[-2:] == ["--iters", "7"]
-    assert rows["good"]["learned_embeds"] == str(out / "good" / "textual_inversion" / "learned_embeds.bin")
+    assert rows["good"]["learned_embeds"] == str(out / "good" / "token" / "learned_embeds.bin")
     markdown = (out / "summary.md").read_text()
-    assert "| good | ok |" in markdown and "| bad | failed: reconstruction exited with 3" in markdown
+    assert "| good | ok |" in markdown and "| bad | failed: nerf exited with 3" in markdown
     assert "loss 0.125" in markdown
-    assert f"[report]({out / 'good' / 'workspace' / 'report.html'})" in markdown  # each run's report is linked
-    assert rows["good"]["report"] == str(out / "good" / "workspace" / "report.html")
+    assert f"[report]({out / 'good' / 'nerf' / 'report.html'})" in markdown  # each run's report is linked
+    assert rows["good"]["report"] == str(out / "good" / "nerf" / "report.html")
 
 
 def plan(tmp_path: Path, *extra: str):
-    module = load_script()
     inputs = make_inputs(tmp_path / "inputs", ["a"]) if not (tmp_path / "inputs").exists() else tmp_path / "inputs"
-    args, main_args = module.parse_args(["--inputs_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
+    args, main_args = sweep.parse_args(["--inputs_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
                                          *extra])
-    return module.plan_job(inputs / "a" / "rgba.png", args, main_args)
+    return sweep.plan_job(inputs / "a" / "rgba.png", args, main_args)
 
 
 def test_textual_inversion_uses_the_readme_recipe_and_the_autoinit_word(tmp_path: Path) -> None:
     spec = plan(tmp_path)
-    (ti_name, ti), (main_name, main) = spec.stages
-    assert (ti_name, main_name) == ("textual_inversion", "reconstruction")
-    for flag in ("--placeholder_token=_a_", "--initializer_token=thing", "--gradient_accumulation_steps=4",
+    token, nerf = spec.stages
+    assert (token.name, nerf.name) == ("token", "nerf")
+    for flag in ("--placeholder_token=_object_", "--initializer_token=thing", "--gradient_accumulation_steps=4",
                  "--max_train_steps=3000", "--learning_rate=5.0e-04", "--scale_lr", "--use_augmentations",
-                 f"--output_dir={(tmp_path / 'out' / 'a' / 'textual_inversion').resolve()}"):
-        assert flag in ti
-    assert main[main.index("--learned_embeds_path") + 1].endswith("a/textual_inversion/learned_embeds.bin")
+                 "--resolution=512", f"--output_dir={(tmp_path / 'out' / 'a' / 'token').resolve()}"):
+        assert flag in token.args
+    main = nerf.args
+    assert main[main.index("--learned_embeds_path") + 1].endswith("a/token/learned_embeds.bin")
 
 
 def test_existing_embeddings_skip_textual_inversion(tmp_path: Path) -> None:
-    embeds = tmp_path / "out" / "a" / "textual_inversion" / "learned_embeds.bin"
-    embeds.parent.mkdir(parents=True)
-    embeds.write_bytes(b"x")
+    learned = tmp_path / "out" / "a" / "token" / "learned_embeds.bin"  # a token stage that has finished
+    learned.parent.mkdir(parents=True)
+    learned.write_bytes(b"x")
+    assert [stage.complete() for stage in plan(tmp_path).stages] == [True, False]
+    beside = tmp_path / "inputs" / "a" / "learned_embeds.bin"  # one given next to the input: no token stage
+    beside.write_bytes(b"x")
     spec = plan(tmp_path)
-    assert [stage for stage, _ in spec.stages] == ["reconstruction"]
-    main = spec.stages[0][1]
-    assert main[main.index("--learned_embeds_path") + 1] == str(embeds.resolve())
+    assert [stage.name for stage in spec.stages] == ["nerf"]
+    main = spec.stages[0].args
+    assert main[main.index("--learned_embeds_path") + 1] == str(beside.resolve())
 
 
 def test_skip_flag_runs_main_without_embeddings(tmp_path: Path) -> None:
     spec = plan(tmp_path, "--skip_textual_inversion")
-    assert [stage for stage, _ in spec.stages] == ["reconstruction"]
-    assert "--learned_embeds_path" not in spec.stages[0][1]
+    assert [stage.name for stage in spec.stages] == ["nerf"]
+    assert "--learned_embeds_path" not in spec.stages[0].args
 
 
 def test_missing_initializer_word_is_a_user_error(tmp_path: Path) -> None:
@@ -147,7 +143,7 @@ def test_missing_initializer_word_is_a_user_error(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="--initializer_token"):
         plan(tmp_path)
-    assert "--initializer_token=toy" in plan(tmp_path, "--initializer_token", "toy").stages[0][1]
+    assert "--initializer_token=toy" in plan(tmp_path, "--initializer_token", "toy").stages[0].args
 
 
 def test_no_inputs_exits_2(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from nerf.errors import UserError
-from nerf.evaluation.learn_token import PLACEHOLDER, learn_token, model_resolution
 from nerf.evaluation.reconstruct import TOY_PRIOR_WEIGHT, PriorRun, reconstruction_args
 from nerf.evaluation.suite import SuiteTask, TrainedPrior
 from nerf.option_checks import parse
+from nerf.pipeline import PLACEHOLDER, TokenSettings, ensure, learn_token, training_resolution
 from tests.test_reconstruction import shaded_sphere_rgba
 
 
@@ -49,21 +49,24 @@ def test_the_prior_s_words_come_from_its_objects_json(tmp_path):
 
 
 def test_textual_inversion_stage_learns_a_token_at_the_model_resolution(tiny_sd_dir, tmp_path):
-    assert model_resolution(tiny_sd_dir) == 16
+    assert training_resolution(str(tiny_sd_dir)) == 16 and training_resolution("org/hub-model") == 512
     image = shaded_sphere_rgba(tmp_path / "rgba.png", size=32)
-    embeds = learn_token(image, tiny_sd_dir, tmp_path / "token", initializer="dog", steps=2)
+    stage = learn_token(image, "dog", tmp_path / "token", TokenSettings(str(tiny_sd_dir), steps=2))
+    assert "--resolution=16" in stage.args
+    embeds = ensure(stage)
     learned = torch.load(embeds, weights_only=True)
     assert list(learned) == [PLACEHOLDER] and torch.isfinite(learned[PLACEHOLDER]).all()
     assert sorted(p.name for p in (tmp_path / "token" / "data").iterdir()) == ["rgba.png"]
-    assert learn_token(image, tiny_sd_dir, tmp_path / "token", initializer="dog", steps=2) == embeds  # reused
+    before = embeds.stat().st_mtime_ns
+    assert stage.complete() and ensure(stage) == embeds and embeds.stat().st_mtime_ns == before  # reused
 
 
 def test_a_failing_textual_inversion_stage_says_why(tiny_sd_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_sd_dir, model)
     image = shaded_sphere_rgba(tmp_path / "rgba.png", size=32)
-    with pytest.raises(RuntimeError, match="textual inversion"):
-        learn_token(image, model, tmp_path / "token", initializer="two words", steps=1)
+    with pytest.raises(UserError, match="stage token: .*initializer"):
+        ensure(learn_token(image, "two words", tmp_path / "token", TokenSettings(str(model), steps=1)))
     (model / "unet" / "config.json").unlink()
     with pytest.raises(UserError, match="not a readable diffusers model folder"):
-        model_resolution(Path(model))
+        training_resolution(str(model))

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-import main as main_module
+from nerf.cli import train as main_module
 from nerf import workspace_lock
 from nerf.errors import UserError
 
@@ -75,7 +75,7 @@ def test_another_host_s_lock_needs_force_unlock(tmp_path):
 def test_a_run_that_fails_before_saving_keeps_the_workspace_s_record(tmp_path, image, monkeypatch, capsys):
     """options.json is written with each checkpoint: a run that stops before its first save (here it diverges at
     once) leaves the record of the checkpoint beside it, which inference and evaluation trust."""
-    from nerf.trainer import Trainer, TrainingDiverged
+    from nerf.trainer import Trainer, TrainingDiverged  # a UserError: main prints one line, exits 2
 
     ws = tmp_path / "ws"
     args = [*TINY, "--image_path", str(image), "--workspace", str(ws)]
@@ -86,7 +86,22 @@ def test_a_run_that_fails_before_saving_keeps_the_workspace_s_record(tmp_path, i
         raise TrainingDiverged("the loss was not finite for 20 consecutive iterations")
 
     monkeypatch.setattr(Trainer, "train", diverges)
-    with pytest.raises(TrainingDiverged):
-        main_module.main([*args, "--iters", "50", "--lr", "1e9"])
+    capsys.readouterr()
+    assert main_module.main([*args, "--iters", "50", "--lr", "1e9"]) == 2  # the one-line error path
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the loss was not finite for 20 consecutive iterations"
     assert (ws / "options.json").read_bytes() == record
+    assert not (ws / workspace_lock.LOCK_NAME).exists()
+
+
+def test_open_run_holds_the_workspace_for_its_block_only(tmp_path, image):
+    from nerf.build import open_run
+    from nerf.option_checks import parse
+
+    ws = tmp_path / "ws"
+    with pytest.raises(RuntimeError, match="stopped inside the block"):
+        with open_run(parse([*TINY, "--image_path", str(image), "--workspace", str(ws)])) as run:
+            assert run.workspace == ws and (ws / "log.txt").is_file()
+            assert json.loads((ws / workspace_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
+            raise RuntimeError("stopped inside the block")
     assert not (ws / workspace_lock.LOCK_NAME).exists()

@@ -152,11 +152,20 @@ def profile_table(trainer, steps: int) -> str:
 
 
 def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace) -> dict[str, Any]:
-    from nerf.build import build_run
+    from nerf.build import open_run
     from nerf.option_checks import parse
 
     opt = parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
-    trainer = build_run(opt).trainer
+    with open_run(opt) as run:  # the workspace is held while the benchmark trains in it
+        row = measure_trainer(run.trainer, flags, args)
+    del run  # the run's memory is returned before the next variant
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Median iteration time after warm-up, then the split per stage (and a profile if asked)."""
     trainer.renderer.train()
     trainer.renderer.update_occupancy()
     for _ in range(args.warmup):
@@ -179,15 +188,12 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
     if args.profile:
         row["profile"] = profile_table(trainer, 10)
         print(row["profile"])
-    del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     return row
 
 
 def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A complete default run (model loading, training, validations, final videos) through main.main."""
-    import main as realfusion
+    from nerf.cli import train as realfusion
     from nerf import outputs
     from nerf.option_checks import parse
     from nerf.trainer import Trainer

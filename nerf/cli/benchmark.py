@@ -12,7 +12,6 @@ Each prints a table and writes the same numbers as JSON (`--out`, default benchm
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from nerf.benchmarks import common, kernels, recon, ti
@@ -55,6 +54,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

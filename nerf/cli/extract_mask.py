@@ -81,6 +81,3 @@ def main(argv: list[str] | None = None) -> int:
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,6 @@ with `python main.py --image_path OUT/rgba.png ...` and score it with
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors
@@ -59,6 +58,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,10 +3,11 @@
     python scripts/example-slurm.py --partition gpu                       # every bundled example
     python scripts/example-slurm.py --inputs_dir my-photos --cluster local -- --iters 2000
 
-Each job runs textual inversion with the README's settings (skipped when a learned_embeds.bin already
-exists next to the input or in the job's output, or with --skip_textual_inversion), then
-`main.py --O` with the learned token in the prompt. Arguments after `--` go to main.py. Failed jobs are
-reported; the others go on. The summary (Markdown and CSV) lists status, wall time, the final training
+Each job runs two stages of the pipeline (`nerf.pipeline`, the same commands as scripts/reconstruct.py):
+textual inversion with RealFusion's recipe into <output_dir>/<name>/token (skipped when a learned_embeds.bin already
+exists next to the input, or with --skip_textual_inversion), then `main.py --O` with the learned token in the
+prompt into <output_dir>/<name>/nerf. A stage whose output is complete is skipped, so a sweep run again continues.
+Arguments after `--` go to main.py. Failed jobs are reported; the others go on. The summary (Markdown and CSV) lists status, wall time, the final training
 losses read from each workspace's tensorboard log, and the output paths.
 """
 
@@ -20,23 +21,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-from nerf import workspace_lock
+from nerf import pipeline, workspace_lock
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.fileio import write_text_atomic
-from nerf.options import DEFAULT_MODEL, DEFAULT_PROMPT
-
-TI_DATA = "ti_data"  # per-job folder holding only rgba.png: image.png/mask.png beside it would be read as photos
-# The README's single-image textual-inversion recipe (effective learning rate 5e-4 * 4 = 2e-3).
-TI_SETTINGS = (
-    "--learnable_property=object", "--resolution=512", "--train_batch_size=1", "--gradient_accumulation_steps=4",
-    "--max_train_steps=3000", "--learning_rate=5.0e-04", "--scale_lr", "--lr_scheduler=constant",
-    "--lr_warmup_steps=0", "--use_augmentations", "--only_save_embeds",
-)
+from nerf.options import DEFAULT_MODEL
 
 
 @dataclass
@@ -44,9 +35,8 @@ class JobSpec:
     """Everything one job needs; plain data so that it pickles into the cluster job."""
 
     name: str
-    cwd: str
     out_dir: str
-    stages: list[tuple[str, list[str]]]  # (stage name, argv), run in order until one fails
+    stages: list[pipeline.Stage]  # run in order until one fails; complete ones are skipped
     workspace: str
     learned_embeds: str | None
 
@@ -70,14 +60,16 @@ def run_job(spec: JobSpec) -> JobRecord:
     """Runs inside the cluster job: each stage as a subprocess with its own log, stopping at a failure."""
     record = JobRecord()
     Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
-    for stage, argv in spec.stages:
-        log_path = Path(spec.out_dir) / f"{stage}.log"
+    for stage in spec.stages:
+        if stage.complete():
+            continue
+        log_path = Path(spec.out_dir) / f"{stage.name}.log"
         start = time.monotonic()
         with open(log_path, "w", encoding="utf-8") as log:
-            log.write("$ " + shlex.join(argv) + "\n")
+            log.write("$ " + shlex.join(stage.argv) + "\n")
             log.flush()
-            code = subprocess.run(argv, cwd=spec.cwd, stdout=log, stderr=subprocess.STDOUT).returncode
-        record.stages.append((stage, code, time.monotonic() - start, str(log_path)))
+            code = pipeline.run(stage, stdout=log, stderr=subprocess.STDOUT).returncode
+        record.stages.append((stage.name, code, time.monotonic() - start, str(log_path)))
         if code != 0:
             break
     return record
@@ -94,43 +86,35 @@ def find_inputs(inputs_dir: Path) -> list[Path]:
 
 def initializer_word(rgba: Path, fallback: str | None) -> str:
     """The textual-inversion initializer: token_autoinit.txt next to the input, else --initializer_token."""
-    auto = rgba.parent / "token_autoinit.txt"
-    if auto.is_file() and auto.read_text(encoding="utf-8").split():
-        return auto.read_text(encoding="utf-8").split()[0]
-    if fallback:
-        return fallback
-    raise UserError(f"{rgba.parent} has no token_autoinit.txt; write one word there or pass --initializer_token")
+    try:
+        return pipeline.initializer_word(rgba)
+    except UserError:
+        if fallback:
+            return fallback
+        raise
+
+
+def with_program(stage: pipeline.Stage, command: str | None) -> pipeline.Stage:
+    """The stage run by another program (--ti_command, --main_command) with the same arguments."""
+    return stage if command is None else replace(stage, program=tuple(shlex.split(command)))
 
 
 def plan_job(rgba: Path, args: argparse.Namespace, main_args: list[str]) -> JobSpec:
     name = rgba.parent.name
     out_dir = (args.output_dir / name).resolve()
-    ti_dir, workspace = out_dir / "textual_inversion", out_dir / "workspace"
-    stages: list[tuple[str, list[str]]] = []
-    embeds = next((p for p in (rgba.parent / "learned_embeds.bin", ti_dir / "learned_embeds.bin") if p.is_file()), None)
+    rgba = rgba.resolve()
+    stages: list[pipeline.Stage] = []
+    given = rgba.parent / "learned_embeds.bin"
+    embeds = given if given.is_file() else None
     if embeds is None and not args.skip_textual_inversion:
-        stages.append(("textual_inversion", [
-            *shlex.split(args.ti_command), f"--pretrained_model_name_or_path={args.pretrained_model_name_or_path}",
-            f"--train_data_dir={out_dir / TI_DATA}", f"--placeholder_token=_{name}_",
-            f"--initializer_token={initializer_word(rgba, args.initializer_token)}", *TI_SETTINGS,
-            f"--output_dir={ti_dir}",
-        ]))
-        embeds = ti_dir / "learned_embeds.bin"
-    token = ["--learned_embeds_path", str(embeds.resolve())] if embeds is not None else []
-    stages.append(("reconstruction", [
-        *shlex.split(args.main_command), "--O", "--image_path", str(rgba.resolve()), *token,
-        "--pretrained_model_name_or_path", args.pretrained_model_name_or_path,
-        "--text", DEFAULT_PROMPT, "--workspace", str(workspace), *main_args,
-    ]))
-    return JobSpec(name, str(REPO), str(out_dir), stages, str(workspace), str(embeds) if embeds else None)
-
-
-def stage_photo(rgba: Path, spec: JobSpec) -> None:
-    """Give textual inversion a folder holding only the input photo."""
-    if spec.stages[0][0] == "textual_inversion":
-        data_dir = Path(spec.out_dir) / TI_DATA
-        data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(rgba, data_dir / "rgba.png")
+        settings = pipeline.TokenSettings(args.pretrained_model_name_or_path)
+        token = pipeline.learn_token(rgba, initializer_word(rgba, args.initializer_token), out_dir / "token", settings)
+        stages.append(with_program(token, args.ti_command))
+        embeds = token.output
+    nerf = pipeline.reconstruct(rgba, out_dir / "nerf", model=args.pretrained_model_name_or_path,
+                                learned_embeds=embeds, main_args=main_args)
+    stages.append(with_program(nerf, args.main_command))
+    return JobSpec(name, str(out_dir), stages, str(out_dir / "nerf"), str(embeds) if embeds else None)
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -204,9 +188,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Our options, and the arguments after `--` (passed to main.py unchanged)."""
     ours, main_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs_dir", type=Path, default=REPO / "examples" / "natural-images",
+    parser.add_argument("--inputs_dir", type=Path, default=pipeline.REPO / "examples" / "natural-images",
                         help="folder of <name>/rgba.png inputs")
-    parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "sweep",
+    parser.add_argument("--output_dir", type=Path, default=pipeline.REPO / "outputs" / "sweep",
                         help="per-input outputs, cluster logs and the summary")
     parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm")
     parser.add_argument("--partition", default="your-slurm-partition")
@@ -220,10 +204,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="textual-inversion initializer for inputs without token_autoinit.txt")
     parser.add_argument("--skip_textual_inversion", action="store_true",
                         help="never run textual inversion (main.py then uses token_autoinit.txt)")
-    parser.add_argument("--ti_command", default=f"{shlex.quote(sys.executable)} textual-inversion/textual_inversion.py",
-                        help="program that runs textual inversion, from the repository root")
-    parser.add_argument("--main_command", default=f"{shlex.quote(sys.executable)} main.py",
-                        help="program that runs the reconstruction, from the repository root")
+    parser.add_argument("--ti_command", default=None,
+                        help="program that runs textual inversion, from the repository root "
+                             "(default: python textual-inversion/textual_inversion.py)")
+    parser.add_argument("--main_command", default=None,
+                        help="program that runs the reconstruction, from the repository root (default: python main.py)")
     parser.add_argument("--dry_run", action="store_true", help="print every job's commands and submit nothing")
     return parser.parse_args(ours), main_args
 
@@ -247,21 +232,19 @@ def run(argv: list[str]) -> int:
     specs = [plan_job(rgba, args, main_args) for rgba in inputs]
     if args.dry_run:
         for spec in specs:
-            for stage, command in spec.stages:
-                print(f"[{spec.name}] {stage}: {shlex.join(command)}")
+            for stage in spec.stages:
+                print(f"[{spec.name}] {stage.name}: {shlex.join(stage.argv)}")
         return 0
     if args.cluster == "slurm" and shutil.which("srun") is None:
         raise UserError("--cluster slurm needs SLURM (no srun here); run it on the cluster, or pass --cluster local "
                         "to run the jobs on this machine (--dry_run prints them).")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(args.output_dir, flag="--output_dir"):  # one sweep per folder
-        return launch(args, inputs, specs)
+        return launch(args, specs)
 
 
-def launch(args: argparse.Namespace, inputs: list[Path], specs: list[JobSpec]) -> int:
-    """Stage the photos, run every job, write the summary; 1 when a job failed."""
-    for rgba, spec in zip(inputs, specs):
-        stage_photo(rgba, spec)
+def launch(args: argparse.Namespace, specs: list[JobSpec]) -> int:
+    """Run every job, write the summary; 1 when a job failed."""
     executor = make_executor(args)
     start = time.monotonic()
     with executor.batch():
@@ -291,6 +274,3 @@ def launch(args: argparse.Namespace, inputs: list[Path], specs: list[JobSpec]) -
 def main() -> int:
     return run(sys.argv[1:])
 
-
-if __name__ == "__main__":
-    sys.exit(main())

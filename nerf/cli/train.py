@@ -18,26 +18,23 @@ from nerf.workspace import setup_logging
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from nerf.build import build_run
+    from nerf.build import open_run
     from nerf.inference_options import inference_options
-    from nerf import workspace_lock
     from nerf.report import write_report
 
     opt = parse(argv)
     if opt.inference:  # a trained workspace: its own options, the command line only for the outputs
         opt = inference_options(opt)
-    built = build_run(opt)
-    try:
-        if not opt.inference:
-            built.trainer.train()
-        with built.trainer.weights_for_outputs():
-            write_outputs(opt, built)
-        write_report(built.workspace, opt)
-    except KeyboardInterrupt:
-        print(interrupted_message(built.workspace), file=sys.stderr)
-        return 130
-    finally:
-        workspace_lock.release(built.workspace)
+    with open_run(opt) as built:  # the workspace is this run's until the block ends, however it ends
+        try:
+            if not opt.inference:
+                built.trainer.train()
+            with built.trainer.weights_for_outputs():
+                write_outputs(opt, built)
+            write_report(built.workspace, opt)
+        except KeyboardInterrupt:
+            print(interrupted_message(built.workspace), file=sys.stderr)
+            return 130
     return 0
 
 
@@ -76,12 +73,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    from nerf.trainer import TrainingDiverged
-
-    try:
-        sys.exit(main())
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)

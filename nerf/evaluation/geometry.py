@@ -16,18 +16,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from nerf.errors import UserError
+from nerf.mesh import Mesh
 
 F_SCORE_FRACTIONS = (0.01, 0.02, 0.05)  # of the ground truth's bounding-box diagonal
 PAIRS_PER_CHUNK = 1 << 22
-
-
-class Mesh(NamedTuple):
-    vertices: np.ndarray  # [V, 3] float
-    faces: np.ndarray  # [F, 3] int
-
-    @property
-    def diagonal(self) -> float:
-        return float(np.linalg.norm(self.vertices.max(0) - self.vertices.min(0)))
 
 
 def load_mesh(path: str | Path) -> Mesh:

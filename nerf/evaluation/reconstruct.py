@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from nerf.build import build_run
+from nerf.build import open_run
 from nerf.scenes.files import load_scene
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.guidance.stable_diffusion import replace_token_placeholder
@@ -96,5 +96,6 @@ def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: s
     if (conventions.pose_angle, conventions.radius, conventions.fovy) != (data.pose_angle, data.orbit_radius,
                                                                          data.default_fovy):
         log.warning("scene %s was rendered with other camera conventions than the options use", scene_dir)
-    build_run(opt, device=device).trainer.train()
+    with open_run(opt, device=device) as run:
+        run.trainer.train()
     return workspace

@@ -21,11 +21,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from nerf import workspace_lock
+from nerf import pipeline, workspace_lock
 from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
-from nerf.evaluation.learn_token import learn_token
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, PriorRun,
                                          reconstruct)
 from nerf.evaluation.report import format_table, lookup
@@ -98,15 +97,20 @@ class TrainedPrior:
                             "scripts/train-toy-prior.py.") from None
         return cls(Path(model), words, **settings)
 
+    def token_stage(self, task: SuiteTask) -> pipeline.Stage:
+        """The pipeline's textual-inversion stage on the scene's input view, from an unrelated word."""
+        settings = pipeline.TokenSettings(str(self.model), steps=self.ti_steps, seed=task.seed,
+                                          mixed_precision="fp16" if task.device.startswith("cuda") else "no")
+        return pipeline.learn_token(task.scene_dir / "rgba.png", self.ti_initializer, task.workspace.parent / "token",
+                                    settings)
+
     def run(self, task: SuiteTask, scene_key: str) -> PriorRun:
         if task.mode == "toy":
             if scene_key not in self.words:
                 raise UserError(f"the prior {self.model} does not know the scene {scene_key}; it knows "
                                 f"{', '.join(self.words)}.")
             return PriorRun(self.model, self.guidance_scale, word=self.words[scene_key], lambda_prior=self.lambda_prior)
-        embeds = learn_token(task.scene_dir / "rgba.png", self.model, task.workspace.parent / "token",
-                             initializer=self.ti_initializer, steps=self.ti_steps, seed=task.seed,
-                             cuda=task.device.startswith("cuda"))
+        embeds = pipeline.ensure(self.token_stage(task))
         return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
 
 

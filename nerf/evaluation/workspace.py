@@ -18,8 +18,7 @@ from torch import Tensor
 from nerf.build import build_run
 from nerf.cameras import CameraBatch
 from nerf.errors import UserError
-from nerf.evaluation.geometry import Mesh
-from nerf.mesh import extract_surface, keep_main_components, sample_grid
+from nerf.mesh import Mesh, extract_surface, keep_main_components, sample_grid
 from nerf.options import Options
 from nerf.options_file import load_options
 from nerf.renderer import Renderer, RenderSettings
@@ -45,7 +44,7 @@ class TrainedField:
                             "give the --workspace folder of a main.py run.")
         opt = dataclasses.replace(load_options(workspace / "options.json"), test=True, ckpt="latest",
                                   workspace=str(workspace))
-        trainer = build_run(opt, device=device, write=False).trainer
+        trainer = build_run(opt, device=device).trainer
         trainer.ema.copy_to_params()
         trainer.renderer.eval()
         return cls(workspace, opt, trainer.renderer, device, trainer.global_step)

@@ -1,13 +1,16 @@
 """The 2-D prior, chosen by name (``--guidance``): what the Trainer asks of it, and the registry that builds it.
 
-To add a prior: write one module ``nerf/guidance/NAME.py`` with ``build(prior, *, device, fp16, image_path)``
-returning a `Guidance`, and add one line ``"NAME": "nerf.guidance.NAME:build"`` to `GUIDANCES`.
+To add a prior: write one module ``nerf/guidance/NAME.py`` with ``build(prior, context)`` returning a `Guidance`
+(`context` is a `PriorContext`: the loaded input view and its camera, the device the prior runs on, the precision),
+and add one line ``"NAME": "nerf.guidance.NAME:build"`` to `GUIDANCES`; ``--guidance NAME`` then selects it and the
+loss log names its term after the prior's ``term``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -16,6 +19,7 @@ from nerf.errors import UserError
 
 if TYPE_CHECKING:
     from nerf.cameras import CameraBatch
+    from nerf.data import RealView
     from nerf.options import PriorOptions
 
 
@@ -26,8 +30,10 @@ class Guidance(Protocol):
     Returns a surrogate loss whose gradient with respect to the image is the prior's unweighted gradient (the
     objective multiplies it by ``lambda_prior``) and statistics as tensors, so that reading them (a host
     synchronisation) happens only at logging cadence. `direction` is the camera's prompt bucket
-    (cameras.DIRECTIONS).
+    (cameras.DIRECTIONS). `term` names the prior's loss term in the logs (e.g. ``sds``, ``oracle``).
     """
+
+    term: ClassVar[str]
 
     def __call__(self, image: Tensor, direction: int, *,
                  camera: CameraBatch) -> tuple[Tensor, dict[str, Tensor]]: ...
@@ -40,10 +46,29 @@ GUIDANCES: dict[str, str] = {
 }
 
 
-def build_guidance(prior: PriorOptions, *, device: torch.device, fp16: bool, image_path: str) -> Guidance:
-    """The prior named by ``prior.guidance``, built from the prior options for the run's device and input image."""
-    target = GUIDANCES.get(prior.guidance)
-    if target is None:
-        raise UserError(f"unknown --guidance '{prior.guidance}'; choose one of: {', '.join(GUIDANCES)}.")
-    module, builder = target.split(":")
-    return getattr(importlib.import_module(module), builder)(prior, device=device, fp16=fp16, image_path=image_path)
+@dataclass(frozen=True)
+class PriorContext:
+    """What a prior may need besides its options: the input view as loaded for the run (an image-conditioned prior
+    reads its pixels and camera), where the prior runs (not necessarily the field's device), and the precision."""
+
+    view: RealView
+    device: torch.device
+    fp16: bool
+    image_path: str  # the input's file: files beside it (token_autoinit.txt) describe it
+
+    @property
+    def camera(self) -> CameraBatch:
+        return self.view.camera
+
+
+def check_guidance_name(name: str) -> None:
+    """A UserError unless `name` is registered."""
+    if name not in GUIDANCES:
+        raise UserError(f"unknown --guidance '{name}'; choose one of: {', '.join(GUIDANCES)}.")
+
+
+def build_guidance(prior: PriorOptions, context: PriorContext) -> Guidance:
+    """The prior named by ``prior.guidance``, built from the prior options and the run's context."""
+    check_guidance_name(prior.guidance)
+    module, builder = GUIDANCES[prior.guidance].split(":")
+    return getattr(importlib.import_module(module), builder)(prior, context)

@@ -24,6 +24,7 @@ from nerf.scenes.procedural import FAMILIES, Scene, make_scene
 from nerf.guidance.surrogate import surrogate_loss
 
 if TYPE_CHECKING:
+    from nerf.guidance import PriorContext
     from nerf.options import PriorOptions
 
 # The oracle's per-pixel pull relative to the input view's: at the reduced benchmark size (1024 input rays, 32^2
@@ -35,6 +36,8 @@ SCENE_FORMS = (f"FAMILY[:SEED] with FAMILY one of {', '.join(FAMILIES)} (seed 0 
 
 class OracleGuidance:
     """Pulls every synthetic render towards the ground-truth render of its camera."""
+
+    term = "oracle"
 
     def __init__(self, scene: Scene, strength: float = DEFAULT_STRENGTH, supersample: int = 2,
                  background: float = 1.0) -> None:
@@ -77,6 +80,6 @@ def load_guidance_scene(spec: str | None) -> Scene:
     return load_scene(path)[0]
 
 
-def build(prior: PriorOptions, *, device: torch.device, fp16: bool, image_path: str) -> OracleGuidance:
+def build(prior: PriorOptions, context: PriorContext) -> OracleGuidance:
     """The oracle of ``prior.guidance_scene`` with ``prior.oracle_strength``; it renders on the image's device."""
     return OracleGuidance(load_guidance_scene(prior.guidance_scene), strength=prior.oracle_strength)

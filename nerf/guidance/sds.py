@@ -26,15 +26,16 @@ from nerf.guidance.stable_diffusion import (
 from nerf.guidance.surrogate import surrogate_loss
 
 if TYPE_CHECKING:
+    from nerf.guidance import PriorContext
     from nerf.options import PriorOptions
 
 log = logging.getLogger("realfusion")
 
 
-def build(prior: PriorOptions, *, device: torch.device, fp16: bool, image_path: str) -> SDSGuidance:
+def build(prior: PriorOptions, context: PriorContext) -> SDSGuidance:
     """Stable Diffusion with the learned token and the view-dependent prompts; fp16 weights on CUDA only."""
-    prompts = resolve_prompts(prior, image_path)
-    parts = load_stable_diffusion(prior.pretrained_model_name_or_path, device, fp16=fp16)
+    prompts = resolve_prompts(prior, context.image_path)
+    parts = load_stable_diffusion(prior.pretrained_model_name_or_path, context.device, fp16=context.fp16)
     if prompts.vector is not None:
         add_learned_token(parts, prompts.token, prompts.vector)
     log.info("prompt: %s | negative: %s", prompts.text, prompts.negative or "(empty)")
@@ -45,6 +46,8 @@ def build(prior: PriorOptions, *, device: torch.device, fp16: bool, image_path: 
 
 class SDSGuidance:
     """Score distillation from Stable Diffusion with fixed prompts (one pair per view-direction bucket)."""
+
+    term = "sds"
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
                  min_step: int = 20, max_step: int = 980, cuda_graph: bool = False) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from nerf.cameras import direction_prompts
 from nerf.errors import UserError
+from nerf.initializer_file import RESULT_FILE, read_initializer
 from nerf.options import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -210,9 +211,9 @@ def resolve_token(prior: PriorOptions, image_path: str) -> tuple[str, torch.Tens
     description next to the image (no vector)."""
     if prior.learned_embeds_path:
         return load_learned_embeds(prior.learned_embeds_path)
-    autoinit = Path(image_path).parent / "token_autoinit.txt"
-    if autoinit.is_file() and autoinit.read_text(encoding="utf-8").strip():
-        word = autoinit.read_text(encoding="utf-8").split()[0]
+    autoinit = Path(image_path).parent / RESULT_FILE
+    word = read_initializer(autoinit.parent)
+    if word is not None:
         log.info("no --learned_embeds_path: %s becomes '%s' from %s", TOKEN_PLACEHOLDER, word, autoinit)
         return word, None
     raise UserError(f"the prompt contains {TOKEN_PLACEHOLDER} but there is no --learned_embeds_path and no "

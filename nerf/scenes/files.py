@@ -22,11 +22,10 @@ from tqdm import tqdm
 
 from nerf.cameras import CameraBatch, circle_cameras, fixed_cameras
 from nerf.errors import UserError
-from nerf.evaluation.geometry import Mesh
 from nerf.scenes.raytrace import render_rgba
 from nerf.scenes.procedural import Scene
 from nerf.fileio import write_atomic, write_text_atomic
-from nerf.mesh import extract_surface, sample_grid
+from nerf.mesh import Mesh, extract_surface, sample_grid
 from nerf.options import Options
 
 MESH_BOUND = 0.7  # marching-cubes cube; the scenes stay inside [-0.65, 0.65]^3

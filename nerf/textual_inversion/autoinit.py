@@ -31,13 +31,13 @@ from PIL import Image
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.fileio import write_atomic, write_text_atomic
+from nerf.initializer_file import RESULT_FILE
 from nerf.textual_inversion.dataset import load_rgb
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_EMBEDDINGS = HERE / "clip-vit-large-patch14-text-embeddings.pth"
 NOUN_LIST = HERE / "wordnet-nouns.txt"
 PROMPT = "an image of a {}"
-RESULT_FILE = "token_autoinit.txt"
 
 
 def noun_set() -> set[str]:
