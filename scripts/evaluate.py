@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suite.add_argument("--scenes", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="scene families")
     suite.add_argument("--work_dir", type=Path, default=Path("outputs/evaluation-suite"),
                        help="scenes and workspaces of the suite")
-    suite.add_argument("--seed", type=int, default=0)
+    suite.add_argument("--seeds", nargs="+", type=int, default=None,
+                       help="seeds of every run (default: 0, and 0 1 with --guidance toy); without a prior the scenes "
+                            "are the families' instances of the first seed")
+    suite.add_argument("--instances", type=int, default=2,
+                       help="held-out instances per family of the toy prior's runs (--guidance toy)")
     suite.add_argument("--oracle_strength", type=float, default=DEFAULT_STRENGTH)
     suite.add_argument("--guidance", choices=["oracle", "toy"], default="oracle",
                        help="oracle: prior-free and oracle runs; toy: also score distillation from --toy_prior with "
@@ -116,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
     if args.suite:
         prior, modes = suite_prior(args)
-        result = run_suite(args.work_dir, args.size, device, args.scenes, args.seed, args.oracle_strength,
-                           args.jobs, prior, modes, shlex.split(args.main_args))
+        seeds = args.seeds or ([0, 1] if args.guidance == "toy" else [0])
+        if args.instances < 1:
+            raise UserError(f"--instances must be >= 1, got {args.instances}.")
+        result = run_suite(args.work_dir, args.size, device, args.scenes, seeds, args.oracle_strength,
+                           args.jobs, prior, modes, shlex.split(args.main_args), instances=args.instances)
         print_notices([row["report"] for row in result["rows"]])
         print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
+        print(f"\nmeans per family and mode\n{result['summary']}")
         out = args.out or Path("suite.json")
     else:
         workspaces = args.compare or [args.workspace]

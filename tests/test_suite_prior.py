@@ -70,3 +70,29 @@ def test_a_failing_textual_inversion_stage_says_why(tiny_sd_dir, tmp_path):
     (model / "unet" / "config.json").unlink()
     with pytest.raises(UserError, match="not a readable diffusers model folder"):
         training_resolution(str(model))
+
+
+def test_a_class_prior_is_evaluated_on_its_held_out_instances(tmp_path):
+    world = {"objects": {"union:0": "robot", "union:1": "robot", "thin:0": "chair"},
+             "held_out": {"union:100": "robot", "union:101": "robot", "union:102": "robot", "thin:100": "chair"}}
+    (tmp_path / "objects.json").write_text(json.dumps(world))
+    prior = TrainedPrior.load(tmp_path)
+    assert prior.scenes(["union", "thin"], 2) == [("union", 100), ("union", 101), ("thin", 100)]
+    task = SuiteTask("union-101", tmp_path, tmp_path / "runs" / "union-101" / "toy", "toy", "reduced", "cpu", 0, 1.0,
+                     prior)
+    assert prior.run(task, "union:101").word == "robot"  # the class word names the instance it never saw
+    with pytest.raises(UserError, match="no instance of primitive"):
+        prior.scenes(["primitive"], 2)
+
+
+def test_the_summary_averages_instances_and_seeds_per_family_and_mode():
+    from nerf.evaluation.suite import summary_table
+
+    def row(scene: str, mode: str, f: float) -> dict:
+        return {"scene": scene, "mode": mode, "report": {"geometry": {"fscore": {"2%": f}}}}
+
+    rows = [row("union-100", "toy", 0.2), row("union-101", "toy", 0.4), row("union-100", "prior_free", 0.1),
+            row("thin-100", "toy", 0.9)]
+    lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in summary_table(rows).splitlines()[2:]}
+    assert "0.3000" in lines["union", "toy", "2"] and "0.1000" in lines["union", "prior_free", "1"]
+    assert "0.9000" in lines["thin", "toy", "1"]

@@ -1,6 +1,11 @@
 """The synthetic benchmark: for every scene family, a prior-free and an oracle-guided reconstruction of its input
 view, each scored on the input view, the validation path and the ground-truth mesh.
 
+With a trained toy prior the scenes are the prior's held-out instances (objects of a class it knows that it never
+saw), and score distillation runs beside them: prompted with the class word (`toy`) and with a token learned by
+textual inversion from the input view alone (`toy_ti`). Every scene runs at every seed; the summary averages over
+instances and seeds per family and mode.
+
 The prior-free run sees only the front; the oracle-guided run is told the truth from every sampled camera. The
 gap between them is the 3-D shape the guidance is responsible for, and the oracle's own score is what the rest of
 the pipeline (field, renderer, losses, optimiser, mesh export) can reach when the guidance is perfect.
@@ -15,7 +20,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,6 +37,7 @@ from nerf.scenes.files import Conventions, write_scene
 from nerf.scenes.procedural import FAMILIES, make_scene
 from nerf.build import build_renderer
 from nerf.options import Options
+from nerf.toy_models.world import load_world
 
 log = logging.getLogger("realfusion.suite")
 
@@ -55,8 +61,9 @@ SUITE_SIZES = {
                          evaluation=EvaluationSettings()),
 }
 SUITE_COLUMNS = (("input PSNR", ("input_view", "psnr")), ("input IoU", ("input_view", "mask_iou")),
-                 ("novel PSNR", ("novel_views", "psnr")), ("Chamfer-L1", ("geometry", "chamfer_l1")),
-                 ("F@2%", ("geometry", "fscore", "2%")), ("volume IoU", ("geometry", "volume_iou")))
+                 ("novel PSNR", ("novel_views", "psnr")), ("novel IoU", ("novel_views", "mask_iou")),
+                 ("Chamfer-L1", ("geometry", "chamfer_l1")), ("F@2%", ("geometry", "fscore", "2%")),
+                 ("volume IoU", ("geometry", "volume_iou")))
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,11 @@ class SuiteTask:
 @dataclass(frozen=True)
 class TrainedPrior:
     """A Stable-Diffusion-format prior that knows the suite's scenes (scripts/train-toy-prior.py): its folder,
-    the word of each scene, and the settings of its runs."""
+    the word of each training and held-out instance, and the settings of its runs."""
 
     model: Path
-    words: dict[str, str]  # "family:seed" -> the object's word
+    words: dict[str, str]  # "family:seed" -> the word of a training instance
+    held_out: dict[str, str] = field(default_factory=dict)  # "family:seed" -> the word of a held-out instance
     guidance_scale: float = TOY_GUIDANCE_SCALE
     lambda_prior: float = TOY_PRIOR_WEIGHT
     ti_steps: int = 500
@@ -90,28 +98,50 @@ class TrainedPrior:
     @classmethod
     def load(cls, model: Path, **settings) -> "TrainedPrior":
         """Read the words from the prior's objects.json."""
-        try:
-            words = json.loads((Path(model) / "objects.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{model} has no readable objects.json ({exc}); give a folder written by "
-                            "scripts/train-toy-prior.py.") from None
-        return cls(Path(model), words, **settings)
+        words, held_out = load_world(Path(model))
+        return cls(Path(model), words, held_out, **settings)
+
+    def scenes(self, families: Sequence[str], instances: int) -> list[tuple[str, int]]:
+        """The first `instances` held-out instances of each family (a prior without held-out instances: its own
+        training instances, as earlier priors were evaluated)."""
+        pool = self.held_out or self.words
+        chosen = []
+        for family in families:
+            seeds = [int(key.partition(":")[2]) for key in pool if key.partition(":")[0] == family][:instances]
+            if not seeds:
+                raise UserError(f"the prior {self.model} has no instance of {family}; choose --scenes among "
+                                f"{', '.join(sorted({key.partition(':')[0] for key in pool}))}.")
+            chosen += [(family, seed) for seed in seeds]
+        return chosen
 
     def token_stage(self, task: SuiteTask) -> pipeline.Stage:
-        """The pipeline's textual-inversion stage on the scene's input view, from an unrelated word."""
-        settings = pipeline.TokenSettings(str(self.model), steps=self.ti_steps, seed=task.seed,
+        """The pipeline's textual-inversion stage on the scene's input view, from an unrelated word; one token per
+        scene (seed 0), shared by the scene's runs at every seed."""
+        settings = pipeline.TokenSettings(str(self.model), steps=self.ti_steps, seed=0,
                                           mixed_precision="fp16" if task.device.startswith("cuda") else "no")
-        return pipeline.learn_token(task.scene_dir / "rgba.png", self.ti_initializer, task.workspace.parent / "token",
-                                    settings)
+        return pipeline.learn_token(task.scene_dir / "rgba.png", self.ti_initializer, token_folder(task), settings)
 
     def run(self, task: SuiteTask, scene_key: str) -> PriorRun:
         if task.mode == "toy":
-            if scene_key not in self.words:
+            word = {**self.words, **self.held_out}.get(scene_key)
+            if word is None:
                 raise UserError(f"the prior {self.model} does not know the scene {scene_key}; it knows "
-                                f"{', '.join(self.words)}.")
-            return PriorRun(self.model, self.guidance_scale, word=self.words[scene_key], lambda_prior=self.lambda_prior)
+                                f"{', '.join([*self.words, *self.held_out])}.")
+            return PriorRun(self.model, self.guidance_scale, word=word, lambda_prior=self.lambda_prior)
         embeds = pipeline.ensure(self.token_stage(task))
         return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
+
+
+def token_folder(task: SuiteTask) -> Path:
+    """runs/SCENE/token: the scene's learned token, beside its runs."""
+    return task.workspace.parent / "token"
+
+
+def learn_scene_token(task: SuiteTask) -> Path:
+    """The learned token of a toy_ti task's scene (a task of its own, so that the pool learns every scene's token
+    once, in parallel, before the runs that share it start)."""
+    assert task.prior is not None
+    return pipeline.ensure(task.prior.token_stage(task))
 
 
 def run_task(task: SuiteTask) -> dict:
@@ -125,7 +155,7 @@ def run_task(task: SuiteTask) -> dict:
     report = evaluate_workspace(workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
                                 settings=spec.evaluation, device=device)
     log.info("%s %s: F@2%% %s in %.0f s", task.scene, task.mode, lookup(report, ("geometry", "fscore", "2%")), seconds)
-    return {"scene": task.scene, "mode": task.mode, "train_seconds": seconds, "report": report}
+    return {"scene": task.scene, "mode": task.mode, "seed": task.seed, "train_seconds": seconds, "report": report}
 
 
 @contextlib.contextmanager
@@ -152,13 +182,14 @@ def _quiet_worker() -> None:
 
 
 def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device | None = None,
-              families: Sequence[str] = FAMILIES, seed: int = 0, oracle_strength: float = DEFAULT_STRENGTH,
-              jobs: int = 1, prior: TrainedPrior | None = None, modes: Sequence[str] = MODES,
-              extra_args: Sequence[str] = ()) -> dict:
-    """Make every scene, train every mode on it, evaluate; returns {settings, rows, table}.
+              families: Sequence[str] = FAMILIES, seeds: Sequence[int] = (0,),
+              oracle_strength: float = DEFAULT_STRENGTH, jobs: int = 1, prior: TrainedPrior | None = None,
+              modes: Sequence[str] = MODES, extra_args: Sequence[str] = (), instances: int = 2) -> dict:
+    """Make every scene, train every mode on it at every seed, evaluate; returns {settings, rows, table, summary}.
 
-    `modes`: prior_free and oracle, and with a trained `prior` also toy (its word for the scene) and toy_ti (a
-    token learned from the input view, starting from an unrelated word).
+    The scenes: without a prior, each family's instance of the first seed; with a trained `prior`, the first
+    `instances` of its held-out instances per family. `modes`: prior_free and oracle, and with a prior also toy
+    (the class word) and toy_ti (a token learned from the input view, starting from an unrelated word).
 
     With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
     Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
@@ -166,22 +197,26 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(work_dir, flag="--work_dir"):  # one suite per folder: its runs share the scenes
-        return _run_suite(work_dir, size, device, families, seed, oracle_strength, jobs, prior, modes, extra_args)
+        return _run_suite(work_dir, size, device, families, seeds, oracle_strength, jobs, prior, modes, extra_args,
+                          instances)
 
 
-def _run_suite(work_dir: Path, size: str, device: torch.device | None, families: Sequence[str], seed: int,
-               oracle_strength: float, jobs: int, prior: TrainedPrior | None, modes: Sequence[str],
-               extra_args: Sequence[str]) -> dict:
+def _run_suite(work_dir: Path, size: str, device: torch.device | None, families: Sequence[str],
+               seeds: Sequence[int], oracle_strength: float, jobs: int, prior: TrainedPrior | None,
+               modes: Sequence[str], extra_args: Sequence[str], instances: int) -> dict:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = SUITE_SIZES[size]
     conventions = Conventions.from_options(Options())
+    scenes = prior.scenes(families, instances) if prior is not None else [(f, seeds[0]) for f in families]
     tasks = []
-    for family in families:
-        name = f"{family}-{seed}"
-        scene_dir = write_scene(make_scene(family, seed), work_dir / "scenes" / name, conventions, spec.input_size,
-                                spec.view_size, spec.views, spec.gt_mesh_resolution)
-        tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / mode, mode, size, str(device), seed,
-                            oracle_strength, prior, tuple(extra_args)) for mode in modes]
+    for family, scene_seed in scenes:
+        name = f"{family}-{scene_seed}"
+        scene_dir = write_scene(make_scene(family, scene_seed), work_dir / "scenes" / name, conventions,
+                                spec.input_size, spec.view_size, spec.views, spec.gt_mesh_resolution)
+        tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / run_name(mode, seed, seeds), mode, size,
+                            str(device), seed, oracle_strength, prior, tuple(extra_args))
+                  for seed in seeds for mode in modes]
+    token_tasks = list({token_folder(t): t for t in tasks if t.mode == "toy_ti"}.values())
     finished = work_dir / "rows.jsonl"  # each run's row as it ends: an interrupted suite keeps the finished runs
     finished.unlink(missing_ok=True)
 
@@ -195,25 +230,49 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
             build_renderer(Options(), device)  # compile the CUDA extensions once, before the workers load them
         context = multiprocessing.get_context("spawn")
         with _no_progress_bars(), ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_worker) as pool:
+            for done in as_completed([pool.submit(learn_scene_token, task) for task in token_tasks]):
+                done.result()
             futures = [pool.submit(run_task, task) for task in tasks]
             for future in as_completed(futures):
                 keep(future.result())
             rows = [future.result() for future in futures]
     else:
-        rows = [keep(run_task(task)) for task in tasks]
+        rows = [keep(run_task(task)) for task in tasks]  # a toy_ti run learns its scene's token first
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    settings = {"size": size, "device": str(device), "card": card, "seed": seed, "oracle_strength": oracle_strength,
+    settings = {"size": size, "device": str(device), "card": card, "seeds": list(seeds),
+                "scenes": [f"{family}:{seed}" for family, seed in scenes], "oracle_strength": oracle_strength,
                 "jobs": jobs, "torch": torch.__version__, "modes": list(modes),
                 "main_args": list(extra_args)}
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
                              "lambda_prior": prior.lambda_prior,
                              "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer}
-    return {"settings": settings, "rows": rows, "table": suite_table(rows)}
+    return {"settings": settings, "rows": rows, "table": suite_table(rows), "summary": summary_table(rows)}
+
+
+def run_name(mode: str, seed: int, seeds: Sequence[int]) -> str:
+    """A run's folder under runs/SCENE: the mode, with the seed when the suite runs several."""
+    return mode if len(seeds) == 1 else f"{mode}-seed{seed}"
 
 
 def suite_table(rows: Sequence[dict]) -> str:
-    header = ["scene", "mode", *(name for name, _ in SUITE_COLUMNS), "train s"]
-    body = [[row["scene"], row["mode"], *(lookup(row["report"], path) for _, path in SUITE_COLUMNS),
-             f"{row['train_seconds']:.0f}"] for row in rows]
+    header = ["scene", "mode", "seed", *(name for name, _ in SUITE_COLUMNS), "train s"]
+    body = [[row["scene"], row["mode"], row.get("seed", "-"),
+             *(lookup(row["report"], path) for _, path in SUITE_COLUMNS), f"{row['train_seconds']:.0f}"]
+            for row in rows]
     return format_table(header, body)
+
+
+def summary_table(rows: Sequence[dict]) -> str:
+    """Means over a family's scenes and seeds, per mode: the numbers the suite's targets are stated in."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["scene"].rpartition("-")[0], row["mode"]), []).append(row["report"])
+    body = []
+    for (family, mode), reports in sorted(groups.items()):
+        means = []
+        for _, path in SUITE_COLUMNS:
+            values = [v for v in (lookup(r, path) for r in reports) if v is not None]
+            means.append(sum(values) / len(values) if values else None)
+        body.append([family, mode, len(reports), *means])
+    return format_table(["family", "mode", "runs", *(name for name, _ in SUITE_COLUMNS)], body)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from nerf.cameras import random_cameras
 from nerf.errors import ArgumentParser, UserError, one_line_errors
-from nerf.evaluation.learn_token import model_resolution
+from nerf.pipeline import training_resolution as model_resolution
 from nerf.fileio import write_text_atomic
 from nerf.options import DataOptions
 from nerf.scenes.procedural import make_scene
