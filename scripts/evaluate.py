@@ -27,6 +27,7 @@ import torch
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
+from nerf.evaluation.figure import orbit_figure
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL
 from nerf.evaluation.report import comparison_table, write_json
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gt_mesh", type=Path, help="ground-truth mesh in the reconstruction's frame")
     parser.add_argument("--gt_views", type=Path, help="folder of ground-truth RGBA renders of the validation path")
     parser.add_argument("--image_path", type=Path, help="input RGBA (default: the workspace's --image_path)")
+    parser.add_argument("--orbit_figure", type=Path, metavar="PNG",
+                        help="with --compare and --gt_views: a PNG of each workspace's orbit renders (one row each, "
+                             "in the order given) above the ground-truth views")
     parser.add_argument("--out", type=Path, help="JSON report (default: evaluation.json, compare.json or suite.json)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--mesh_resolution", type=int, help="density grid of the mesh (default: the workspace's)")
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("suite.json")
     else:
         workspaces = args.compare or [args.workspace]
+        if args.orbit_figure is not None:
+            if args.gt_views is None:
+                raise UserError("--orbit_figure needs --gt_views (the ground-truth renders of the circular path).")
+            print(f"wrote {orbit_figure(workspaces, args.gt_views, args.orbit_figure, device)}")
         reports = {str(ws): evaluate_workspace(ws, args.gt_mesh, args.gt_views, args.image_path,
                                                settings_from(args), device) for ws in workspaces}
         print_notices(list(reports.values()))
