@@ -170,5 +170,7 @@ def load_zero123(name_or_path: str, device: torch.device, fp16: bool) -> Zero123
         alphas_cumprod=scheduler.alphas_cumprod.to(device=device, dtype=torch.float32),
         clip_size=clip_size, clip_mean=clip_mean, clip_std=clip_std, device=device, dtype=dtype)
     for module in (unet, vae, encoder, projection):
-        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        module.to(device).eval().requires_grad_(False)
+        if dtype == torch.float16:
+            module.half()
     return parts
