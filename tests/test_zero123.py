@@ -201,7 +201,8 @@ def run_main(args: list[str]) -> int:
 def small_run(image: Path, workspace: Path) -> list[str]:
     return ["--O", "--no_cuda_ray", "--image_path", str(image), "--workspace", str(workspace), "--iters", "4",
             "--HW_synthetic", "16", "--HW_real", "16", "--num_rays", "64", "--HW_vis", "8", "--occupancy_grid_size",
-            "16", "--seed", "0", "--text", "a photo of a cat"]
+            "16", "--max_steps", "32", "--grid_levels", "4", "--grid_levels_mask", "0", "--log2_hashmap_size", "12",
+            "--eval_interval", "100", "--seed", "0", "--text", "a photo of a cat"]
 
 
 def test_bad_input_through_main_exits_2_and_writes_nothing(zero123_dir: Path, tmp_path: Path, capsys) -> None:
@@ -237,3 +238,41 @@ def test_short_run_with_both_priors_logs_each_term(tiny_sd_dir: Path, zero123_di
     logged = set(accumulator.Tags()["scalars"])
     assert {"train/sds", "train/zero123"} <= logged
     assert json.loads((workspace / "options.json").read_text())["prior"]["guidance"] == "sd+zero123"
+
+
+def test_reconstruct_plans_the_chosen_prior(tmp_path: Path) -> None:
+    from nerf.cli import reconstruct
+    from tests.test_pipeline_stages import write_input
+
+    rgba = write_input(tmp_path / "input")
+    plans = {}
+    for prior in ("zero123", "sd+zero123"):
+        args, extra = reconstruct.parse_args([str(rgba), "--workspace", str(tmp_path / prior), "--prior", prior,
+                                              "--zero123_model", "someone/zero123", "--", "--iters", "7"])
+        plans[prior] = reconstruct.later_stages(args, extra, rgba)
+    assert [stage.name for stage in plans["zero123"]] == ["nerf", "mesh", "evaluate"]
+    assert [stage.name for stage in plans["sd+zero123"]] == ["token", "nerf", "mesh", "evaluate"]
+    nerf = " ".join(plans["zero123"][0].args)
+    assert "--guidance zero123 --zero123_model someone/zero123" in nerf and "--learned_embeds_path" not in nerf
+    assert "--guidance sd+zero123" in " ".join(plans["sd+zero123"][1].args)
+
+
+def test_reconstruct_refuses_a_zero123_prior_without_its_model(tmp_path: Path, capsys) -> None:
+    from nerf.cli import reconstruct
+    from tests.test_pipeline_stages import write_input
+
+    rgba = write_input(tmp_path / "input")
+    workspace = tmp_path / "w"
+    assert reconstruct.main([str(rgba), "--workspace", str(workspace), "--prior", "sd+zero123"]) == 2
+    assert "--zero123_model" in capsys.readouterr().err and not workspace.exists()
+
+
+def test_the_report_names_the_prior() -> None:
+    from nerf.option_checks import parse
+    from nerf.report import prior_summary
+
+    assert prior_summary(parse(["--guidance", "zero123", "--zero123_model", "m"])) == \
+        "prior: zero123 | Zero-1-to-3 model: m"
+    joint = prior_summary(parse(["--guidance", "sd+zero123", "--zero123_model", "m", "--text", "a cat"]))
+    assert joint == "prior: sd+zero123 | Zero-1-to-3 model: m | prompt: a cat"
+    assert prior_summary(parse(["--text", "a cat"])) == "prior: sd | prompt: a cat"
