@@ -276,3 +276,14 @@ def test_the_report_names_the_prior() -> None:
     joint = prior_summary(parse(["--guidance", "sd+zero123", "--zero123_model", "m", "--text", "a cat"]))
     assert joint == "prior: sd+zero123 | Zero-1-to-3 model: m | prompt: a cat"
     assert prior_summary(parse(["--text", "a cat"])) == "prior: sd | prompt: a cat"
+
+
+def test_benchmark_variants_naming_zero123_get_a_model(zero123_dir: Path) -> None:
+    from argparse import Namespace
+
+    from nerf.benchmarks.recon import zero123_flags
+
+    args = Namespace(zero123_dir=zero123_dir)  # already built: reused as it is
+    assert zero123_flags("--guidance sd+zero123", args) == f"--guidance sd+zero123 --zero123_model {zero123_dir}"
+    assert zero123_flags("--no_cuda_graph", args) == "--no_cuda_graph"
+    assert zero123_flags("--guidance zero123 --zero123_model m", args) == "--guidance zero123 --zero123_model m"

@@ -15,7 +15,7 @@ reads it as it reads the published model:
                          config.json {in_channel, out_channel} and diffusion_pytorch_model.safetensors
 
 The default networks are a few MB (images of 16 px, for tests and smoke runs on the CPU). ``--full_size`` gives
-Zero-1-to-3-XL's shapes (SD 1.x UNet at 256 px, CLIP ViT-L/14, cc_projection 772 -> 768; about 1.2 GB in fp32) for
+Zero-1-to-3-XL's shapes (SD 1.x UNet at 256 px, CLIP ViT-L/14, cc_projection 772 -> 768; about 5 GB in fp32) for
 measuring memory and speed; its weights are random too. The same seed always gives the same weights.
 """
 
@@ -110,7 +110,9 @@ def save_projection(projection: torch.nn.Linear, folder: Path) -> None:
 
 def model_index(parts: dict[str, Any]) -> dict[str, Any]:
     """model_index.json: each component's (library, class), as diffusers writes it."""
-    index: dict[str, Any] = {"_class_name": PIPELINE_CLASS, "_diffusers_version": "0.19.0"}
+    import diffusers
+
+    index: dict[str, Any] = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
     for name, part in parts.items():
         library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
         index[name] = [library, type(part).__name__]
