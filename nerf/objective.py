@@ -73,7 +73,8 @@ class Objective:
                  num_rays: int, generator: torch.Generator, legacy_anneal_4: bool = False, unscaled_prior: bool = False,
                  prior_weights: Sequence[str] = ("prior",)) -> None:
         """`prior_weights`: the weight of each prior's term (`nerf.guidance.prior_weights`), in the order of
-        `prior_members(guidance)`. `unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss scaler: the prior's weight is
+        `prior_members(guidance)`. `unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss
+        scaler: the prior's weight is
         lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's initial scale, drifting as the
         scale grows or falls, and 65536 times the default without fp16."""
         self.options = objective

@@ -120,8 +120,8 @@ def validate(opt: Options) -> None:
     prior_off = not any(AnnealedValue(getattr(objective, f"lambda_{weight}"), opt.train.iters).ever_nonzero()
                         for weight in weights)
     _check(not (prior_off and (objective.real_iters > 0 or objective.real_every > 1)),
-           f"{' and '.join(f'--lambda_{weight}' for weight in weights)} 0 with --real_iters > 0 or --real_every > 1 leaves iterations with no loss at all; "
-           "drop one of them.")
+           f"{' and '.join(f'--lambda_{weight}' for weight in weights)} 0 with --real_iters > 0 or --real_every > 1 "
+           "leaves iterations with no loss at all; drop one of them.")
     _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
     _check_zero123(opt)
     _check(opt.prior.guidance != "oracle" or opt.prior.guidance_scene is not None,

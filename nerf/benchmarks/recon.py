@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="diffusers folder to use (default: build the SD-1.5-shaped random model in --model_dir)")
     parser.add_argument("--model_dir", type=Path, default=Path.home() / ".cache" / "realfusion" / "sd15-random",
                         help="where the SD-1.5-shaped random model is built once and reused")
-    parser.add_argument("--zero123_dir", type=Path, default=Path.home() / ".cache" / "realfusion" / "zero123-xl-random",
-                        help="where the Zero-1-to-3-XL-shaped random model is built once (for variants naming zero123)")
+    parser.add_argument("--zero123_dir", type=Path,
+                        default=Path.home() / ".cache" / "realfusion" / "zero123-xl-random",
+                        help="where the Zero-1-to-3-XL-shaped random model is built once (variants naming zero123)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed iterations first (captures, autotuning)")
     parser.add_argument("--steps", type=int, default=100, help="timed iterations for the steady state")
     parser.add_argument("--split_steps", type=int, default=30, help="instrumented iterations for the split")

@@ -56,12 +56,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--prior", choices=PRIORS, default="sd",
                    help="prior of the NeRF stage (default sd); zero123 needs no prompt: no autoinit, no token")
     p.add_argument("--zero123_model", default=None,
-                   help="Zero-1-to-3 model of --prior zero123 / sd+zero123: a hub id (e.g. kxic/zero123-xl) or a folder")
+                   help="Zero-1-to-3 model of --prior zero123 / sd+zero123: a hub id (e.g. kxic/zero123-xl) or a "
+                        "folder")
     return p.parse_args(argv[:split]), argv[split + 1:]
 
 
 def later_stages(args: argparse.Namespace, extra: Sequence[str], rgba: Path) -> list[pipeline.Stage]:
-    """Token (unless --skip_ti or a prior without Stable Diffusion), NeRF, mesh and evaluation of a prepared input whose initializer word is known."""
+    """Token (unless --skip_ti or a prior without Stable Diffusion), NeRF, mesh and evaluation of a prepared input
+    whose initializer word is known."""
     work = args.workspace
     stages = []
     embeds = None

@@ -60,7 +60,8 @@ def model_folder(name: str) -> Path:
         raise UserError(f"Zero-1-to-3 model folder {path} does not exist; set {FLAG} to {MODEL_FORMS}.")
     from huggingface_hub import snapshot_download
 
-    patterns = ["model_index.json", *(f"{sub}/*.json" for sub in SUBFOLDERS), *(f"{sub}/*.safetensors" for sub in SUBFOLDERS)]
+    patterns = ["model_index.json", *(f"{sub}/*.json" for sub in SUBFOLDERS),
+                *(f"{sub}/*.safetensors" for sub in SUBFOLDERS)]
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except (OSError, ValueError) as exc:  # offline and not cached, no such repository, refused

@@ -63,7 +63,8 @@ TINY = Shapes(unet_channels=(32, 64), unet_down=("DownBlock2D", "CrossAttnDownBl
               vae_channels=(32, 64), clip_width=32, clip_layers=2, clip_heads=4, clip_intermediate=37, clip_patch=8,
               clip_image=32, embedding=32)
 XL = Shapes(unet_channels=(320, 640, 1280, 1280),
-            unet_down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), unet_up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            unet_down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            unet_up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             latent_size=32, attention_head_dim=8, vae_channels=(128, 256, 512, 512), clip_width=1024, clip_layers=24,
             clip_heads=16, clip_intermediate=4096, clip_patch=14, clip_image=224, embedding=768)
 
