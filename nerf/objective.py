@@ -74,9 +74,8 @@ class Objective:
                  prior_weights: Sequence[str] = ("prior",)) -> None:
         """`prior_weights`: the weight of each prior's term (`nerf.guidance.prior_weights`), in the order of
         `prior_members(guidance)`. `unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss
-        scaler: the prior's weight is
-        lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's initial scale, drifting as the
-        scale grows or falls, and 65536 times the default without fp16."""
+        scaler: the prior's weight is lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's
+        initial scale, drifting as the scale grows or falls, and 65536 times the default without fp16."""
         self.options = objective
         self.iters = iters
         self.renderer = renderer

@@ -205,7 +205,8 @@ class ObjectiveOptions:
     lambda_prior: AnnealSpec = _anneal([PRIOR_WEIGHT])
     """Weight of the prior's gradient (score distillation). The default, 2^-16, is the weight the original's --O
     runs effectively had (their SDS gradient bypassed the fp16 loss scale of 65536); measured with a trained prior,
-    a weight of 1 overwhelms the input view (Adam normalises the summed gradient)."""
+    a weight of 1 overwhelms the input view (Adam normalises the summed gradient). With --guidance sd+zero123 it
+    weights the Stable Diffusion term (--lambda_prior_zero123 the other)."""
     lambda_prior_zero123: AnnealSpec = _anneal([40 * PRIOR_WEIGHT])
     """Weight of Zero-1-to-3's score distillation (--guidance zero123 or sd+zero123; --lambda_prior then weights only
     the Stable Diffusion term). Default 40 x the default --lambda_prior: Magic123's ratio of the two priors (1 : 40,
