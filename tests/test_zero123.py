@@ -287,3 +287,17 @@ def test_benchmark_variants_naming_zero123_get_a_model(zero123_dir: Path) -> Non
     assert zero123_flags("--guidance sd+zero123", args) == f"--guidance sd+zero123 --zero123_model {zero123_dir}"
     assert zero123_flags("--no_cuda_graph", args) == "--no_cuda_graph"
     assert zero123_flags("--guidance zero123 --zero123_model m", args) == "--guidance zero123 --zero123_model m"
+
+
+def test_sampled_views_follow_the_camera(parts) -> None:
+    from nerf.guidance.zero123_sampling import sample_view
+
+    guidance = Zero123Guidance(parts, view())
+
+    def sample(cam: CameraBatch) -> torch.Tensor:
+        return sample_view(guidance, cam, steps=4, generator=torch.Generator().manual_seed(3))
+
+    front = sample(camera(75.0, 0.0))
+    assert front.shape == (1, 3, 16, 16) and 0 <= front.min() and front.max() <= 1
+    assert torch.equal(front, sample(camera(75.0, 0.0)))
+    assert (front - sample(camera(75.0, 150.0))).abs().max() > 1e-4

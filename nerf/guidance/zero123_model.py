@@ -37,7 +37,8 @@ class Zero123Parts:
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
     cc_projection: torch.nn.Linear
-    alphas_cumprod: torch.Tensor  # the noise schedule, fp32 on `device`
+    scheduler: Any  # the model's own sampling scheduler (DDIM for the published models)
+    alphas_cumprod: torch.Tensor  # its noise schedule, fp32 on `device`
     clip_size: int  # CLIP's input side
     clip_mean: tuple[float, ...]  # RGB
     clip_std: tuple[float, ...]
@@ -167,7 +168,7 @@ def load_zero123(name_or_path: str, device: torch.device, fp16: bool) -> Zero123
     clip_size, clip_mean, clip_std = clip_input(processor, folder / "feature_extractor" / "preprocessor_config.json")
     dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
     parts = Zero123Parts(
-        unet=unet, vae=vae, image_encoder=encoder, cc_projection=projection,
+        unet=unet, vae=vae, image_encoder=encoder, cc_projection=projection, scheduler=scheduler,
         alphas_cumprod=scheduler.alphas_cumprod.to(device=device, dtype=torch.float32),
         clip_size=clip_size, clip_mean=clip_mean, clip_std=clip_std, device=device, dtype=dtype)
     for module in (unet, vae, encoder, projection):
