@@ -23,7 +23,8 @@ from nerf.checkpoint import find_checkpoint, load_checkpoint
 from nerf.data import RealView
 from nerf.errors import UserError
 from nerf.field import Background, DensityGeometry, RadianceField
-from nerf.guidance import Guidance
+from nerf.guidance import Guidance, prior_weights
+from nerf.guidance.joint import JointGuidance
 from nerf.objective import Objective
 from nerf.options import Options
 from nerf.options_file import to_dict
@@ -65,11 +66,12 @@ def build_renderer(opt: Options, device: torch.device) -> Renderer:
 
 
 def prior_enabled(opt: Options) -> bool:
-    """The one decision whether a prior is loaded: training, with a lambda_prior that is ever above zero."""
-    return not opt.inference and AnnealedValue(opt.objective.lambda_prior, opt.train.iters).ever_nonzero()
+    """The one decision whether a prior is loaded: training, with a weight of one of its terms ever above zero."""
+    return not opt.inference and any(AnnealedValue(getattr(opt.objective, f"lambda_{weight}"), opt.train.iters)
+                                     .ever_nonzero() for weight in prior_weights(opt.prior.guidance))
 
 
-def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guidance | None:
+def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guidance | JointGuidance | None:
     """The prior, given the input view as loaded for the run; it runs on `device`."""
     if not prior_enabled(opt):
         return None
@@ -120,12 +122,12 @@ class Run:
     device: torch.device
     real_view: RealView
     renderer: Renderer
-    guidance: Guidance | None
+    guidance: Guidance | JointGuidance | None
     frames: Frames
     trainer: Trainer
 
 
-def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guidance: Guidance | None,
+def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guidance: Guidance | JointGuidance | None,
                   frames: Frames, workspace: Path) -> Trainer:
     """Objective (with its view sampler) and the Trainer that optimises it; one seeded generator for both."""
     device = renderer.density_grid.device
@@ -139,7 +141,8 @@ def build_trainer(opt: Options, *, renderer: Renderer, real_view: RealView, guid
                            legacy_replacement=opt.uses("camera_replacement"))
     objective = Objective(objective_opt, iters=opt.train.iters, renderer=renderer, views=views, real_view=real_view,
                           guidance=guidance, num_rays=opt.data.num_rays, generator=generator,
-                          legacy_anneal_4=opt.uses("anneal_4"), unscaled_prior=opt.uses("sds_unscaled"))
+                          legacy_anneal_4=opt.uses("anneal_4"), unscaled_prior=opt.uses("sds_unscaled"),
+                          prior_weights=prior_weights(opt.prior.guidance))
     return Trainer(opt.train, renderer=renderer, objective=objective, frames=frames, real_view=real_view,
                    workspace=workspace, generator=generator, orbit_size=opt.output.HW_vis,
                    update_grid_every=opt.render.update_extra_interval,

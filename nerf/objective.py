@@ -1,13 +1,14 @@
 """The loss of one iteration: the prior on a synthetic view plus its regularisers, and the input-view terms.
 
-Every weight is applied here, `lambda_prior` included (a guidance returns the unweighted surrogate loss), each
-evaluated at the current step from its annealing spec.
+Every weight is applied here, the priors' included (a guidance returns the unweighted surrogate loss; each prior's
+term has its weight, `lambda_prior` or its own such as `lambda_prior_zero123`), each evaluated at the current step
+from its annealing spec.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -16,12 +17,13 @@ from nerf import losses
 from nerf.anneal import AnnealedValue
 from nerf.cameras import CameraBatch
 from nerf.data import RealView
-from nerf.guidance import Guidance
+from nerf.guidance import Guidance, prior_members
+from nerf.guidance.joint import JointGuidance
 from nerf.options import FP16_INITIAL_LOSS_SCALE, ObjectiveOptions
 from nerf.renderer import Renderer, RenderSettings
 from nerf.synthetic_views import SyntheticViews
 
-TERMS = ("prior", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d")
+TERMS = ("prior", "prior_zero123", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d")
 
 
 class LossWeights:
@@ -67,17 +69,20 @@ class Objective:
     """Synthetic step (prior + regularisers) and input-view step, weighted and summed."""
 
     def __init__(self, objective: ObjectiveOptions, *, iters: int, renderer: Renderer,
-                 views: SyntheticViews, real_view: RealView | None, guidance: Guidance | None, num_rays: int,
-                 generator: torch.Generator, legacy_anneal_4: bool = False, unscaled_prior: bool = False) -> None:
-        """`unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss scaler: the prior's weight is
-        lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's initial scale, drifting as the
-        scale grows or falls, and 65536 times the default without fp16."""
+                 views: SyntheticViews, real_view: RealView | None, guidance: Guidance | JointGuidance | None,
+                 num_rays: int, generator: torch.Generator, legacy_anneal_4: bool = False, unscaled_prior: bool = False,
+                 prior_weights: Sequence[str] = ("prior",)) -> None:
+        """`prior_weights`: the weight of each prior's term (`nerf.guidance.prior_weights`), in the order of
+        `prior_members(guidance)`. `unscaled_prior`: the original's SDS gradient, which bypassed the fp16 loss
+        scaler: the prior's weight is lambda_prior * 65536 / (live loss scale), i.e. the default's at the scaler's
+        initial scale, drifting as the scale grows or falls, and 65536 times the default without fp16."""
         self.options = objective
         self.iters = iters
         self.renderer = renderer
         self.views = views
         self.real_view = real_view
         self.guidance = guidance
+        self.priors = tuple(zip(prior_members(guidance), prior_weights, strict=True)) if guidance is not None else ()
         self.num_rays = num_rays
         self.generator = generator
         self.lambdas = LossWeights(objective, iters, legacy_anneal_4)
@@ -115,11 +120,12 @@ class Objective:
         out = self.renderer.render(rays_o, rays_d, settings)
         size = view.camera.height
         terms: dict[str, Tensor] = {}
-        if self.guidance is not None and w("prior", step) > 0:
-            prior, _ = self.guidance(_image(out["image"], size), view.direction, camera=view.camera)
-            if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
-                prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
-            terms[self.guidance.term] = w("prior", step) * prior
+        for guidance, weight in self.priors:  # every prior on the same render
+            if w(weight, step) > 0:
+                prior, _ = guidance(_image(out["image"], size), view.direction, camera=view.camera)
+                if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
+                    prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
+                terms[guidance.term] = w(weight, step) * prior
         terms.update(self.regularisers(out, size, step))
         loss = sum(terms.values(), torch.zeros((), device=rays_o.device))
         return StepLoss(loss, terms, SyntheticRender(out, view.camera))

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from nerf.anneal import AnnealedValue, check_anneal_spec, normalise_anneal_spec
 from nerf.errors import UserError
-from nerf.guidance import check_guidance_name
+from nerf.guidance import check_guidance_name, prior_weights
 from nerf.options import ANNEALED_FIELDS, GROUPS, Options
 
 CKPT_NAMES = ("scratch", "latest", "latest_model", "best")
@@ -85,6 +85,22 @@ def _check_model(opt: Options) -> None:
     _check(opt.output.mesh_threshold is None or opt.output.mesh_threshold > 0, "--mesh_threshold must be > 0.")
 
 
+def _check_zero123(opt: Options) -> None:
+    """Zero-1-to-3's settings, when the prior uses it."""
+    prior = opt.prior
+    if "zero123" not in prior.guidance.split("+"):
+        return
+    _check(bool(prior.zero123_model), f"--guidance {prior.guidance} needs --zero123_model: a hub id (e.g. "
+                                      "kxic/zero123-xl) or a local Zero-1-to-3 folder in its diffusers layout.")
+    lo, hi = prior.zero123_t_range
+    _check(0 <= lo < hi <= 1, f"--zero123_t_range needs 0 <= min < max <= 1 (fractions of the training steps), "
+                              f"got {lo} {hi}.")
+    _check(prior.zero123_guidance_scale >= 0,
+           f"--zero123_guidance_scale must be >= 0, got {prior.zero123_guidance_scale}.")
+    _check(not opt.uses("left_handed"), "--legacy left_handed mirrors every render, which Zero-1-to-3's camera "
+                                        f"conditioning does not expect; drop it with --guidance {prior.guidance}.")
+
+
 def validate(opt: Options) -> None:
     """Reject values that would fail later or silently do nothing; one-line messages naming the flag."""
     for name in ANNEALED_FIELDS:
@@ -99,12 +115,15 @@ def validate(opt: Options) -> None:
     _check(opt.ckpt in CKPT_NAMES or opt.ckpt.endswith((".pth", ".pt")),
            f"--ckpt must be scratch, latest, latest_model, best or a .pth file, got '{opt.ckpt}'.")
     objective = opt.objective
-    prior_off = not AnnealedValue(objective.lambda_prior, opt.train.iters).ever_nonzero()
-    _check(not (prior_off and (objective.real_iters > 0 or objective.real_every > 1)),
-           "--lambda_prior 0 with --real_iters > 0 or --real_every > 1 leaves iterations with no loss at all; "
-           "drop one of them.")
-    _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
     check_guidance_name(opt.prior.guidance)
+    weights = prior_weights(opt.prior.guidance)
+    prior_off = not any(AnnealedValue(getattr(objective, f"lambda_{weight}"), opt.train.iters).ever_nonzero()
+                        for weight in weights)
+    _check(not (prior_off and (objective.real_iters > 0 or objective.real_every > 1)),
+           f"{' and '.join(f'--lambda_{weight}' for weight in weights)} 0 with --real_iters > 0 or --real_every > 1 "
+           "leaves iterations with no loss at all; drop one of them.")
+    _check(not (opt.O and opt.O2), "--O and --O2 are alternative presets; give only one.")
+    _check_zero123(opt)
     _check(opt.prior.guidance != "oracle" or opt.prior.guidance_scene is not None,
            "--guidance oracle needs --guidance_scene FAMILY[:SEED] or a scene folder from make-synthetic-scene.py.")
 

@@ -41,8 +41,9 @@ class PriorOptions:
     """The 2-D prior: prompt, diffusion model, learned token, score distillation."""
 
     guidance: str = "sd"
-    """Prior by name (the registry of nerf/guidance): sd (Stable Diffusion + score distillation) or oracle (a
-    synthetic scene's ground truth)."""
+    """Prior by name (the registry of nerf/guidance): sd (Stable Diffusion + score distillation), zero123
+    (Zero-1-to-3, conditioned on the input view and the relative camera), sd+zero123 (both on the same view, as
+    Magic123), or oracle (a synthetic scene's ground truth)."""
     guidance_scene: Optional[str] = None
     """Oracle only: FAMILY[:SEED] of a procedural scene, or a scene folder written by make-synthetic-scene.py."""
     oracle_strength: float = 10.0
@@ -64,6 +65,14 @@ class PriorOptions:
     """View-dependent prompts (front / side / back / overhead / bottom)."""
     suppress_face: Optional[str] = None
     """Appended to the negative prompt of every view except the front one."""
+    zero123_model: Optional[str] = None
+    """Zero-1-to-3 (--guidance zero123 or sd+zero123): a hub id (the diffusers copy of Zero-1-to-3-XL is
+    kxic/zero123-xl) or a local folder in that layout (scripts/make-tiny-zero123.py writes a random-weight one)."""
+    zero123_guidance_scale: float = 5.0
+    """Classifier-free guidance scale of Zero-1-to-3's score distillation (5, as Magic123 and stable-dreamfusion)."""
+    zero123_t_range: tuple[float, float] = (0.02, 0.98)
+    """Timesteps of Zero-1-to-3's score distillation, as fractions of its training steps (stable-dreamfusion's
+    range; Magic123's joint runs use 0.2 0.6)."""
     cuda_graph: bool = True
     """On CUDA, replay Stable Diffusion's UNet call and VAE encoder as CUDA graphs (same maths, several times
     faster); falls back to eager execution with a warning if capture fails."""
@@ -196,7 +205,12 @@ class ObjectiveOptions:
     lambda_prior: AnnealSpec = _anneal([PRIOR_WEIGHT])
     """Weight of the prior's gradient (score distillation). The default, 2^-16, is the weight the original's --O
     runs effectively had (their SDS gradient bypassed the fp16 loss scale of 65536); measured with a trained prior,
-    a weight of 1 overwhelms the input view (Adam normalises the summed gradient)."""
+    a weight of 1 overwhelms the input view (Adam normalises the summed gradient). With --guidance sd+zero123 it
+    weights the Stable Diffusion term (--lambda_prior_zero123 the other)."""
+    lambda_prior_zero123: AnnealSpec = _anneal([40 * PRIOR_WEIGHT])
+    """Weight of Zero-1-to-3's score distillation (--guidance zero123 or sd+zero123; --lambda_prior then weights only
+    the Stable Diffusion term). Default 40 x the default --lambda_prior: Magic123's ratio of the two priors (1 : 40,
+    at guidance scales 100 and 5)."""
     lambda_image: AnnealSpec = _anneal([5.0])
     """Masked colour error on the input view."""
     lambda_mask: AnnealSpec = _anneal([0.5])

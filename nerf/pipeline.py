@@ -151,14 +151,33 @@ def learn_token(rgba: Path, word: str, folder: Path, settings: TokenSettings) ->
                  folder / "learned_embeds.bin", copies=((rgba, data / "rgba.png"),))
 
 
+@dataclass(frozen=True)
+class PriorChoice:
+    """The prior of the NeRF stage (``--guidance``) and its Zero-1-to-3 model when it uses one."""
+
+    name: str = "sd"
+    zero123_model: str | None = None
+
+    @property
+    def uses_sd(self) -> bool:
+        """Stable Diffusion is part of the prior: it needs the prompt and its token (textual inversion)."""
+        return "sd" in self.name.split("+")
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        model = ("--zero123_model", self.zero123_model) if self.zero123_model else ()
+        return ("--guidance", self.name, *model)
+
+
 def reconstruct(rgba: Path, workspace: Path, *, model: str, learned_embeds: Path | None,
-                main_args: Sequence[str] = ()) -> Stage:
-    """`main.py --O` on the input, prompted with the learned token (without one, main.py reads the word of
-    token_autoinit.txt beside the input); done when the latest checkpoint has trained every iteration."""
-    iters = nerf_iters(main_args)
+                main_args: Sequence[str] = (), prior: PriorChoice = PriorChoice()) -> Stage:
+    """`main.py --O` on the input with `prior`; with Stable Diffusion prompted with the learned token (without one,
+    main.py reads the word of token_autoinit.txt beside the input); done when the latest checkpoint has trained
+    every iteration."""
+    iters = nerf_iters([*prior.args, *main_args])
     token = ("--learned_embeds_path", str(learned_embeds)) if learned_embeds is not None else ()
     args = (*NERF_RECIPE, "--image_path", str(rgba), *token, "--pretrained_model_name_or_path", model,
-            "--text", DEFAULT_PROMPT, "--workspace", str(workspace), *main_args)
+            "--text", DEFAULT_PROMPT, *prior.args, "--workspace", str(workspace), *main_args)
     return Stage("nerf", script("main.py"), args, workspace / "checkpoints" / LATEST, min_steps=iters)
 
 

@@ -244,6 +244,17 @@ def options_section(opt: Options) -> str:
     return f"<table><tr><th>option</th><th>value</th><th>default</th></tr>{rows}</table>"
 
 
+def prior_summary(opt: Options) -> str:
+    """The prior by name, with what it was given: the prompt (Stable Diffusion), the model (Zero-1-to-3)."""
+    parts = [f"prior: {opt.prior.guidance}"]
+    members = opt.prior.guidance.split("+")
+    if "zero123" in members:
+        parts.append(f"Zero-1-to-3 model: {opt.prior.zero123_model}")
+    if "zero123" not in members or "sd" in members:
+        parts.append(f"prompt: {opt.prior.text}")
+    return " | ".join(parts)
+
+
 def write_report(workspace: Path, opt: Options, *, evaluation: Path | None = None) -> Path:
     """WORKSPACE/report.html from what the workspace holds now (rewritten whole on every call)."""
     evaluation = evaluation or workspace / "evaluation.json"
@@ -251,11 +262,11 @@ def write_report(workspace: Path, opt: Options, *, evaluation: Path | None = Non
                 ("Training curves", curves_section(workspace)), ("Videos", videos_section(workspace)),
                 ("Mesh", mesh_section(workspace, opt)), ("Evaluation", evaluation_section(evaluation)),
                 ("Options that differ from the defaults", options_section(opt))]
-    prompt = html.escape(opt.prior.text)
+    prior = html.escape(prior_summary(opt))
     body = "".join(f"<h2>{title}</h2>\n{content}\n" for title, content in sections)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>RealFusion: '
             f"{html.escape(workspace.name)}</title><style>{STYLE}</style></head><body>\n"
-            f"<h1>RealFusion reconstruction: {html.escape(workspace.name)}</h1>\n<p>prompt: {prompt}</p>\n"
+            f"<h1>RealFusion reconstruction: {html.escape(workspace.name)}</h1>\n<p>{prior}</p>\n"
             f"{body}</body></html>\n")
     path = write_text_atomic(workspace / "report.html", page)
     log.info("report: %s", path)

@@ -559,7 +559,7 @@ def context(image_path: str, fp16: bool = False) -> PriorContext:
 
 
 def test_every_registered_builder_resolves():
-    assert set(GUIDANCES) == {"sd", "oracle"}
+    assert set(GUIDANCES) == {"sd", "oracle", "zero123", "sd+zero123"}
     for target in GUIDANCES.values():
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name))

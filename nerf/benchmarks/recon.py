@@ -5,7 +5,8 @@ Two measurements of the same loop. The steady state times whole iterations, unto
 synchronisation around each stage (real-view render, synthetic render, VAE encode, UNet, backward,
 optimiser and occupancy-grid update), so its stages add up to a little more than the untouched
 iteration. `--full` also times a complete default run (5000 iterations, validations, final videos)
-through `main.main`.
+through `main.main`. A variant that names a Zero-1-to-3 prior (e.g. ``--guidance sd+zero123``) runs with
+Zero-1-to-3-XL's shapes and random weights (built once in --zero123_dir), unless it names its own --zero123_model.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="diffusers folder to use (default: build the SD-1.5-shaped random model in --model_dir)")
     parser.add_argument("--model_dir", type=Path, default=Path.home() / ".cache" / "realfusion" / "sd15-random",
                         help="where the SD-1.5-shaped random model is built once and reused")
+    parser.add_argument("--zero123_dir", type=Path,
+                        default=Path.home() / ".cache" / "realfusion" / "zero123-xl-random",
+                        help="where the Zero-1-to-3-XL-shaped random model is built once (variants naming zero123)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed iterations first (captures, autotuning)")
     parser.add_argument("--steps", type=int, default=100, help="timed iterations for the steady state")
     parser.add_argument("--split_steps", type=int, default=30, help="instrumented iterations for the split")
@@ -151,10 +155,22 @@ def profile_table(trainer, steps: int) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=25)
 
 
+def zero123_flags(flags: str, args: argparse.Namespace) -> str:
+    """A variant with a Zero-1-to-3 prior and no model of its own gets the XL-shaped random model."""
+    if "zero123" not in flags or "--zero123_model" in flags:
+        return flags
+    from nerf.toy_models.tiny_zero123 import XL, write_model
+
+    if not (args.zero123_dir / "model_index.json").is_file():
+        write_model(args.zero123_dir, XL)
+    return f"{flags} --zero123_model {shlex.quote(str(args.zero123_dir))}"
+
+
 def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace) -> dict[str, Any]:
     from nerf.build import open_run
     from nerf.option_checks import parse
 
+    flags = zero123_flags(flags, args)
     opt = parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
     with open_run(opt) as run:  # the workspace is held while the benchmark trains in it
         row = measure_trainer(run.trainer, flags, args)

@@ -2,7 +2,8 @@
 """From a photo to a textured mesh in one resumable command.
 
     python scripts/reconstruct.py PHOTO --workspace DIR [--mask_path M] [--initializer_token WORD]
-        [--pretrained_model_name_or_path MODEL] [--ti_steps N] [--skip_ti] [-- main.py options ...]
+        [--pretrained_model_name_or_path MODEL] [--ti_steps N] [--skip_ti]
+        [--prior sd|zero123|sd+zero123 [--zero123_model MODEL]] [-- main.py options ...]
 
 Stages (planned by `nerf.pipeline`), each run as the command a user would type and skipped when its output is
 already there and complete, so that running the same command again after a crash or Ctrl-C continues where it
@@ -16,7 +17,9 @@ stopped:
 6. evaluate  DIR/evaluation.json: scripts/evaluate.py on the workspace
 7. report    DIR/nerf/report.html: rewritten at the end with the evaluation (main.py writes one after each stage)
 
---skip_ti uses the autoinit word itself in the prompt instead of a learned token.
+--skip_ti uses the autoinit word itself in the prompt instead of a learned token. --prior picks the NeRF stage's
+prior: sd (Stable Diffusion with the learned token, RealFusion's), zero123 (Zero-1-to-3, conditioned on the input view
+and the camera: no prompt, so no autoinit and no textual inversion) or sd+zero123 (both, as Magic123).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.fileio import write_text_atomic
 from nerf.initializer_file import RESULT_FILE
 from nerf.options import DEFAULT_MODEL
+
+PRIORS = ("sd", "zero123", "sd+zero123")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -48,24 +53,42 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--ti_resolution", type=int, default=None,
                    help="textual-inversion image size (default: the model's own, 512 for a hub model)")
     p.add_argument("--skip_ti", action="store_true", help="prompt with the autoinit word, learn no token")
+    p.add_argument("--prior", choices=PRIORS, default="sd",
+                   help="prior of the NeRF stage (default sd); zero123 needs no prompt: no autoinit, no token")
+    p.add_argument("--zero123_model", default=None,
+                   help="Zero-1-to-3 model of --prior zero123 / sd+zero123: a hub id (e.g. kxic/zero123-xl) or a "
+                        "folder")
     return p.parse_args(argv[:split]), argv[split + 1:]
 
 
 def later_stages(args: argparse.Namespace, extra: Sequence[str], rgba: Path) -> list[pipeline.Stage]:
-    """Token (unless --skip_ti), NeRF, mesh and evaluation of a prepared input whose initializer word is known."""
+    """Token (unless --skip_ti or a prior without Stable Diffusion), NeRF, mesh and evaluation of a prepared input
+    whose initializer word is known."""
     work = args.workspace
     stages = []
     embeds = None
-    if not args.skip_ti:
+    prior = prior_choice(args)
+    if prior.uses_sd and not args.skip_ti:
         settings = pipeline.TokenSettings(args.pretrained_model_name_or_path, steps=args.ti_steps,
                                           resolution=args.ti_resolution)
         stages.append(pipeline.learn_token(rgba, pipeline.initializer_word(rgba), work / "token", settings))
         embeds = stages[-1].output
     nerf = work / "nerf"  # the layout `run` reports from
     stages += [pipeline.reconstruct(rgba, nerf, model=args.pretrained_model_name_or_path, learned_embeds=embeds,
-                                    main_args=extra),
+                                    main_args=extra, prior=prior),
                pipeline.export_mesh(nerf), pipeline.evaluate(nerf, work / "evaluation.json")]
     return stages
+
+
+def prior_choice(args: argparse.Namespace) -> pipeline.PriorChoice:
+    """--prior and --zero123_model, checked together."""
+    prior = pipeline.PriorChoice(args.prior, args.zero123_model)
+    if "zero123" in args.prior and not args.zero123_model:
+        raise UserError(f"--prior {args.prior} needs --zero123_model: a hub id (e.g. kxic/zero123-xl) or a local "
+                        f"Zero-1-to-3 folder in its diffusers layout.")
+    if args.zero123_model and "zero123" not in args.prior:
+        raise UserError(f"--zero123_model is used only by --prior zero123 or sd+zero123, not by --prior {args.prior}.")
+    return prior
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> Path:
@@ -73,13 +96,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path:
         raise UserError(f"{args.photo} is not a photo file; give the path of an image (PNG, JPEG).")
     if args.ti_steps < 1:
         raise UserError(f"--ti_steps must be at least 1, got {args.ti_steps}.")
-    pipeline.nerf_iters(extra)  # main.py's own checks, before any stage runs
+    prior = prior_choice(args)
+    pipeline.nerf_iters([*prior.args, *extra])  # main.py's own checks, before any stage runs
     inputs = pipeline.prepare_input(args.photo, args.workspace / "input", mask_path=args.mask_path)
     pipeline.ensure(inputs)
     rgba = inputs.output
     if args.initializer_token:
         write_text_atomic(rgba.parent / RESULT_FILE, args.initializer_token + "\n")
-    pipeline.ensure(pipeline.pick_initializer(rgba, clip_model=args.clip_model))
+    if prior.uses_sd:  # the prompt's word: Zero-1-to-3 alone has no prompt
+        pipeline.ensure(pipeline.pick_initializer(rgba, clip_model=args.clip_model))
     for stage in later_stages(args, extra, rgba):
         pipeline.ensure(stage)
     nerf = args.workspace / "nerf"

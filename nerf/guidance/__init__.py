@@ -3,7 +3,9 @@
 To add a prior: write one module ``nerf/guidance/NAME.py`` with ``build(prior, context)`` returning a `Guidance`
 (`context` is a `PriorContext`: the loaded input view and its camera, the device the prior runs on, the precision),
 and add one line ``"NAME": "nerf.guidance.NAME:build"`` to `GUIDANCES`; ``--guidance NAME`` then selects it and the
-loss log names its term after the prior's ``term``.
+loss log names its term after the prior's ``term``. A prior weighted by its own lambda (``--lambda_prior_NAME``, an
+objective option) lists it in `OWN_WEIGHTS`; the others are weighted by ``--lambda_prior``. A joined prior
+(``A+B``) is built as one object whose ``members`` are its priors, each weighted by its own lambda.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from nerf.errors import UserError
 if TYPE_CHECKING:
     from nerf.cameras import CameraBatch
     from nerf.data import RealView
+    from nerf.guidance.joint import JointGuidance
     from nerf.options import PriorOptions
 
 
@@ -43,7 +46,11 @@ class Guidance(Protocol):
 GUIDANCES: dict[str, str] = {
     "sd": "nerf.guidance.sds:build",
     "oracle": "nerf.guidance.oracle:build",
+    "zero123": "nerf.guidance.zero123:build",
+    "sd+zero123": "nerf.guidance.joint:build",
 }
+# prior name -> its loss weight (an ObjectiveOptions field without "lambda_"), for priors not weighted by lambda_prior.
+OWN_WEIGHTS: dict[str, str] = {"zero123": "prior_zero123"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,17 @@ def check_guidance_name(name: str) -> None:
         raise UserError(f"unknown --guidance '{name}'; choose one of: {', '.join(GUIDANCES)}.")
 
 
-def build_guidance(prior: PriorOptions, context: PriorContext) -> Guidance:
+def prior_weights(name: str) -> tuple[str, ...]:
+    """The loss weights of the terms of prior `name`, one per member of a joined prior (``sd+zero123``)."""
+    return tuple(OWN_WEIGHTS.get(member, "prior") for member in name.split("+"))
+
+
+def prior_members(guidance: Guidance | JointGuidance) -> tuple[Guidance, ...]:
+    """The priors whose terms enter the loss: a joined prior's members, else the prior itself."""
+    return getattr(guidance, "members", (guidance,))
+
+
+def build_guidance(prior: PriorOptions, context: PriorContext) -> Guidance | JointGuidance:
     """The prior named by ``prior.guidance``, built from the prior options and the run's context."""
     check_guidance_name(prior.guidance)
     module, builder = GUIDANCES[prior.guidance].split(":")

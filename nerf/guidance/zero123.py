@@ -1,0 +1,133 @@
+"""Score distillation from Zero-1-to-3, an image-conditioned prior, and the builder of the ``zero123`` prior.
+
+Zero-1-to-3 predicts the noise of a view of the object given the input view and the camera that takes the input view
+to it. The input view enters twice: its CLIP image embedding, joined with the relative camera (polar angle, sine and
+cosine of the azimuth, radius: target minus input) through the ``cc_projection`` layer, is what the UNet attends to;
+its VAE latent (the posterior's mode, unscaled, as the published pipeline encodes it) is concatenated with the noisy
+latent as 4 more input channels. Classifier-free guidance follows the published models: the unconditional branch
+zeroes both the projected embedding and the input latent. The SDS gradient g = (1 - abar_t)(eps_hat - eps) on the
+rendered view's latents enters training as a surrogate loss (`surrogate.py`), weighted by ``--lambda_prior_zero123``.
+
+Cameras are the project's (`nerf.cameras`): polar angle down from the up axis, azimuth growing counter-clockwise
+seen from above, as Zero-1-to-3's own; the input camera sits at ``--pose_angle``, azimuth 0, ``--radius_rot``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nerf.errors import UserError
+from nerf.guidance.surrogate import surrogate_loss
+from nerf.guidance.zero123_model import FLAG, MODEL_FORMS, Zero123Parts, load_zero123
+
+if TYPE_CHECKING:
+    from nerf.cameras import CameraBatch
+    from nerf.data import RealView
+    from nerf.guidance import PriorContext
+    from nerf.options import PriorOptions
+
+
+def relative_camera(camera: CameraBatch, reference: CameraBatch) -> Tensor:
+    """[B, 4] (polar in radians, sin azimuth, cos azimuth, radius) of `camera` relative to the one `reference`."""
+    polar = torch.deg2rad(camera.theta.float() - reference.theta.float().to(camera.theta.device))
+    azimuth = torch.deg2rad(camera.phi.float() - reference.phi.float().to(camera.phi.device))
+    radius = camera.centers.float().norm(dim=-1) - reference.centers.float().norm(dim=-1).to(camera.poses.device)
+    return torch.stack([polar, torch.sin(azimuth), torch.cos(azimuth), radius], dim=-1)
+
+
+def over_white(rgba: Tensor) -> Tensor:
+    """An [H, W, 4] straight-alpha image over white as [1, 3, H, W]: the background Zero-1-to-3 was trained on."""
+    rgb, alpha = rgba[..., :3].float(), rgba[..., 3:].float()
+    return (rgb * alpha + (1 - alpha)).permute(2, 0, 1)[None]
+
+
+class Zero123Guidance:
+    """Score distillation from Zero-1-to-3, conditioned on the input view and the camera of each rendered view."""
+
+    term = "zero123"
+
+    def __init__(self, parts: Zero123Parts, view: RealView, guidance_scale: float = 5.0,
+                 t_range: tuple[float, float] = (0.02, 0.98)) -> None:
+        self.parts = parts
+        self.reference = view.camera.to(parts.device)
+        self.guidance_scale = guidance_scale
+        steps = len(parts.alphas_cumprod)
+        self.min_step, self.max_step = int(t_range[0] * steps), min(int(t_range[1] * steps), steps - 1)
+        self.image_embedding, self.input_latent = self.encode_input(view)
+
+    def autocast(self):
+        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32."""
+        if self.parts.dtype != torch.float16:
+            return nullcontext()
+        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16)
+
+    @torch.no_grad()
+    def encode_input(self, view: RealView) -> tuple[Tensor, Tensor]:
+        """The input view's CLIP image embedding [1, 1, E] and VAE latent [1, 4, h, w], computed once."""
+        parts = self.parts
+        image = over_white(view.rgba.to(parts.device))
+        clip = F.interpolate(image, size=(parts.clip_size,) * 2, mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(parts.clip_mean, device=parts.device).view(1, 3, 1, 1)
+        std = torch.tensor(parts.clip_std, device=parts.device).view(1, 3, 1, 1)
+        size = parts.image_size
+        pixels = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        with self.autocast():
+            embedding = parts.image_encoder(pixel_values=(clip.clamp(0, 1) - mean) / std).image_embeds[:, None]
+            latent = parts.vae.encode(pixels * 2 - 1).latent_dist.mode()
+        return embedding.to(parts.dtype), latent.to(parts.dtype)
+
+    def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
+        size = self.parts.image_size
+        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+        with self.autocast():
+            posterior = self.parts.vae.encode(x * 2 - 1).latent_dist
+        return posterior.sample(generator).float() * self.parts.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def predict_noise(self, noisy: Tensor, t: int, camera: CameraBatch) -> Tensor:
+        """The classifier-free guided noise prediction (fp32) for noisy latents [B, 4, h, w] seen by `camera`."""
+        parts = self.parts
+        batch = noisy.shape[0]
+        pose = relative_camera(camera, self.reference).to(device=parts.device, dtype=parts.dtype)
+        with self.autocast():
+            condition = parts.cc_projection(torch.cat([self.image_embedding.expand(batch, -1, -1), pose[:, None]], -1))
+            latent = self.input_latent.expand(batch, -1, -1, -1)
+            embedding = torch.cat([condition, torch.zeros_like(condition)])
+            inputs = torch.cat([torch.cat([noisy, noisy]).to(latent.dtype),
+                                torch.cat([latent, torch.zeros_like(latent)])], dim=1)
+            steps = torch.full((2 * batch,), t, device=noisy.device, dtype=torch.long)
+            eps = parts.unet(inputs, steps, encoder_hidden_states=embedding).sample.float()
+        conditional, unconditional = eps.chunk(2)
+        return unconditional + self.guidance_scale * (conditional - unconditional)
+
+    def __call__(self, image: Tensor, direction: int, *, camera: CameraBatch,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """SDS on one rendered view of `camera`: the surrogate loss and {zero123_grad_norm, zero123_t}.
+
+        Random draws, in order: VAE posterior noise, t, the diffusion noise eps. `direction` is not needed: the
+        relative camera says more than a prompt bucket."""
+        latents = self.encode(image, generator)
+        where = generator.device if generator is not None else latents.device
+        t = int(torch.randint(self.min_step, self.max_step + 1, (1,), generator=generator, device=where))
+        noise = torch.randn(latents.shape, generator=generator, device=where).to(latents.device)
+        abar = self.parts.alphas_cumprod[t]
+        with torch.no_grad():
+            noisy = abar.sqrt() * latents.detach() + (1 - abar).sqrt() * noise
+            grad = torch.nan_to_num((1 - abar) * (self.predict_noise(noisy, t, camera) - noise))
+        return surrogate_loss(latents, grad), {"zero123_grad_norm": grad.abs().mean(),
+                                               "zero123_t": torch.tensor(float(t))}
+
+
+def build(prior: PriorOptions, context: PriorContext) -> Zero123Guidance:
+    """Zero-1-to-3 conditioned on the run's input view and its camera; fp16 weights on CUDA only."""
+    if not prior.zero123_model:
+        raise UserError(f"--guidance {prior.guidance} needs {FLAG}: {MODEL_FORMS}.")
+    parts = load_zero123(prior.zero123_model, context.device, fp16=context.fp16)
+    return Zero123Guidance(parts, context.view, guidance_scale=prior.zero123_guidance_scale,
+                           t_range=prior.zero123_t_range)
