@@ -38,16 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nerf.cameras import random_cameras
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.pipeline import training_resolution as model_resolution
 from nerf.fileio import write_text_atomic
-from nerf.options import DataOptions
 from nerf.scenes.procedural import make_scene
 from nerf.scenes.raytrace import over_background, render_rgba
 from nerf.visualize import save_png
 from nerf.toy_models.world import (
-    captions, class_words, load_world, parse_object, render_object, template_captions)
+    captions, class_words, load_world, parse_object, render_object, template_captions, training_cameras)
 
 REPO = Path(__file__).resolve().parents[2]
 SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
@@ -296,10 +294,7 @@ def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> f
         parts.unet = type(parts.unet).from_config(parts.unet.config)
     resolution = model_resolution(prior)
     generator = torch.Generator().manual_seed(setting.seed)
-    data = DataOptions()
-    cams = random_cameras(setting.views, resolution, radius_range=data.radius_range, fovy_range=data.fovy_range,
-                          uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
-                          angle_front=data.angle_front, generator=generator)
+    cams = training_cameras(setting.views, resolution, generator)
     true = over_background(render_rgba(make_scene(obj.family, obj.seed), cams)).permute(0, 3, 1, 2)
     wrong = over_background(render_rgba(make_scene(family, int(seed)), cams)).permute(0, 3, 1, 2)
     word = {"true": obj.word, "shuffled": other_word, "empty": None}[setting.prompt]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nerf.cameras import FRONT, direction_prompts, fixed_cameras, random_cameras, view_direction
+from nerf.cameras import FRONT, CameraBatch, direction_prompts, fixed_cameras, random_cameras, view_direction
 from nerf.errors import UserError
 from nerf.fileio import write_atomic, write_text_atomic
 from nerf.guidance.stable_diffusion import replace_token_placeholder
@@ -174,6 +174,14 @@ def to_uint8(rgba: Tensor) -> Tensor:
     return (over_background(rgba, 1.0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 3, 1, 2).cpu()
 
 
+def training_cameras(count: int, size: int, generator: torch.Generator) -> CameraBatch:
+    """`count` cameras of the distribution main.py samples for the prior (`DataOptions()` defaults)."""
+    data = DataOptions()
+    return random_cameras(count, size, radius_range=data.radius_range, fovy_range=data.fovy_range,
+                          uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
+                          angle_front=data.angle_front, generator=generator)
+
+
 def render_object(obj: ToyObject, size: int, count: int, generator: torch.Generator,
                   device: torch.device) -> tuple[Tensor, Tensor]:
     """`count` views of a procedural scene: random training cameras and INPUT_SHARE input-camera copies."""
@@ -185,9 +193,7 @@ def render_object(obj: ToyObject, size: int, count: int, generator: torch.Genera
     images = [to_uint8(render_rgba(scene, front.to(device))).expand(inputs, -1, -1, -1)]
     directions = [torch.full((inputs,), FRONT)]  # main.py's input-camera step always uses the front prompt
     for _ in range(math.ceil((count - inputs) / CAMERA_BATCH)):
-        cams = random_cameras(CAMERA_BATCH, size, radius_range=data.radius_range, fovy_range=data.fovy_range,
-                              uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
-                              angle_front=data.angle_front, generator=generator)
+        cams = training_cameras(CAMERA_BATCH, size, generator)
         images.append(to_uint8(render_rgba(scene, cams.to(device))))
         directions.append(cams.directions)
     return torch.cat(images)[:count], torch.cat(directions)[:count]
