@@ -17,7 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,7 +53,7 @@ class Stage:
     args: tuple[str, ...]
     output: Path
     min_steps: int = 0
-    copies: tuple[tuple[Path, Path], ...] = field(default=())
+    copies: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def argv(self) -> list[str]:

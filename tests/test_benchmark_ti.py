@@ -21,14 +21,14 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.mark.skipif(ti.torch.cuda.is_available(), reason="the smoke run is the CPU path")
 def test_cpu_smoke_run(tiny_sd_dir, tmp_path, monkeypatch):
     calls, data_files = [], []
-    real_train = ti.TI.train
+    real_train = ti.train
 
     def spy(args, on_phase):
         calls.append(args)
         data_files.append(sorted(p.name for p in Path(args.train_data_dir).iterdir()))
         return real_train(args, on_phase)
 
-    monkeypatch.setattr(ti.TI, "train", spy)
+    monkeypatch.setattr(ti, "train", spy)
     result = ti.run(parse("--device", "cpu", "--model", str(tiny_sd_dir), "--resolution", "16", "--steps", "3",
                           "--warmup", "1", "--variant", "unfused_data=--dataloader_num_workers 0 --train_batch_size 2"))
     assert [row["variant"] for row in result["rows"]] == ["default", "unfused_data"]
@@ -40,7 +40,7 @@ def test_cpu_smoke_run(tiny_sd_dir, tmp_path, monkeypatch):
     assert data_files == [["rgba.png"]] * 2  # the photo alone, as the sweep stages it
     for row in result["rows"]:
         assert row["timed_steps"] == 3
-        phases = [row[p] for p in ti.TI.PHASES]
+        phases = [row[p] for p in ti.PHASES]
         assert all(v >= 0 for v in phases) and row["unet_forward"] > 0 and row["backward"] > 0
         assert row["ms_step"] > 0 and row["steps_per_s"] == pytest.approx(1000 / row["ms_step_mean"])
         assert row["min_3000_steps"] == pytest.approx(3000 * row["ms_step_mean"] / 60000)

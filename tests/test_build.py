@@ -52,8 +52,7 @@ def first_iteration(monkeypatch):
         runs[-1].setdefault("terms", {k: float(v) for k, v in terms.items()})
         return terms
 
-    for module in (nerf.build, __import__("nerf.evaluation.reconstruct", fromlist=["build_run"]),
-                   __import__("nerf.evaluation.workspace", fromlist=["build_run"])):
+    for module in (nerf.build, __import__("nerf.evaluation.workspace", fromlist=["build_run"])):  # open_run: nerf.build
         monkeypatch.setattr(module, "build_run", recording_build)
     monkeypatch.setattr(Trainer, "train_step", recording_step)
     monkeypatch.setattr(outputs, "render_videos", lambda *a, **k: {})

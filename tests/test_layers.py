@@ -1,8 +1,9 @@
 """The package is layered: no module imports one above it.
 
-Units are nerf's top-level modules and subpackages (nerf.guidance, nerf.scenes, nerf.build, ...). Their import graph,
-read from the source with ast (imports inside functions included), must have no cycle: a cycle means some unit
-imports one that depends on it. The CUDA extension packages import nothing from nerf.
+Units are nerf's top-level modules and subpackages (nerf.guidance, nerf.scenes, nerf.build, ...) and the command
+lines of nerf.cli. Their import graph, read from the source with ast (imports inside functions included), must have
+no cycle: a cycle means some unit imports one that depends on it. The CUDA extension packages import nothing from
+nerf.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def unit_of(module: str) -> str | None:
-    """nerf.X for any module inside nerf.X; None outside nerf or for the package itself."""
+    """nerf.X for any module inside nerf.X, but each command line of nerf.cli is a unit of its own (a benchmark may
+    run the training command); None outside nerf or for the package itself."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == "nerf" and len(parts) > 1 else None
+    if parts[0] != "nerf" or len(parts) < 2:
+        return None
+    return ".".join(parts[:3]) if parts[1] == "cli" and len(parts) > 2 else ".".join(parts[:2])
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -315,9 +315,10 @@ def test_pipeline_saves_from_a_channels_last_unet(tiny_sd_dir, tmp_path):
 
 def test_loader_workers(tiny_sd_dir, tmp_path):
     argv = ti_args(tiny_sd_dir, tmp_path, tmp_path / "out")
-    assert loader_workers(parse_args(argv), CPU) == 0
-    assert loader_workers(parse_args(argv + ["--dataloader_num_workers", "3"]), CPU) == 3
-    assert 1 <= loader_workers(parse_args(argv), torch.device("cuda")) <= 6
+    default = parse_args(argv).dataloader_num_workers
+    assert loader_workers(default, CPU) == 0
+    assert loader_workers(parse_args(argv + ["--dataloader_num_workers", "3"]).dataloader_num_workers, CPU) == 3
+    assert 1 <= loader_workers(default, torch.device("cuda")) <= 6
 
 
 # ---------------------------------------------------------------- data

@@ -88,8 +88,10 @@ def test_a_run_that_fails_before_saving_keeps_the_workspace_s_record(tmp_path, i
     monkeypatch.setattr(Trainer, "train", diverges)
     capsys.readouterr()
     assert main_module.main([*args, "--iters", "50", "--lr", "1e9"]) == 2  # the one-line error path
-    err = capsys.readouterr().err.strip()
-    assert err == "error: the loss was not finite for 20 consecutive iterations"
+    err = capsys.readouterr().err  # (progress lines such as "resumed from" come first)
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "error: the loss was not finite for 20 consecutive iterations"]
     assert (ws / "options.json").read_bytes() == record
     assert not (ws / workspace_lock.LOCK_NAME).exists()
 

@@ -7,8 +7,8 @@ Each job runs two stages of the pipeline (`nerf.pipeline`, the same commands as 
 textual inversion with RealFusion's recipe into <output_dir>/<name>/token (skipped when a learned_embeds.bin already
 exists next to the input, or with --skip_textual_inversion), then `main.py --O` with the learned token in the
 prompt into <output_dir>/<name>/nerf. A stage whose output is complete is skipped, so a sweep run again continues.
-Arguments after `--` go to main.py. Failed jobs are reported; the others go on. The summary (Markdown and CSV) lists status, wall time, the final training
-losses read from each workspace's tensorboard log, and the output paths.
+Arguments after `--` go to main.py. Failed jobs are reported; the others go on. The summary (Markdown and CSV)
+lists status, wall time, the final training losses read from each workspace's tensorboard log, and the output paths.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ written, so the optimiser keeps state for one row instead of 49,408.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import warnings
@@ -22,16 +21,16 @@ from nerf.errors import UserError
 from nerf.guidance.stable_diffusion import StableDiffusionParts, load_stable_diffusion, register_token
 
 
-def choose_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+def choose_device(mixed_precision: str, local_rank: int = -1) -> tuple[torch.device, torch.dtype]:
     """The device, and the dtype of the frozen UNet and VAE (mixed precision applies on CUDA only)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("textual inversion runs as a single process; start it with python, not a multi-GPU launcher.")
     if not torch.cuda.is_available():
-        if args.mixed_precision not in ("no", "auto"):
-            print(f"note: --mixed_precision {args.mixed_precision} needs CUDA; training in float32 on the CPU")
+        if mixed_precision not in ("no", "auto"):
+            print(f"note: --mixed_precision {mixed_precision} needs CUDA; training in float32 on the CPU")
         return torch.device("cpu"), torch.float32
-    device = torch.device("cuda", max(args.local_rank, 0))
-    precision = "fp16" if args.mixed_precision == "auto" else args.mixed_precision
+    device = torch.device("cuda", max(local_rank, 0))
+    precision = "fp16" if mixed_precision == "auto" else mixed_precision
     return device, {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -132,19 +131,21 @@ class Model:
     autocast: Callable[[], Any]  # the mixed-precision context of the text encoder, UNet and validation
 
 
-def load_model(args: argparse.Namespace, device: torch.device, weight_dtype: torch.dtype) -> Model:
-    """Stable Diffusion with the placeholder token and its trainable vector, set up for training."""
-    parts = load_stable_diffusion(args.pretrained_model_name_or_path, device, fp16=False, revision=args.revision)
-    if args.tokenizer_name is not None:
-        parts.tokenizer = load_tokenizer(args.tokenizer_name, args.revision)
-    token_id, initial = add_placeholder(parts, args.placeholder_token, args.initializer_token)
+def load_model(name_or_path: str, *, placeholder: str, initializer: str, device: torch.device,
+               weight_dtype: torch.dtype, revision: str | None = None, tokenizer_name: str | None = None,
+               gradient_checkpointing: bool = False, xformers: bool = False, cuda_graph: bool = True) -> Model:
+    """Stable Diffusion with the placeholder token and its trainable vector, set up for training (CUDA graphs
+    only where they can be captured: on CUDA, without gradient checkpointing or xformers)."""
+    parts = load_stable_diffusion(name_or_path, device, fp16=False, revision=revision)
+    if tokenizer_name is not None:
+        parts.tokenizer = load_tokenizer(tokenizer_name, revision)
+    token_id, initial = add_placeholder(parts, placeholder, initializer)
     row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial).to(device)
-    prepare_networks(parts, args, device, weight_dtype)
+    prepare_networks(parts, device, weight_dtype, gradient_checkpointing=gradient_checkpointing, xformers=xformers)
     # No weight-cast cache: each autocast region calls a network once, and CUDA graphs cannot capture it.
     autocast = partial(torch.autocast, device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32,
                        cache_enabled=False)
-    graphs = device.type == "cuda" and not (args.no_cuda_graph or args.gradient_checkpointing
-                                            or args.enable_xformers_memory_efficient_attention)
+    graphs = device.type == "cuda" and cuda_graph and not (gradient_checkpointing or xformers)
     nets = FrozenNetworks(parts.vae, parts.unet, weight_dtype, autocast, graphs)
     return Model(parts=parts, token_id=token_id, row=row, nets=nets, autocast=autocast)
 
@@ -159,19 +160,19 @@ def load_tokenizer(name: str, revision: str | None) -> Any:
         raise UserError(f"cannot load --tokenizer_name {name}; give a hub id or a folder.") from exc
 
 
-def prepare_networks(parts: StableDiffusionParts, args: argparse.Namespace, device: torch.device,
-                     weight_dtype: torch.dtype) -> None:
+def prepare_networks(parts: StableDiffusionParts, device: torch.device, weight_dtype: torch.dtype, *,
+                     gradient_checkpointing: bool, xformers: bool) -> None:
     """Precision, memory layout, training mode and attention backend of the frozen networks."""
     for module in (parts.unet, parts.vae):  # nn.Module casts: diffusers' .to(dtype) warns about fp32 modules
         {torch.float16: module.half, torch.bfloat16: module.bfloat16}.get(weight_dtype, module.float)()
     if device.type == "cuda":  # measured: the UNet is faster channels-last, the VAE encoder slower
         parts.unet.to(memory_format=torch.channels_last)
     parts.text_encoder.train()
-    if args.gradient_checkpointing:
+    if gradient_checkpointing:
         parts.unet.train()  # diffusers checkpoints only in training mode
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()
-    if args.enable_xformers_memory_efficient_attention:
+    if xformers:
         if importlib.util.find_spec("xformers") is None:
             raise UserError("--enable_xformers_memory_efficient_attention needs xformers installed; without the flag "
                             "PyTorch's fused attention is used.")

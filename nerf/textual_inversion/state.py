@@ -7,11 +7,11 @@ moment leaves complete files only and resumes from its latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +86,9 @@ def check_output_dir(output_dir: Path, token: str) -> None:
                                 f"{name}); choose another --output_dir or delete that file.")
 
 
-def checkpoint_to_resume(args: argparse.Namespace, output_dir: Path) -> Path | None:
-    """The state.pt that --resume_from_checkpoint names; by default the latest one, so a rerun continues."""
+def checkpoint_to_resume(choice: str | None, output_dir: Path) -> Path | None:
+    """The state.pt that --resume_from_checkpoint names (`choice`); by default the latest one, so a rerun continues."""
     existing = list_checkpoints(output_dir)
-    choice = args.resume_from_checkpoint
     if choice is None or choice == "latest":
         if existing:
             print(f"resuming from {existing[-1].parent} (delete {output_dir} to start over)")
@@ -140,13 +139,14 @@ def load_checkpoint(file: Path, token: str, row: TokenVector, optimizer: torch.o
     return int(state["step"])
 
 
-def resume(args: argparse.Namespace, output_dir: Path, row: TokenVector, opt: Optimisation,
+def resume(choice: str | None, output_dir: Path, token: str, row: TokenVector, opt: Optimisation,
            sampler: ResumableSampler) -> int:
-    """The step to start from: 0, or that of the checkpoint resumed (restored into `row`, `opt`, `sampler`)."""
-    file = checkpoint_to_resume(args, output_dir)
+    """The step to start from: 0, or that of the checkpoint `choice` selects (restored into `row`, `opt`,
+    `sampler`)."""
+    file = checkpoint_to_resume(choice, output_dir)
     if file is None:
         return 0
-    step = load_checkpoint(file, args.placeholder_token, row, opt.optimizer, opt.lr_scheduler, opt.scaler, sampler)
+    step = load_checkpoint(file, token, row, opt.optimizer, opt.lr_scheduler, opt.scaler, sampler)
     for group in opt.optimizer.param_groups:  # this run's device decides, not the checkpoint's
         group["fused"] = opt.fused
     return step
@@ -172,13 +172,21 @@ def save_pipeline(parts: StableDiffusionParts, output_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def push_to_hub(args: argparse.Namespace, output_dir: Path) -> None:
-    """Upload --output_dir (without checkpoints) to --hub_model_id, as the original's --push_to_hub did."""
+@dataclass(frozen=True)
+class HubUpload:
+    """--push_to_hub's destination: --hub_model_id (default: the output folder's name) and --hub_token."""
+
+    repo_id: str | None = None
+    token: str | None = None
+
+
+def push_to_hub(output_dir: Path, hub: HubUpload) -> None:
+    """Upload --output_dir (without checkpoints) to the hub repository, as the original's --push_to_hub did."""
     from huggingface_hub import HfApi
 
-    repo_id = args.hub_model_id or output_dir.name
+    repo_id = hub.repo_id or output_dir.name
     try:
-        api = HfApi(token=args.hub_token)
+        api = HfApi(token=hub.token)
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
                           ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".*"])
@@ -187,16 +195,18 @@ def push_to_hub(args: argparse.Namespace, output_dir: Path) -> None:
                         f"and --hub_model_id, or upload the folder later.") from exc
 
 
-def write_outputs(args: argparse.Namespace, model: Model, output_dir: Path) -> Path:
-    """The learned token in every output form of the run; returns the path of learned_embeds.bin."""
+def write_outputs(model: Model, output_dir: Path, token: str, *, whole_pipeline: bool,
+                  hub: HubUpload | None = None) -> Path:
+    """The learned token in every output form of the run (the whole model too with `whole_pipeline`, and uploaded
+    when `hub` is given); returns the path of learned_embeds.bin."""
     parts, vector = model.parts, model.row.vector
     with torch.no_grad():
         parts.text_encoder.get_input_embeddings().weight[model.token_id] = vector.to(parts.text_encoder.dtype)
-    if args.push_to_hub or not args.only_save_embeds:
+    if hub is not None or whole_pipeline:
         save_pipeline(parts, output_dir)
-    save_embeds(output_dir / "learned_embeds.safetensors", args.placeholder_token, vector)
-    save_embeds(output_dir / "learned_embeds.bin", args.placeholder_token, vector)
-    if args.push_to_hub:
-        push_to_hub(args, output_dir)
-    print(f"learned token {args.placeholder_token} written to {output_dir / 'learned_embeds.bin'}")
+    save_embeds(output_dir / "learned_embeds.safetensors", token, vector)
+    save_embeds(output_dir / "learned_embeds.bin", token, vector)
+    if hub is not None:
+        push_to_hub(output_dir, hub)
+    print(f"learned token {token} written to {output_dir / 'learned_embeds.bin'}")
     return output_dir / "learned_embeds.bin"

@@ -7,7 +7,6 @@ random draws, so the gradient is the original's one-micro-batch-at-a-time accumu
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,22 +41,38 @@ class Optimisation:
     fused: bool  # the fused AdamW kernel (CUDA): a resumed optimiser must use this run's choice
 
 
-def make_optimisation(args: argparse.Namespace, model: Model, device: torch.device,
+@dataclass(frozen=True)
+class OptimiserSettings:
+    """AdamW and its learning-rate schedule, as the flags give them."""
+
+    learning_rate: float
+    scale_lr: bool  # multiply the learning rate by the samples per step
+    batch_size: int
+    accumulation: int  # micro-batches per optimisation step
+    max_steps: int
+    schedule: str = "constant"  # a diffusers schedule name
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+
+
+def make_optimisation(settings: OptimiserSettings, model: Model, device: torch.device,
                       weight_dtype: torch.dtype) -> Optimisation:
     """AdamW on the vector with the diffusers LR schedule, the fp16 loss scaler and the DDPM noise schedule."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    accumulation = args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * (accumulation * args.train_batch_size if args.scale_lr else 1)
+    accumulation = settings.accumulation
+    learning_rate = settings.learning_rate * (accumulation * settings.batch_size if settings.scale_lr else 1)
     fused = device.type == "cuda"  # one kernel, and it takes the loss scaler's inf check without a host sync
-    optimizer = torch.optim.AdamW([model.row.vector], lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=fused)
+    optimizer = torch.optim.AdamW([model.row.vector], lr=learning_rate, betas=settings.betas,
+                                  weight_decay=settings.weight_decay, eps=settings.eps, fused=fused)
     try:
-        lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accumulation,
-                                     num_training_steps=args.max_train_steps * accumulation)
+        lr_scheduler = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps * accumulation,
+                                     num_training_steps=settings.max_steps * accumulation)
     except ValueError as exc:
-        raise UserError(f"--lr_scheduler {args.lr_scheduler} is not a diffusers schedule; use constant, linear, "
+        raise UserError(f"--lr_scheduler {settings.schedule} is not a diffusers schedule; use constant, linear, "
                         f"cosine, cosine_with_restarts, polynomial or constant_with_warmup.") from exc
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     noise_scheduler = DDPMScheduler.from_config(model.parts.scheduler.config)

@@ -3,7 +3,6 @@ tensorboard and/or wandb (--report_to) and the progress bar."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -93,8 +92,8 @@ class StepLog:
         self.pending.clear()
 
 
-def validation_images(parts: StableDiffusionParts, args: argparse.Namespace, autocast: Any) -> list:
-    """Samples of --validation_prompt with 25 DPM-Solver steps (the current vector is in the text encoder)."""
+def validation_images(parts: StableDiffusionParts, prompt: str, count: int, seed: int | None, autocast: Any) -> list:
+    """`count` samples of `prompt` with 25 DPM-Solver steps (the current vector is in the text encoder)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     sampler = DPMSolverMultistepScheduler.from_config(parts.scheduler.config)
@@ -102,7 +101,6 @@ def validation_images(parts: StableDiffusionParts, args: argparse.Namespace, aut
                                    unet=parts.unet, scheduler=sampler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    generator = None if args.seed is None else torch.Generator(parts.device).manual_seed(args.seed)
+    generator = None if seed is None else torch.Generator(parts.device).manual_seed(seed)
     with torch.no_grad(), autocast():
-        return [pipe(args.validation_prompt, num_inference_steps=25, generator=generator).images[0]
-                for _ in range(args.num_validation_images)]
+        return [pipe(prompt, num_inference_steps=25, generator=generator).images[0] for _ in range(count)]

@@ -54,20 +54,21 @@ from typing import Callable
 
 import torch
 
-from nerf.errors import one_line_errors
 from nerf import workspace_lock
+from nerf.errors import one_line_errors
 from nerf.seeding import seed_everything
 from nerf.textual_inversion.args import parse_args
-from nerf.textual_inversion.dataset import load_images
-from nerf.textual_inversion.trackers import Trackers
-from nerf.textual_inversion.loop import derive_counts, make_loader, run_steps
+from nerf.textual_inversion.dataset import TextualInversionDataset, load_images
+from nerf.textual_inversion.loop import Saves, epochs_for, loader_workers, make_loader, run_steps
 from nerf.textual_inversion.model import choose_device, load_model
-from nerf.textual_inversion.state import check_output_dir, resume, write_outputs
-from nerf.textual_inversion.step import make_optimisation, no_mark
+from nerf.textual_inversion.state import HubUpload, check_output_dir, resume, write_outputs
+from nerf.textual_inversion.step import FUSED_SAMPLES, OptimiserSettings, make_optimisation, no_mark
+from nerf.textual_inversion.trackers import Trackers
 
 
 def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -> Path:
-    """The whole run; returns the path of learned_embeds.bin.
+    """The whole run from the parsed flags, each step given its own settings; returns the path of
+    learned_embeds.bin.
 
     `on_phase(name)` is called as each phase of a step (`PHASES`) ends -- a hook for timing the real loop.
     """
@@ -76,23 +77,47 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     check_output_dir(output_dir, args.placeholder_token)
     if args.seed is not None:
         seed_everything(args.seed)
-    device, weight_dtype = choose_device(args)
+    device, weight_dtype = choose_device(args.mixed_precision, args.local_rank)
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    model = load_model(args, device, weight_dtype)
-    dataset, loader = make_loader(args, images, model.parts.tokenizer, device)
-    derive_counts(args, items=len(dataset), micro_batches=len(loader))
-    opt = make_optimisation(args, model, device, weight_dtype)
+    model = load_model(args.pretrained_model_name_or_path, placeholder=args.placeholder_token,
+                       initializer=args.initializer_token, device=device, weight_dtype=weight_dtype,
+                       revision=args.revision, tokenizer_name=args.tokenizer_name,
+                       gradient_checkpointing=args.gradient_checkpointing,
+                       xformers=args.enable_xformers_memory_efficient_attention, cuda_graph=not args.no_cuda_graph)
+    dataset = TextualInversionDataset(images, model.parts.tokenizer, args.placeholder_token, args.resolution,
+                                      args.repeats, args.learnable_property, args.center_crop, args.use_augmentations,
+                                      args.augment_range_01)
+    loader = make_loader(dataset, batch_size=args.train_batch_size,
+                         workers=loader_workers(args.dataloader_num_workers, device), device=device)
+    if args.validation_epochs is not None:
+        print("note: --validation_epochs is deprecated; use --validation_steps")
+        args.validation_steps = args.validation_epochs * len(dataset)
+    # the original's derived count, in the trackers' record of the settings
+    args.num_train_epochs = epochs_for(args.max_train_steps, len(loader), args.gradient_accumulation_steps)
+    settings = OptimiserSettings(args.learning_rate, args.scale_lr, args.train_batch_size,
+                                 args.gradient_accumulation_steps, args.max_train_steps, args.lr_scheduler,
+                                 args.lr_warmup_steps, (args.adam_beta1, args.adam_beta2), args.adam_weight_decay,
+                                 args.adam_epsilon)
+    opt = make_optimisation(settings, model, device, weight_dtype)
+    saves = Saves(args.placeholder_token, args.save_steps, args.checkpointing_steps, args.checkpoints_total_limit,
+                  args.validation_prompt, args.validation_steps, args.num_validation_images, args.seed)
     # The run is valid: only now is the folder created, and it is this run's until it ends.
     output_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(output_dir, args.force_unlock, flag="--output_dir"):
-        step = resume(args, output_dir, model.row, opt, loader.sampler)
+        step = resume(args.resume_from_checkpoint, output_dir, args.placeholder_token, model.row, opt,
+                      loader.sampler)
         trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
         print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch "
               f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation, {args.max_train_steps} "
               f"steps, lr {opt.learning_rate:g}, on {device}")
-        run_steps(args, model, opt, loader, step=step, output_dir=output_dir, trackers=trackers, on_phase=on_phase)
-        return write_outputs(args, model, output_dir)
+        run_steps(model, opt, loader, step=step, max_steps=args.max_train_steps,
+                  accumulation=args.gradient_accumulation_steps,
+                  fuse_limit=1 if args.gradient_checkpointing else FUSED_SAMPLES, saves=saves,
+                  output_dir=output_dir, trackers=trackers, on_phase=on_phase)
+        hub = HubUpload(args.hub_model_id, args.hub_token) if args.push_to_hub else None
+        return write_outputs(model, output_dir, args.placeholder_token, whole_pipeline=not args.only_save_embeds,
+                             hub=hub)
 
 
 @one_line_errors
