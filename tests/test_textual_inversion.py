@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
 import re
 import sys
 from contextlib import nullcontext
@@ -478,22 +476,15 @@ def test_output_folder_that_would_be_damaged_is_refused(tiny_sd_dir, tmp_path, c
 
 
 def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(tiny_sd_dir, tmp_path, capsys):
-    import socket
-
     from nerf import workspace_lock
+    from tests.test_workspace_lock import held_by_another_process
 
     write_rgba(tmp_path / "data" / "rgba.png")
     out = tmp_path / "out"
     bad_model = ti_args(tmp_path / "no-model", tmp_path / "data", out)
     assert run_error(capsys, bad_model) and not out.exists()  # refused before the folder is made
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        out.mkdir()
-        (out / workspace_lock.LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+    with held_by_another_process(out) as owner:
         message = run_error(capsys, ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1"))
-    finally:
-        owner.kill()
-        owner.wait()
     assert f"in use by another run (pid {owner.pid}" in message and "--output_dir" in message
     assert sorted(p.name for p in out.iterdir()) == [workspace_lock.LOCK_NAME]
     # the owner is gone: its lock is taken over, and this run's own lock goes when it ends
