@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import errno
-import shutil
 from pathlib import Path
 
 import torch
 
 from nerf.errors import UserError
-from nerf.fileio import atomic_path
+from nerf.fileio import write_file_atomic
 
 FORMAT = "realfusion-checkpoint-v2"  # v2: the field split into geometry and background modules
 OLD_FORMATS = ("realfusion-checkpoint-v1",)
 LATEST = "latest.pth"
 
 
-LOW_SPACE = 64 * 2**20  # bytes left on the disk below which a failed checkpoint write is put down to a full disk
-
-
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write atomically (the previous checkpoint stays until the new one is whole). torch.save reports a full disk
-    as a RuntimeError about stream positions; it is raised as the OSError it is, which the tools report as such."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save({"format": FORMAT, **state}, tmp)
-        except RuntimeError as exc:
-            if shutil.disk_usage(tmp.parent).free >= LOW_SPACE:
-                raise
-            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
-    return Path(path)
+    """Write atomically (the previous checkpoint stays until the new one is whole), through a Python file object so
+    that a full disk or a file-size limit is reported as such (see `write_file_atomic`)."""
+    return write_file_atomic(path, lambda file: torch.save({"format": FORMAT, **state}, file))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -24,6 +24,8 @@ TOOLS = [REPO / "main.py", *sorted((REPO / "scripts").glob("*.py")), *sorted((RE
 @pytest.mark.parametrize("error, expected", [
     (UserError("--iters must be >= 1, got 0."), "error: --iters must be >= 1, got 0."),
     (OSError(errno.ENOSPC, "No space left on device", "/ws/report.html"), "error: the disk is full (writing /ws"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/ws/a.pth"), "error: the disk quota is used up (writing /ws/a.pth"),
+    (OSError(errno.EFBIG, "File too large", "/ws/a.pth"), "error: the file would exceed the size limit"),
     (PermissionError(errno.EACCES, "Permission denied", "/ws/options.json"), "error: cannot write /ws/options.json"),
     (OSError(errno.EROFS, "Read-only file system", "/ro/x"), "error: cannot write /ro/x: Read-only file system"),
 ])

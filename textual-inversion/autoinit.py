@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors  # noqa: E402
-from nerf.fileio import write_atomic, write_text_atomic  # noqa: E402
+from nerf.fileio import write_file_atomic, write_text_atomic  # noqa: E402
 from ti_dataset import load_rgb  # noqa: E402
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -107,7 +107,7 @@ def save_embeddings(file_name: Path, clip_model: str, device: torch.device) -> P
         raise UserError(f"the tokenizer of {clip_model} has no whole-word noun tokens; use a CLIP model.")
     emb = text_features(model, processor, [word for _, word in tokens], device)
     data = {"idx": [i for i, _ in tokens], "emb": emb}
-    write_atomic(file_name, lambda tmp: torch.save(data, tmp))
+    write_file_atomic(file_name, lambda file: torch.save(data, file))
     print(f"saved {len(tokens)} noun embeddings to {file_name}")
     return file_name
 
