@@ -59,10 +59,11 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def remove_stale_partials(folder: Path, older_than_s: float = STALE_AFTER_S) -> int:
-    """Delete the partial files of writes that were killed (SIGKILL, power cut) in `folder`; the bytes freed."""
+    """Delete the partial files of writes that were killed (SIGKILL, power cut) in `folder` and its subfolders (every
+    folder a run writes: checkpoints, validation, results, mesh); the bytes freed."""
     freed = 0
     now = time.time()
-    for file in folder.glob(f".*{PARTIAL}*") if folder.is_dir() else ():
+    for file in folder.rglob(f".*{PARTIAL}*") if folder.is_dir() else ():
         try:
             info = file.stat()
             if now - info.st_mtime > older_than_s:

@@ -227,18 +227,18 @@ class Trainer:
         if self.global_step == 0 and not self.empty_grid_start:
             with torch.no_grad(), self.autocast():
                 self.renderer.update_occupancy()
-        progress = tqdm(total=iters, initial=self.global_step, desc="reconstruction", dynamic_ncols=True)
-        while self.global_step < iters:
-            terms = self.train_step()
-            progress.update(1)
-            if self.global_step % LOG_EVERY == 0 or self.global_step == iters:
-                self._log(terms, progress)
-            if self.global_step % ITERS_PER_EPOCH == 0:
-                self.ema.update()
-                if self.epoch % eval_interval == 0:
-                    self.validate()
-                    self.save()
-        progress.close()
+        # closed however the loop ends, so that a message after a Ctrl-C is not followed by the bar's last redraw
+        with tqdm(total=iters, initial=self.global_step, desc="reconstruction", dynamic_ncols=True) as progress:
+            while self.global_step < iters:
+                terms = self.train_step()
+                progress.update(1)
+                if self.global_step % LOG_EVERY == 0 or self.global_step == iters:
+                    self._log(terms, progress)
+                if self.global_step % ITERS_PER_EPOCH == 0:
+                    self.ema.update()
+                    if self.epoch % eval_interval == 0:
+                        self.validate()
+                        self.save()
         if self.global_step % ITERS_PER_EPOCH or self.epoch % eval_interval:
             self.validate()
             self.save()

@@ -49,7 +49,7 @@ def open_workspace(workspace: Path, opt: Options) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     workspace_lock.acquire(workspace, force=opt.force_unlock)
     _log_to_file(workspace / "log.txt")
-    freed = sum(remove_stale_partials(folder) for folder in (workspace, workspace / "checkpoints"))
+    freed = remove_stale_partials(workspace)
     if freed:
         log.info("removed %.1f MiB of partial files left by interrupted writes", freed / 2**20)
 

@@ -104,6 +104,37 @@ def test_a_file_size_limit_on_the_checkpoint_is_one_line_naming_it_and_leaves_no
     assert not [p for p in ws.rglob("*") if PARTIAL in p.name]
 
 
+def test_stale_partials_go_from_every_folder_and_an_alpha_of_0_and_1_is_a_binary_mask(tmp_path):
+    """main.py as a real process on a workspace whose earlier run was killed mid-write in each of its folders: the
+    stale partial files are gone after the run (a recent one, perhaps a write under way, stays). Its input's alpha
+    is 0/1 (a mask saved without scaling), which is read as background/object, as extract-mask.py reads it."""
+    import cv2
+    import numpy as np
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 1)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    ws = tmp_path / "ws"
+    old = time.time() - 3600
+    stale = [ws / folder / f".{name}{PARTIAL}killed{Path(name).suffix}" for folder, name in
+             [(".", "options.json"), ("checkpoints", "latest.pth"), ("validation", "df_ep0001.png"),
+              ("results", "df_test_rgb.mp4"), ("mesh", "mesh.glb"), ("results/df_real", "0000.png")]]
+    for file in stale:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half")
+        os.utime(file, (old, old))
+    recent = ws / "mesh" / f".mesh.obj{PARTIAL}writing.obj"
+    recent.write_bytes(b"under way")
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), *TINY_RUN, "--image_path",
+                             str(tmp_path / "rgba.png"), "--workspace", str(ws)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [file for file in stale if file.exists()] == [] and recent.exists()
+    log = (ws / "log.txt").read_text()
+    assert "removed 0.0 MiB of partial files" in log
+    assert "its alpha holds only 0 and 1, read as a binary mask (object = 1)" in log
+
+
 def test_a_full_disk_inside_torch_save_is_the_os_error_named_after_the_target(tmp_path):
     """torch.save turns the operating system's ENOSPC into a RuntimeError raised while handling it; the writer
     reports the ENOSPC, for the target's name, and any other RuntimeError stays what it is."""

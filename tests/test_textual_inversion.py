@@ -492,6 +492,39 @@ def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(ti
     assert (out / "learned_embeds.bin").is_file() and not (out / workspace_lock.LOCK_NAME).exists()
 
 
+def test_ctrl_c_names_the_last_checkpoint_and_a_vocabulary_word_as_token_is_warned_about(tiny_sd_dir, tmp_path):
+    """textual_inversion.py in its own process with the token 'cat' (a word of the vocabulary: warned, as it takes
+    that word's place in every prompt), interrupted by SIGINT after a checkpoint: exit status 130 and, on a line of
+    its own, the one line naming the last checkpoint; no lock left behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from nerf import workspace_lock
+
+    write_rgba(tmp_path / "data" / "rgba.png")
+    out = tmp_path / "out"
+    argv = ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "100000", "--checkpointing_steps", "2",
+                   "--only_save_embeds")
+    argv[argv.index("cat")] = "dog"  # the initializer
+    argv[argv.index("_obj_")] = "cat"  # the token
+    run = subprocess.Popen([sys.executable, str(TI_DIR / "textual_inversion.py"), *argv], stderr=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not list(out.glob("checkpoint-*/state.pt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run ended or stalled before its first checkpoint"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert err.rstrip("\n").split("\n")[-1] == (f"interrupted; the last checkpoint {last} is intact: run the same "
+                                                f"command to resume from it.")
+    assert "the token 'cat' is spelled like a word of the vocabulary" in err
+    assert not (out / workspace_lock.LOCK_NAME).exists()
+
+
 # ---------------------------------------------------------------- autoinit
 
 

@@ -63,13 +63,14 @@ import torch  # noqa: E402
 
 from nerf.errors import one_line_errors  # noqa: E402
 from nerf import workspace_lock  # noqa: E402
+from nerf.fileio import remove_stale_partials  # noqa: E402
 from nerf.seeding import seed_everything  # noqa: E402
 from ti_args import parse_args  # noqa: E402
 from ti_dataset import load_images  # noqa: E402
 from ti_logging import Trackers  # noqa: E402
 from ti_loop import derive_counts, loader_workers, make_loader, run_steps  # noqa: E402
 from ti_model import FrozenNetworks, TokenVector, add_placeholder, choose_device, load_model  # noqa: E402
-from ti_state import check_output_dir, resume, save_pipeline, write_outputs  # noqa: E402
+from ti_state import check_output_dir, list_checkpoints, resume, save_pipeline, write_outputs  # noqa: E402
 from ti_step import FUSED_SAMPLES, PHASES, denoising_loss, fuse, make_optimisation, no_mark  # noqa: E402
 
 # The names that tests/test_textual_inversion.py and scripts/benchmarks/ti.py use from this module.
@@ -97,6 +98,9 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     # The run is valid: only now is the folder created, and it is this run's until it ends.
     output_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(output_dir, args.force_unlock, flag="--output_dir"):
+        freed = remove_stale_partials(output_dir)
+        if freed:
+            print(f"removed {freed / 2**20:.1f} MiB of partial files left by interrupted writes in {output_dir}")
         step = resume(args, output_dir, model.row, opt, loader.sampler)
         trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
         print(f"textual inversion: {len(dataset)} items, {args.num_train_epochs} epochs, batch "
@@ -108,9 +112,24 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    """The command: 0 on success, 2 with a one-line message for a usage or input error."""
-    train(parse_args(argv))
+    """The command: 0 on success, 2 with a one-line message for a usage or input error, 130 after Ctrl-C."""
+    args = parse_args(argv)
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        print("\n" + interrupted_message(Path(args.output_dir).expanduser().resolve()), file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted_message(output_dir: Path) -> str:
+    """What a Ctrl-C leaves: the last checkpoint (written atomically, so whole) to resume from, or nothing."""
+    saved = list_checkpoints(output_dir) if output_dir.is_dir() else []
+    if saved:
+        return (f"interrupted; the last checkpoint {saved[-1].parent} is intact: run the same command to resume "
+                f"from it.")
+    return ("interrupted before the first checkpoint (--checkpointing_steps); there is nothing to resume, run the "
+            "command again to start.")
 
 
 if __name__ == "__main__":

@@ -66,23 +66,23 @@ def run_steps(args: argparse.Namespace, model: Model, opt: Optimisation, loader:
     """Optimisation steps from `step` to --max_train_steps, each followed by its saves and logging."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.max_train_steps, initial=step, desc="textual inversion")
-    log = StepLog(trackers, bar)
     accumulation = args.gradient_accumulation_steps
     loader.sampler.skip_batches(step * accumulation)
     stream = endless(loader)
     fuse_limit = 1 if args.gradient_checkpointing else FUSED_SAMPLES
-    while step < args.max_train_steps:
-        step_loss = optimisation_step(model, opt, list(itertools.islice(stream, accumulation)),
-                                      accumulation=accumulation, fuse_limit=fuse_limit, on_phase=on_phase)
-        step += 1
-        bar.update(1)
-        log.add(step, step_loss, opt.lr_scheduler.get_last_lr()[0])
-        save_and_validate(args, model, opt, step=step, output_dir=output_dir, trackers=trackers,
-                          data_seed=loader.sampler.seed)
-        on_phase("logging")
-    log.flush()
-    bar.close()
+    # closed however the loop ends, so that a message after a Ctrl-C is not followed by the bar's last redraw
+    with tqdm(total=args.max_train_steps, initial=step, desc="textual inversion") as bar:
+        log = StepLog(trackers, bar)
+        while step < args.max_train_steps:
+            step_loss = optimisation_step(model, opt, list(itertools.islice(stream, accumulation)),
+                                          accumulation=accumulation, fuse_limit=fuse_limit, on_phase=on_phase)
+            step += 1
+            bar.update(1)
+            log.add(step, step_loss, opt.lr_scheduler.get_last_lr()[0])
+            save_and_validate(args, model, opt, step=step, output_dir=output_dir, trackers=trackers,
+                              data_seed=loader.sampler.seed)
+            on_phase("logging")
+        log.flush()
     trackers.close()
 
 
