@@ -494,17 +494,24 @@ def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(ti
 
 def test_ctrl_c_names_the_last_checkpoint_and_a_vocabulary_word_as_token_is_warned_about(tiny_sd_dir, tmp_path):
     """textual_inversion.py in its own process with the token 'cat' (a word of the vocabulary: warned, as it takes
-    that word's place in every prompt), interrupted by SIGINT after a checkpoint: exit status 130 and, on a line of
-    its own, the one line naming the last checkpoint; no lock left behind."""
+    that word's place in every prompt), into a folder where an earlier run was killed mid-write (its stale partial
+    files are removed), interrupted by SIGINT after a checkpoint: exit status 130 and, on a line of its own, the one
+    line naming the last checkpoint; no lock left behind."""
     import os
     import signal
     import subprocess
     import time
 
     from nerf import workspace_lock
+    from nerf.fileio import PARTIAL
 
     write_rgba(tmp_path / "data" / "rgba.png")
     out = tmp_path / "out"
+    stale = [out / f".learned_embeds.bin{PARTIAL}killed.bin", out / "checkpoint-7" / f".state.pt{PARTIAL}killed.pt"]
+    for file in stale:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half")
+        os.utime(file, (time.time() - 3600,) * 2)
     argv = ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "100000", "--checkpointing_steps", "2",
                    "--only_save_embeds")
     argv[argv.index("cat")] = "dog"  # the initializer
@@ -518,11 +525,12 @@ def test_ctrl_c_names_the_last_checkpoint_and_a_vocabulary_word_as_token_is_warn
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
-    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    last = max((state.parent for state in out.glob("checkpoint-*/state.pt")), key=lambda p: int(p.name.split("-")[1]))
     assert err.rstrip("\n").split("\n")[-1] == (f"interrupted; the last checkpoint {last} is intact: run the same "
                                                 f"command to resume from it.")
     assert "the token 'cat' is spelled like a word of the vocabulary" in err
     assert not (out / workspace_lock.LOCK_NAME).exists()
+    assert not [file for file in stale if file.exists()]
 
 
 # ---------------------------------------------------------------- autoinit
