@@ -18,6 +18,7 @@ from nerf.errors import UserError
 from nerf.options import ANNEALED_FIELDS, GROUPS, Options
 
 CKPT_NAMES = ("scratch", "latest", "latest_model", "best")
+MESH_RESOLUTION_CAP = 256  # the original's mesh resolution
 
 
 def _check(condition: bool, message: str) -> None:
@@ -128,6 +129,8 @@ def resolve(opt: Options) -> Options:
         output["wandb"] = False  # as the original: debugging runs are not logged
     if opt.train.lr_warmup is None:
         train["lr_warmup"] = False
+    if opt.output.mesh_resolution is None:  # the mesh follows the run's size (see OutputOptions.mesh_resolution)
+        output["mesh_resolution"] = min(MESH_RESOLUTION_CAP, 2 * opt.render.occupancy_grid_size)
     resolved = dataclasses.replace(
         opt, workspace=None if opt.debug else opt.workspace, legacy=tuple(dict.fromkeys(opt.legacy)),
         prior=dataclasses.replace(opt.prior, **prior), render=dataclasses.replace(opt.render, **render),
