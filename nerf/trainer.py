@@ -213,7 +213,10 @@ class Trainer:
         values = {k: float(v) for k, v in terms.items()}
         progress.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
         scalars = {f"train/{key}": value for key, value in values.items()}
-        self.log.scalars({**scalars, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
+        # --lr as the schedule sets it now; the grid tables' group runs at 10 times that (Field.param_groups)
+        lr = {"train/lr": self.options.lr * self.scheduler.lr_lambdas[0](self.global_step),
+              "train/lr_grid_tables": self.optimizer.param_groups[0]["lr"]}
+        self.log.scalars({**scalars, **lr}, self.global_step)
 
     def validate(self) -> None:
         """Validation renders at the input view's resolution."""
