@@ -115,6 +115,7 @@ def acquire(workspace: Path, force: bool = False, flag: str = "--workspace") -> 
         return
     file = _open_locked(lock, force=False)
     if file is None:
+        owner = {}
         with contextlib.suppress(OSError), open(lock, encoding="utf-8") as other:
             owner = _owner(other)
         raise UserError(f"{workspace} is in use by another run ({_describe(owner)}; lock file {lock}); wait for it "
