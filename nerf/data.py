@@ -76,9 +76,8 @@ def load_rgba(path: str | Path, size: int, pad_to_square: bool = False) -> Tenso
     alpha = rgba[..., 3]
     if alpha.max() < 0.5:
         raise UserError(f"--image_path {path} has an empty alpha channel (no pixel at half opacity or more: no "
-                        f"object; a label map of "
-                        f"several values?); give alpha 0 for background and full for the object, "
-                        f"{EXTRACT_MASK_HINT}.")
+                        f"object; a label map of several values?); give alpha 0 for background and full for the "
+                        f"object, {EXTRACT_MASK_HINT}.")
     if alpha.min() > 0.5:
         raise UserError(f"--image_path {path} has a fully opaque alpha channel (no background); {EXTRACT_MASK_HINT}.")
     return torch.from_numpy(np.ascontiguousarray(rgba))
