@@ -19,7 +19,7 @@ import torch
 
 from nerf import workspace_lock
 from nerf.anneal import AnnealedValue
-from nerf.checkpoint import find_checkpoint, load_checkpoint
+from nerf.checkpoint import TRAINING_WAY_OUT, find_checkpoint, load_checkpoint
 from nerf.data import RealView
 from nerf.errors import UserError
 from nerf.field import Background, DensityGeometry, RadianceField
@@ -74,6 +74,10 @@ def prior_enabled(opt: Options) -> bool:
 def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guidance | JointGuidance | None:
     """The prior, given the input view as loaded for the run; it runs on `device`."""
     if not prior_enabled(opt):
+        embeds = opt.prior.learned_embeds_path  # unused now, but a wrong path is a mistake the user wants to hear of
+        if embeds and not opt.inference and not Path(embeds).expanduser().exists():
+            raise UserError(f"--learned_embeds_path {embeds} does not exist; give the file (or folder) textual "
+                            f"inversion wrote, or leave it out.")
         return None
     from nerf.guidance import PriorContext, build_guidance
 
@@ -110,7 +114,9 @@ def read_checkpoint(opt: Options, workspace: Path) -> tuple[Path, dict] | None:
             log.info("--ckpt scratch: starting a new run; the checkpoint in %s will be replaced at the first save",
                      workspace)
         return None
-    return path, load_checkpoint(path)
+    way_out = ("pass another --ckpt, or train the workspace again (main.py without --test or --mesh_only)"
+               if opt.inference else TRAINING_WAY_OUT)  # inference cannot start from scratch
+    return path, load_checkpoint(path, way_out)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from torch import Tensor
 
 from nerf.cameras import CameraBatch, fixed_cameras
 from nerf.errors import UserError
+from nerf.mask_levels import two_level_object_value
 
+log = logging.getLogger("realfusion")
 EXTRACT_MASK_HINT = "run scripts/extract-mask.py --image_path IMAGE --output_dir DIR to make a square RGBA input"
 
 
@@ -37,11 +40,25 @@ def load_rgba(path: str | Path, size: int, pad_to_square: bool = False) -> Tenso
         raise UserError(f"--image_path {path} is a folder; give the RGBA PNG inside it ({EXTRACT_MASK_HINT}).")
     if not path.is_file():
         raise UserError(f"--image_path {path} does not exist; give an RGBA PNG ({EXTRACT_MASK_HINT}).")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        open(path, "rb").close()  # cv2 says only "nothing read"; the operating system says why
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except PermissionError as exc:
+        raise UserError(f"--image_path {path} cannot be opened: {exc.strerror}; fix its permissions.") from None
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV reads (2^30)
+        raise UserError(f"--image_path {path} cannot be read by OpenCV ({exc.err}); give an RGBA PNG of a few "
+                        f"megapixels at most ({EXTRACT_MASK_HINT}).") from None
     if raw is None:
         raise UserError(f"--image_path {path} is not a readable image; give an RGBA PNG ({EXTRACT_MASK_HINT}).")
     if raw.ndim != 3 or raw.shape[2] != 4:
         raise UserError(f"--image_path {path} has no alpha channel (the object mask); {EXTRACT_MASK_HINT}.")
+    full = np.iinfo(raw.dtype).max if np.issubdtype(raw.dtype, np.integer) else 1.0
+    object_value = two_level_object_value(raw[..., 3], full)
+    if object_value is not None:
+        log.info("--image_path %s: its alpha holds only 0 and %g, read as a binary mask (object = %g)", path,
+                 object_value, object_value)
+        raw = raw.copy()
+        raw[..., 3] = np.where(raw[..., 3] > 0, full, 0).astype(raw.dtype)
     height, width = raw.shape[:2]
     if height != width and pad_to_square:
         raw = pad_square(raw)
@@ -49,8 +66,7 @@ def load_rgba(path: str | Path, size: int, pad_to_square: bool = False) -> Tenso
     if height != width:
         raise UserError(f"--image_path {path} is {width}x{height}, not square; add --pad_to_square, or "
                         f"{EXTRACT_MASK_HINT} (it pads to a square).")
-    scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
-    rgba = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / scale
+    rgba = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / float(full)
     if not np.isfinite(rgba).all():
         raise UserError(f"--image_path {path} has NaN or infinite pixels; save it again as an 8- or 16-bit RGBA PNG.")
     if size != height:
@@ -59,7 +75,9 @@ def load_rgba(path: str | Path, size: int, pad_to_square: bool = False) -> Tenso
     rgba = np.clip(rgba, 0.0, 1.0)
     alpha = rgba[..., 3]
     if alpha.max() < 0.5:
-        raise UserError(f"--image_path {path} has an empty alpha channel (no object); {EXTRACT_MASK_HINT}.")
+        raise UserError(f"--image_path {path} has an empty alpha channel (no pixel at half opacity or more: no "
+                        f"object; a label map of several values?); give alpha 0 for background and full for the "
+                        f"object, {EXTRACT_MASK_HINT}.")
     if alpha.min() > 0.5:
         raise UserError(f"--image_path {path} has a fully opaque alpha channel (no background); {EXTRACT_MASK_HINT}.")
     return torch.from_numpy(np.ascontiguousarray(rgba))

@@ -1,7 +1,7 @@
 """The one error type for problems the user can fix, and the one place that turns them into an exit status.
 
 Every command-line tool's `main` is wrapped in `one_line_errors`: a `UserError`, and the operating system's
-"disk full" and "not writable" errors, become a single line on stderr and exit status 2; anything else that
+"disk full" (or quota, or file-size limit) and "not writable" errors, become a single line on stderr and exit status 2; anything else that
 escapes is a bug in this project and keeps its traceback.
 """
 
@@ -15,7 +15,11 @@ import sys
 from typing import Callable, NoReturn, ParamSpec
 
 P = ParamSpec("P")
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Write refusals that are no bug of the program: what ran out, and what to do.
+NO_ROOM = {errno.ENOSPC: ("the disk is full", "free some space"),
+           errno.EDQUOT: ("the disk quota is used up", "free some of your space or ask for a larger quota"),
+           errno.EFBIG: ("the file would exceed the size limit (ulimit -f, or the file system's largest file)",
+                         "raise the limit or write to another file system")}
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
@@ -52,9 +56,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def os_error_message(exc: OSError) -> str | None:
     """The one-line explanation of an OSError the user can fix (a full disk, a folder that is not writable)."""
     where = f" {exc.filename}" if exc.filename else ""
-    if exc.errno in DISK_FULL:
-        return (f"the disk is full (writing{where}); free some space and run again. Files are replaced only once "
-                f"written whole, so what was there before is intact.")
+    if exc.errno in NO_ROOM:
+        what, fix = NO_ROOM[exc.errno]
+        return (f"{what} (writing{where}); {fix} and run again. Files are replaced only once written whole, so what "
+                f"was there before is intact.")
     if exc.errno in NOT_WRITABLE:
         return f"cannot write{where}: {exc.strerror}; choose a folder you can write to, or fix its permissions."
     return None

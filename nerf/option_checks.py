@@ -19,6 +19,7 @@ from nerf.guidance import check_guidance_name, prior_weights
 from nerf.options import ANNEALED_FIELDS, GROUPS, Options
 
 CKPT_NAMES = ("scratch", "latest", "latest_model", "best")
+MESH_RESOLUTION_CAP = 256  # the original's mesh resolution
 
 
 def _check(condition: bool, message: str) -> None:
@@ -105,11 +106,16 @@ def validate(opt: Options) -> None:
     """Reject values that would fail later or silently do nothing; one-line messages naming the flag."""
     for name in ANNEALED_FIELDS:
         check_anneal_spec(name, getattr(opt.objective, name))
+        weights = getattr(opt.objective, name)[:2]  # value, or start and end
+        _check(all(float(w) >= 0 for w in weights), f"--{name} is a loss weight and must be >= 0, got "
+                                                     f"{' '.join(map(str, weights))} (0 switches the term off).")
     _check_finite(opt)
     _check_sizes(opt)
     _check_cameras(opt)
     _check_model(opt)
-    _check(opt.seed >= 0, f"--seed must be >= 0, got {opt.seed}.")
+    _check(0 <= opt.seed < 2**32, f"--seed must be in [0, 2^32), got {opt.seed} (NumPy's generator takes 32 bits).")
+    _check(opt.workspace != "", "--workspace is empty; give a folder (a new one, or a run's workspace to resume), "
+                                "or leave it out for one under outputs/.")
     _check(not opt.workspace or not os.path.exists(opt.workspace) or os.path.isdir(opt.workspace),
            f"--workspace {opt.workspace} is a file; give a folder (a new one, or a run's workspace to resume).")
     _check(opt.ckpt in CKPT_NAMES or opt.ckpt.endswith((".pth", ".pt")),
@@ -144,6 +150,8 @@ def resolve(opt: Options) -> Options:
         output["wandb"] = False  # as the original: debugging runs are not logged
     if opt.train.lr_warmup is None:
         train["lr_warmup"] = False
+    if opt.output.mesh_resolution is None:  # the mesh follows the run's size (see OutputOptions.mesh_resolution)
+        output["mesh_resolution"] = min(MESH_RESOLUTION_CAP, 2 * opt.render.occupancy_grid_size)
     resolved = dataclasses.replace(
         opt, workspace=None if opt.debug else opt.workspace, legacy=tuple(dict.fromkeys(opt.legacy)),
         prior=dataclasses.replace(opt.prior, **prior), render=dataclasses.replace(opt.render, **render),

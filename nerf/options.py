@@ -256,8 +256,9 @@ class OutputOptions:
     """Test mode renders the circular path at the input resolution (8 views, PNG frames)."""
     save_mesh: bool = False
     """Export a textured mesh (obj + mtl + png, glb) at the end."""
-    mesh_resolution: int = 256
-    """Marching-cubes grid side of the mesh export."""
+    mesh_resolution: Optional[int] = None
+    """Marching-cubes grid side of the mesh export (default: 2 x --occupancy_grid_size, at most 256: the original's
+    256 at the default grid, and a mesh as fine as a small run's field, made in seconds, for small runs)."""
     mesh_threshold: Optional[float] = None
     """Density iso-level of the mesh (default: the occupancy threshold min(mean density, density_thresh))."""
     mesh_decimate_target: int = 50_000

@@ -14,14 +14,17 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from nerf.errors import UserError
 from nerf.fileio import write_text_atomic
+from nerf.option_checks import resolve
 from nerf.options import Options
 from nerf.options_file import to_dict
+from nerf.outputs import ORBIT_VIEWS
 
 log = logging.getLogger("realfusion")
 
@@ -38,6 +41,7 @@ img.pixel { image-rendering: pixelated; } figure { display: inline-block; margin
 figcaption { font-size: 0.85em; color: #555; } table { border-collapse: collapse; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; } .warn { color: #a40; }
 svg { background: #fafafa; border: 1px solid #ddd; margin: 0 1em 1em 0; }
+.tiles { display: grid; font-size: 0.75em; color: #555; text-align: center; }
 """
 
 
@@ -97,6 +101,18 @@ def spread(items: list, count: int) -> list:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
+REAL_TILES = ("input", "input mask", "masked input", "render", "rendered opacity", "rendered depth")
+ORBIT_ROWS = ("colour", "opacity", "depth")
+
+
+def tiled_figure(src: str, caption: str, width: int, columns: Sequence[str]) -> str:
+    """An image of equal tiles in a row (or rows), with each column's label above its tile."""
+    labels = "".join(f"<span>{html.escape(label)}</span>" for label in columns)
+    return (f'<figure><div class="tiles" style="width:{width}px;grid-template-columns:repeat({len(columns)},1fr)">'
+            f'{labels}</div><img class="pixel" src="{src}" width="{width}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def validation_section(workspace: Path) -> str:
     folder = workspace / "validation"
     real, orbits = epoch_images(folder, "real"), epoch_images(folder, "orbit")
@@ -105,8 +121,12 @@ def validation_section(workspace: Path) -> str:
     parts = []
     if real:
         epoch, file = real[-1]
-        parts.append(figure(data_uri(file.read_bytes()), f"input view rendered (epoch {epoch})", 512))
-    parts += ["<br>"] + [figure(data_uri(file.read_bytes()), f"validation orbit, epoch {epoch}", 900)
+        parts.append(tiled_figure(data_uri(file.read_bytes()), f"input view rendered (epoch {epoch})", 512,
+                                  REAL_TILES))
+    azimuths = [f"{round(k * 360 / ORBIT_VIEWS)}°" for k in range(ORBIT_VIEWS)]
+    rows = ", ".join(ORBIT_ROWS)
+    parts += ["<br>"] + [tiled_figure(data_uri(file.read_bytes()), f"validation orbit, epoch {epoch}: azimuth from "
+                                      f"the input view; rows: {rows}", 900, azimuths)
                          for epoch, file in spread(orbits, ORBIT_MOMENTS)]
     return "".join(parts)
 
@@ -141,12 +161,19 @@ def svg_curve(tag: str, points: list[tuple[int, float]], width: int = 320, heigh
     def scale(a: np.ndarray, lo: float, hi: float, length: float) -> np.ndarray:
         return (a - lo) / (hi - lo) * length if hi > lo else np.full_like(a, length / 2)
 
-    x = pad + scale(steps, steps.min(), steps.max(), width - 2 * pad)
+    left = 52  # room for the value axis' labels
+    x = left + scale(steps, steps.min(), steps.max(), width - left - pad)
     y = height - pad - scale(ys, ys.min(), ys.max(), height - 2 * pad)
     line = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y))
     label = f"{tag}{' (log)' if log_scale else ''}: {values[-1]:.4g} at step {int(steps[-1])}"
+    bottom, right = height - pad, width - pad
+    ticks = [(left - 3, height - pad, "end", f"{values.min():.3g}"), (left - 3, pad + 8, "end", f"{values.max():.3g}"),
+             (left, height - 6, "start", f"{int(steps.min())}"), (right, height - 6, "end", f"step {int(steps.max())}")]
+    axes = (f'<polyline fill="none" stroke="#888" stroke-width="1" points="{left},{pad} {left},{bottom} '
+            f'{right},{bottom}"/>' + "".join(f'<text x="{tx}" y="{ty}" font-size="10" text-anchor="{anchor}">'
+                                              f"{html.escape(text)}</text>" for tx, ty, anchor, text in ticks))
     return (f'<svg width="{width}" height="{height}" role="img"><title>{html.escape(tag)}</title>'
-            f'<text x="4" y="14" font-size="11">{html.escape(label)}</text>'
+            f'<text x="4" y="14" font-size="11">{html.escape(label)}</text>{axes}'
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{line}"/></svg>')
 
 
@@ -192,7 +219,7 @@ def mesh_section(workspace: Path, opt: Options) -> str:
     if not files:
         return "<p>No mesh (run main.py --mesh_only on the workspace).</p>"
     rows = "".join(f'<tr><td><a href="{html.escape(f.relative_to(workspace).as_posix())}">{html.escape(f.name)}</a>'
-                   f"</td><td>{f.stat().st_size / 1024:.0f} KiB</td></tr>" for f in files)
+                   f"</td><td>{file_size(f.stat().st_size)}</td></tr>" for f in files)
     parts = [f"<table><tr><th>file</th><th>size</th></tr>{rows}</table>"]
     obj = folder / "mesh.obj"
     if obj.is_file():
@@ -209,6 +236,14 @@ def mesh_section(workspace: Path, opt: Options) -> str:
             parts.append(figure(data_uri(png_bytes(preview)), "mesh at its iso-level: front, side, top",
                                 3 * PREVIEW_SIZE))
     return "".join(parts)
+
+
+def file_size(size: int) -> str:
+    """Bytes as a person reads them: 312 B, 4.2 KiB, 1.3 MiB (small files are not '0 KiB')."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def flatten(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -237,11 +272,26 @@ def fmt(value: Any) -> str:
 
 def options_section(opt: Options) -> str:
     """Every option whose value differs from the default, by its flag name."""
-    used, default = dict(flatten(to_dict(opt))), dict(flatten(to_dict(Options())))
+    used, default = dict(flatten(to_dict(opt))), dict(flatten(to_dict(resolve(Options()))))
     rows = "".join(f"<tr><td>--{html.escape(key.split('.')[-1])}</td><td>{html.escape(fmt(value))}</td>"
                    f"<td>{html.escape(fmt(default.get(key)))}</td></tr>"
                    for key, value in used.items() if value != default.get(key))
     return f"<table><tr><th>option</th><th>value</th><th>default</th></tr>{rows}</table>"
+
+
+def prompt_used(opt: Options) -> str:
+    """The prompt as the prior read it: <token> replaced by the learned token or the word that stands for it."""
+    from nerf.guidance.stable_diffusion import TOKEN_PLACEHOLDER, replace_token_placeholder, resolve_token
+
+    text = opt.prior.text
+    if TOKEN_PLACEHOLDER not in text:
+        return text
+    try:
+        word, vector = resolve_token(opt.prior, opt.data.image_path)
+    except UserError:  # the token's file or word is gone since training
+        return text
+    learned = f"learned token {word}" if vector is not None else f"the word '{word}' from token_autoinit.txt"
+    return f"{replace_token_placeholder(text, word)} ({TOKEN_PLACEHOLDER} = {learned})"
 
 
 def prior_summary(opt: Options) -> str:
@@ -251,7 +301,7 @@ def prior_summary(opt: Options) -> str:
     if "zero123" in members:
         parts.append(f"Zero-1-to-3 model: {opt.prior.zero123_model}")
     if "zero123" not in members or "sd" in members:
-        parts.append(f"prompt: {opt.prior.text}")
+        parts.append(f"prompt: {prompt_used(opt)}")
     return " | ".join(parts)
 
 
@@ -262,12 +312,11 @@ def write_report(workspace: Path, opt: Options, *, evaluation: Path | None = Non
                 ("Training curves", curves_section(workspace)), ("Videos", videos_section(workspace)),
                 ("Mesh", mesh_section(workspace, opt)), ("Evaluation", evaluation_section(evaluation)),
                 ("Options that differ from the defaults", options_section(opt))]
-    prior = html.escape(prior_summary(opt))
+    name = html.escape(workspace.resolve().name)  # also for --workspace .
     body = "".join(f"<h2>{title}</h2>\n{content}\n" for title, content in sections)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>RealFusion: '
-            f"{html.escape(workspace.name)}</title><style>{STYLE}</style></head><body>\n"
-            f"<h1>RealFusion reconstruction: {html.escape(workspace.name)}</h1>\n<p>{prior}</p>\n"
-            f"{body}</body></html>\n")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>{name}</h1>\n<p>RealFusion reconstruction; "
+            f"{html.escape(prior_summary(opt))}</p>\n{body}</body></html>\n")
     path = write_text_atomic(workspace / "report.html", page)
     log.info("report: %s", path)
     return Path(path)

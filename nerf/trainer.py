@@ -215,7 +215,10 @@ class Trainer:
         values = {k: float(v) for k, v in terms.items()}
         progress.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
         scalars = {f"train/{key}": value for key, value in values.items()}
-        self.log.scalars({**scalars, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
+        # --lr as the schedule sets it now; the grid tables' group runs at 10 times that (Field.param_groups)
+        lr = {"train/lr": self.options.lr * self.scheduler.lr_lambdas[0](self.global_step),
+              "train/lr_grid_tables": self.optimizer.param_groups[0]["lr"]}
+        self.log.scalars({**scalars, **lr}, self.global_step)
 
     def validate(self) -> None:
         """Validation renders: the input view at its own size, the orbit at `orbit_size` (--HW_vis)."""
@@ -229,18 +232,18 @@ class Trainer:
         if self.global_step == 0 and not self.empty_grid_start:
             with torch.no_grad(), self.autocast():
                 self.renderer.update_occupancy()
-        progress = tqdm(total=iters, initial=self.global_step, desc="reconstruction", dynamic_ncols=True)
-        while self.global_step < iters:
-            terms = self.train_step()
-            progress.update(1)
-            if self.global_step % LOG_EVERY == 0 or self.global_step == iters:
-                self._log(terms, progress)
-            if self.global_step % ITERS_PER_EPOCH == 0:
-                self.ema.update()
-                if self.epoch % eval_interval == 0:
-                    self.validate()
-                    self.save()
-        progress.close()
+        # closed however the loop ends, so that a message after a Ctrl-C is not followed by the bar's last redraw
+        with tqdm(total=iters, initial=self.global_step, desc="reconstruction", dynamic_ncols=True) as progress:
+            while self.global_step < iters:
+                terms = self.train_step()
+                progress.update(1)
+                if self.global_step % LOG_EVERY == 0 or self.global_step == iters:
+                    self._log(terms, progress)
+                if self.global_step % ITERS_PER_EPOCH == 0:
+                    self.ema.update()
+                    if self.epoch % eval_interval == 0:
+                        self.validate()
+                        self.save()
         if self.global_step % ITERS_PER_EPOCH or self.epoch % eval_interval:
             self.validate()
             self.save()

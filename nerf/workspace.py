@@ -47,7 +47,7 @@ def open_workspace(workspace: Path) -> None:
     checkpoint (`Trainer.save`), so that options.json always describes the checkpoint beside it, also after a run
     that failed before saving."""
     _log_to_file(workspace / "log.txt")
-    freed = sum(remove_stale_partials(folder) for folder in (workspace, workspace / "checkpoints"))
+    freed = remove_stale_partials(workspace)
     if freed:
         log.info("removed %.1f MiB of partial files left by interrupted writes", freed / 2**20)
 

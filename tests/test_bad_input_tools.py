@@ -6,10 +6,13 @@ The processes run two at a time in a module fixture (each pays for importing tor
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,12 +51,77 @@ CASES = [
     ("scripts/make-tiny-sd.py", ["{file}"], "is a file"),
     ("scripts/benchmark.py", ["nosuch"], "invalid choice"),
     ("scripts/make-examples.py", ["--nosuch"], "unrecognized arguments"),
+    # options that would be silently ignored or fail far from the command line
+    ("main.py", ["--lambda_mask", "-1", "--workspace", "{new}"], "--lambda_mask is a loss weight and must be >= 0"),
+    ("main.py", ["--workspace", ""], "--workspace is empty"),
+    ("main.py", ["--seed", "4294967296", "--workspace", "{new}"], "--seed must be in [0, 2^32)"),
+    ("main.py", ["--image_path", "{photos}/rgba.png", "--lambda_prior", "0", "--learned_embeds_path", "{missing}",
+                 "--workspace", "{new}"],
+     "does not exist; give the file (or folder) textual inversion wrote"),
+    ("main.py", ["--image_path", "{photos}/rgba.png", "--learned_embeds_path", "{inputs}/nan_embeds.bin",
+                 "--workspace", "{new}"], "NaN or infinite"),
+    ("main.py", ["--image_path", "{photos}/rgba.png", "--learned_embeds_path", "{inputs}/a1111.pt", "--workspace",
+                 "{new}"], "AUTOMATIC1111 format"),
+    ("main.py", ["--test", "--workspace", "{inputs}/edited_record"], "has iters = \"many\""),
+    ("scripts/evaluate.py", ["{inputs}/edited_record", "--no_perceptual"], "has iters = \"many\""),
+    ("main.py", ["--test", "--workspace", "{inputs}/corrupt_checkpoint"], "or train the workspace again"),
+    ("main.py", ["--image_path", "{photos}/rgba.png", "--workspace", "{inputs}/latest_is_a_folder"],
+     "latest.pth is not a file"),
+    (TI, [*TI_BASE[:-1], "red cup", "--train_data_dir", "{photos}", "--output_dir", "{new}"], "is 2 words"),
+    (TI, [*TI_BASE, "--train_data_dir", "{photos}", "--output_dir", "{new}", "--learning_rate", "nan"],
+     "--learning_rate must be a finite number"),
+    # pictures: one claiming 100000 x 100000 pixels; an alpha (or a mask) of several low labels
+    ("main.py", ["--image_path", "{inputs}/huge.png", "--workspace", "{new}"], "cannot be read by OpenCV"),
+    ("scripts/extract-mask.py", ["--image_path", "{inputs}/huge.png", "--output_dir", "{new}"], "too large to read"),
+    ("main.py", ["--image_path", "{inputs}/label_alpha.png", "--workspace", "{new}"], "a label map of several"),
+    ("scripts/extract-mask.py", ["--image_path", "{photos}/rgba.png", "--mask_path", "{inputs}/labels.png",
+                                 "--output_dir", "{new}"], "a label map of several"),
 ]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under `root` with its bytes (None for folders): equal snapshots mean nothing changed."""
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def huge_png(path: Path, side: int = 100_000) -> None:
+    """A PNG whose header claims side x side RGBA pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def bad_inputs(folder: Path, photo: Path) -> None:
+    """Inputs that look usable but are not: embeddings, workspace records, checkpoints, pictures."""
+    import torch
+
+    from nerf.option_checks import parse
+    from nerf.options_file import save_options, to_dict
+
+    folder.mkdir()
+    torch.save({"_obj_": torch.full((32,), float("nan"))}, folder / "nan_embeds.bin")
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.zeros(2, 32)}, "name": "obj"},
+               folder / "a1111.pt")
+    record = to_dict(parse(["--workspace", str(folder / "edited_record")]))
+    record["train"]["iters"] = "many"
+    (folder / "edited_record").mkdir()
+    (folder / "edited_record" / "options.json").write_text(json.dumps(record))
+    corrupt = folder / "corrupt_checkpoint"
+    save_options(parse(["--workspace", str(corrupt), "--image_path", str(photo), "--no_cuda_ray"]),
+                 corrupt / "options.json")
+    (corrupt / "checkpoints").mkdir()
+    (corrupt / "checkpoints" / "latest.pth").write_bytes(b"half a checkpoint")
+    (folder / "latest_is_a_folder" / "checkpoints" / "latest.pth").mkdir(parents=True)
+    huge_png(folder / "huge.png")
+    labels = np.zeros((32, 32), np.uint8)
+    labels[4:28, 4:16], labels[4:28, 16:28], labels[:4] = 1, 3, 2  # table, cup, wall
+    rgba = np.full((32, 32, 4), 120, np.uint8)
+    rgba[..., 3] = labels
+    cv2.imwrite(str(folder / "label_alpha.png"), rgba)
+    cv2.imwrite(str(folder / "labels.png"), labels)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +134,8 @@ def outcomes(tmp_path_factory) -> tuple[list[subprocess.CompletedProcess], dict,
     rgba[8:24, 8:24] = (40, 90, 200, 255)
     cv2.imwrite(str(root / "photos" / "rgba.png"), rgba)
     names = {"file": root / "file", "empty": root / "empty", "photos": root / "photos", "missing": root / "missing",
-             "new": root / "new"}
+             "new": root / "new", "inputs": root / "inputs"}
+    bad_inputs(root / "inputs", root / "photos" / "rgba.png")
     before = snapshot(root)
 
     def run(case: tuple[str, list[str], str]) -> subprocess.CompletedProcess:

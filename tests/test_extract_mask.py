@@ -308,6 +308,22 @@ def test_masks_of_any_scale_become_8_bit(tmp_path: Path, scale: int, dtype: type
     np.testing.assert_array_equal(mask, truth.astype(np.uint8) * 255)
 
 
+@pytest.mark.parametrize("kind", ["label map 0/3", "alpha only"])
+def test_a_two_level_label_map_or_an_alpha_only_mask_is_read_as_binary(tmp_path: Path, kind: str) -> None:
+    """The CLI as a real process: such masks become the 0/255 mask main.py reads the same way (its alpha)."""
+    photo, truth = disk_photo(40, 40)
+    if kind == "label map 0/3":
+        mask = truth.astype(np.uint8) * 3
+    else:  # colour says nothing, the alpha channel is the mask
+        mask = np.dstack([np.zeros((40, 40, 3), np.uint8), truth.astype(np.uint8) * 255])
+    out = tmp_path / "out"
+    result = run_cli("--image_path", str(save_png(tmp_path / "photo.png", photo)),
+                     "--mask_path", str(save_png(tmp_path / "m.png", mask)), "--output_dir", str(out),
+                     "--size", "40", "--no-recenter")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "mask.png")), truth.astype(np.uint8) * 255)
+
+
 def test_cli_output_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     photo, truth = disk_photo(40, 60)
     out = tmp_path / "out"

@@ -405,10 +405,13 @@ def test_surrogate_gradient_is_exactly_g():
     torch.testing.assert_close(grad.double(), g)
 
 
-def test_nan_predictions_become_finite(parts):
+def test_nan_predictions_make_a_non_finite_loss_not_a_zero_one(parts):
+    """A model that predicts NaN must not look like a prior with nothing to say (a zero gradient, sds=0): the loss is
+    non-finite, so the trainer counts the iteration as a bad step and skips it."""
     guidance = SDSGuidance(dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config, float("nan"))), PROMPTS[:1])
-    grad, _ = guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, t=500, noise=torch.zeros(1, 4, 8, 8))
-    assert torch.isfinite(grad).all()
+    latents = torch.zeros(1, 4, 8, 8)
+    grad, _ = guidance.sds_gradient(latents, 0, t=500, noise=torch.zeros(1, 4, 8, 8))
+    assert torch.isnan(grad).all() and not torch.isfinite(surrogate_loss(latents, grad))
 
 
 def test_encode_path_gradcheck_float64(parts):

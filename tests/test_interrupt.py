@@ -140,6 +140,7 @@ def test_a_real_sigint_stops_main_py_with_status_130_and_a_whole_checkpoint(tmp_
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "checkpoints/latest.pth is intact" in err
+    assert err.rstrip("\n").split("\n")[-1].startswith("interrupted; ")  # a line of its own, not after the bar
     assert load_checkpoint(latest)["global_step"] in (100, 200)
     assert not (ws / workspace_lock.LOCK_NAME).exists()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

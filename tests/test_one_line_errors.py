@@ -26,6 +26,8 @@ TOOLS = [*sorted((REPO / "nerf" / "cli").glob("*.py")), REPO / "nerf" / "textual
 @pytest.mark.parametrize("error, expected", [
     (UserError("--iters must be >= 1, got 0."), "error: --iters must be >= 1, got 0."),
     (OSError(errno.ENOSPC, "No space left on device", "/ws/report.html"), "error: the disk is full (writing /ws"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/ws/a.pth"), "error: the disk quota is used up (writing /ws/a.pth"),
+    (OSError(errno.EFBIG, "File too large", "/ws/a.pth"), "error: the file would exceed the size limit"),
     (PermissionError(errno.EACCES, "Permission denied", "/ws/options.json"), "error: cannot write /ws/options.json"),
     (OSError(errno.EROFS, "Read-only file system", "/ro/x"), "error: cannot write /ro/x: Read-only file system"),
 ])
@@ -186,3 +188,54 @@ def test_textual_inversion_into_a_read_only_folder_is_one_line_and_writes_nothin
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {locked / 'out'}")
     assert list(locked.iterdir()) == []
+
+
+DENY_READING = """
+import builtins, errno, io, os, runpy, sys
+denied, tool = os.path.abspath(sys.argv[1]), sys.argv[2]
+real_open = io.open
+
+def open_(file, *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == denied:
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+    return real_open(file, *args, **kwargs)
+
+builtins.open = io.open = open_
+sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(tool))
+runpy.run_path(tool, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("tool, args", [("main.py", ["--workspace", "{root}/ws"]),
+                                        ("scripts/extract-mask.py", ["--output_dir", "{root}/out"])])
+def test_a_photo_that_cannot_be_opened_is_named_as_such_not_as_unreadable(tmp_path, tool, args):
+    """The tool as a real process, on a photo it may not open: the line says so (not "not a readable image" or
+    "cannot read ... pass a PNG"). Permissions do not stop root, so as root the process is refused by the same
+    EACCES from Python's open."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from tests.test_bad_input_tools import message_lines
+
+    photo = tmp_path / "rgba.png"
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (40, 90, 200, 255)
+    cv2.imwrite(str(photo), rgba)
+    argv = ["--image_path", str(photo), *(arg.format(root=tmp_path) for arg in args)]
+    if os.geteuid() == 0:
+        command = [sys.executable, "-c", DENY_READING, str(photo), str(REPO / tool), *argv]
+    else:
+        photo.chmod(0)
+        command = [sys.executable, str(REPO / tool), *argv]
+    before = snapshot(tmp_path)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = message_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and f"{photo} cannot be opened: Permission denied" in lines[0]
+    photo.chmod(0o644)
+    assert snapshot(tmp_path) == before
+

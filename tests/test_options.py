@@ -198,3 +198,12 @@ def test_foreign_options_file_is_refused(tmp_path):
     (tmp_path / "options.json").write_text(json.dumps({"iters": 10, "no_such_option": 1}))
     with pytest.raises(UserError, match="no_such_option"):
         load_options(tmp_path / "options.json")
+
+
+def test_the_mesh_resolution_follows_the_run_s_size():
+    """256 (the original's) at the default occupancy grid, finer grids capped there, small runs get a small mesh;
+    an explicit value wins."""
+    assert parse([]).output.mesh_resolution == 256
+    assert parse(["--occupancy_grid_size", "256"]).output.mesh_resolution == 256
+    assert parse(["--occupancy_grid_size", "32"]).output.mesh_resolution == 64
+    assert parse(["--occupancy_grid_size", "32", "--mesh_resolution", "200"]).output.mesh_resolution == 200

@@ -46,6 +46,7 @@ def workspace(tmp_path_factory) -> Path:
     yy, xx = np.mgrid[0:64, 0:64]
     disk = ((xx - 32) ** 2 + (yy - 32) ** 2 < 18 ** 2).astype(np.uint8) * 255
     cv2.imwrite(str(image), np.dstack([disk // 3, disk // 2, disk, disk]))
+    (root / "token_autoinit.txt").write_text("cup\n")
     assert main_module.main([*TINY, "--image_path", str(image), "--workspace", str(root / "ws")]) == 0
     return root / "ws"
 
@@ -66,6 +67,19 @@ def test_main_writes_a_self_contained_report(workspace):
     assert "<polyline" in page and "train/loss" in page  # loss curves drawn from the logged scalars
     assert re.search(r"\d+ vertices, \d+ faces", page)
     assert "--iters</td><td>30</td><td>5000" in page  # options that differ from the defaults
+
+
+def test_the_report_names_its_workspace_labels_its_pictures_and_shows_what_was_used(workspace):
+    page = (workspace / "report.html").read_text(encoding="utf-8")
+    assert "<title>ws</title>" in page and "<h1>ws</h1>" in page
+    assert "A high-resolution DSLR image of a cup (&lt;token&gt; = the word &#x27;cup&#x27;" in page
+    assert "<span>rendered opacity</span>" in page and "<span>45°</span>" in page  # tiles labelled
+    assert '<text x="296" y="154" font-size="10" text-anchor="end">step 30</text>' in page  # the step axis
+    assert "train/lr: 0.001 at step 30" in page  # --lr as used, not the grid tables' 10x
+    sizes = re.findall(r"</a></td><td>([^<]*)</td>", page)
+    files = sorted(p for p in (workspace / "mesh").iterdir() if p.is_file())
+    assert len(sizes) == len(files) and "0 KiB" not in sizes
+    assert all(re.fullmatch(r"\d+ B|\d+\.\d (KiB|MiB)", size) for size in sizes), sizes
 
 
 def test_report_shows_the_evaluation(workspace):

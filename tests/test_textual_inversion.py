@@ -471,27 +471,61 @@ def test_output_folder_that_would_be_damaged_is_refused(tiny_sd_dir, tmp_path, c
 
 
 def test_an_output_folder_in_use_is_refused_and_a_refused_run_creates_nothing(tiny_sd_dir, tmp_path, capsys):
-    import socket
-
     from nerf import workspace_lock
+    from tests.test_workspace_lock import held_by_another_process
 
     write_rgba(tmp_path / "data" / "rgba.png")
     out = tmp_path / "out"
     bad_model = ti_args(tmp_path / "no-model", tmp_path / "data", out)
     assert run_error(capsys, bad_model) and not out.exists()  # refused before the folder is made
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        out.mkdir()
-        (out / workspace_lock.LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+    with held_by_another_process(out) as owner:
         message = run_error(capsys, ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1"))
-    finally:
-        owner.kill()
-        owner.wait()
     assert f"in use by another run (pid {owner.pid}" in message and "--output_dir" in message
     assert sorted(p.name for p in out.iterdir()) == [workspace_lock.LOCK_NAME]
     # the owner is gone: its lock is taken over, and this run's own lock goes when it ends
     assert ti_main(ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "1", "--only_save_embeds")) == 0
     assert (out / "learned_embeds.bin").is_file() and not (out / workspace_lock.LOCK_NAME).exists()
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_a_vocabulary_word_as_token_is_warned_about(tiny_sd_dir, tmp_path):
+    """textual_inversion.py in its own process with the token 'cat' (a word of the vocabulary: warned, as it takes
+    that word's place in every prompt), into a folder where an earlier run was killed mid-write (its stale partial
+    files are removed), interrupted by SIGINT after a checkpoint: exit status 130 and, on a line of its own, the one
+    line naming the last checkpoint; no lock left behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from nerf import workspace_lock
+    from nerf.fileio import PARTIAL
+
+    write_rgba(tmp_path / "data" / "rgba.png")
+    out = tmp_path / "out"
+    stale = [out / f".learned_embeds.bin{PARTIAL}killed.bin", out / "checkpoint-7" / f".state.pt{PARTIAL}killed.pt"]
+    for file in stale:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half")
+        os.utime(file, (time.time() - 3600,) * 2)
+    argv = ti_args(tiny_sd_dir, tmp_path / "data", out, "--max_train_steps", "100000", "--checkpointing_steps", "2",
+                   "--only_save_embeds")
+    argv[argv.index("cat")] = "dog"  # the initializer
+    argv[argv.index("_obj_")] = "cat"  # the token
+    run = subprocess.Popen([sys.executable, str(TI_DIR / "textual_inversion.py"), *argv], stderr=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not list(out.glob("checkpoint-*/state.pt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run ended or stalled before its first checkpoint"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = max((state.parent for state in out.glob("checkpoint-*/state.pt")), key=lambda p: int(p.name.split("-")[1]))
+    assert err.rstrip("\n").split("\n")[-1] == (f"interrupted; the last checkpoint {last} is intact: run the same "
+                                                f"command to resume from it.")
+    assert "the token 'cat' is spelled like a word of the vocabulary" in err
+    assert not (out / workspace_lock.LOCK_NAME).exists()
+    assert not [file for file in stale if file.exists()]
 
 
 # ---------------------------------------------------------------- autoinit

@@ -33,7 +33,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 write_outputs(opt, built)
             write_report(built.workspace, opt)
         except KeyboardInterrupt:
-            print(interrupted_message(built.workspace), file=sys.stderr)
+            print("\n" + interrupted_message(built.workspace), file=sys.stderr)  # a line of its own, after the bar
             return 130
     return 0
 

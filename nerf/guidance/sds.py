@@ -144,7 +144,7 @@ class SDSGuidance:
         eps_uncond, eps_cond = eps.chunk(2)
         eps_hat = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
         grad = (1 - self.alphas_cumprod[t]) * (eps_hat - noise.float())
-        return torch.nan_to_num(grad), t
+        return grad, t  # a non-finite gradient makes a non-finite loss: the trainer skips that step
 
     def __call__(self, image: torch.Tensor, direction: int, *, camera: object = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

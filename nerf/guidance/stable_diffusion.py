@@ -143,6 +143,9 @@ def load_learned_embeds(path: str, token: str | None = None) -> tuple[str, torch
     if not isinstance(data, dict) or not data:
         what = "an empty dict" if isinstance(data, dict) else f"a {type(data).__name__}"
         raise UserError(f"learned embedding {file} holds {what}, not {{token: vector}}; re-run textual inversion.")
+    if "string_to_param" in data:
+        raise UserError(f"learned embedding {file} is in the AUTOMATIC1111 format (string_to_param), not "
+                        f"{{token: vector}}; learn the token with textual-inversion/textual_inversion.py.")
     names = ", ".join(map(str, data))
     if token is not None and token not in data:
         raise UserError(f"learned embedding {file} has no token '{token}' (it holds: {names}).")
@@ -162,6 +165,9 @@ def load_learned_embeds(path: str, token: str | None = None) -> tuple[str, torch
     if vector.ndim != 1:
         raise UserError(f"learned embedding {file}: the value of '{key}' has shape {tuple(vector.shape)}, expected a "
                         f"1-D vector.")
+    if not torch.isfinite(vector).all():
+        raise UserError(f"learned embedding {file}: the vector of '{key}' holds NaN or infinite numbers (its textual "
+                        f"inversion diverged); learn it again, e.g. with a lower --learning_rate.")
     return str(key), vector.detach().to(torch.float32).clone()
 
 
@@ -169,8 +175,12 @@ def register_token(tokenizer: Any, text_encoder: CLIPTextModel, token: str) -> i
     """Append `token` to the tokenizer and give the text encoder a row for it; returns its id.
 
     The caller checks that the token is new. After adding, the token must encode to exactly its own id
-    (e.g. not swallowed by normalisation), else prompts would silently miss it.
+    (e.g. not swallowed by normalisation), else prompts would silently miss it. A token spelled like a word of the
+    vocabulary is warned about: it takes that word's place in every prompt.
     """
+    if len(tokenizer(token, add_special_tokens=False).input_ids) == 1:
+        log.warning("the token '%s' is spelled like a word of the vocabulary, so it replaces that word in "
+                    "every prompt; a new string such as _%s_ avoids that.", token, token.strip("_<>"))
     tokenizer.add_tokens(token)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     token_id = tokenizer.convert_tokens_to_ids(token)

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from nerf.input_prep.framing import framing_warnings, recenter
 from nerf.errors import UserError
 from nerf.fileio import write_atomic
+from nerf.mask_levels import two_level_object_value
 
 OUTPUT_NAMES = ("image.png", "mask.png", "rgba.png")
 
@@ -33,9 +34,12 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a mask as 8-bit grey [H, W] whatever its bit depth or scale (0/1, 0/255, 16-bit); it must match the
-    photo's size `shape` = (H, W) and mark both object and background."""
+    """Read a mask as 8-bit grey [H, W] whatever its bit depth or scale (0/1, 0/255, 16-bit, a two-level label
+    map, or held in the alpha channel); it must match the photo's size `shape` = (H, W) and mark both object and
+    background, as main.py reads the alpha of its input (`nerf.mask_levels`)."""
     image = _open_image(path, "mask")
+    if image.mode in ("RGBA", "LA", "PA") and image.getextrema()[-1][0] < 255:  # not all opaque: alpha is the mask
+        image = image.getchannel("A")
     values = np.asarray(image if image.mode.startswith(("I", "F")) else image.convert("L"), np.float64)
     if values.ndim == 3:
         values = values[..., 0]
@@ -48,7 +52,12 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     if top <= 0:
         raise UserError(f"mask {path} is empty (no object); pass a mask whose object pixels are non-zero")
     full = 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0  # 0/1, 8-bit or 16-bit masks
+    if two_level_object_value(values, full) is not None:  # a label map's 0/3: binary
+        values = np.where(values > 0, full, 0.0)
     mask = np.clip(np.round(values / full * 255), 0, 255).astype(np.uint8)
+    if mask.max() < 128:
+        raise UserError(f"mask {path} has no value at half intensity or more (its values go up to {top:g}; a label "
+                        f"map of several values?); pass a mask with background 0 and the object at full intensity")
     if mask.min() >= 128:
         raise UserError(f"mask {path} covers the whole image (no background); pass a mask with background at zero")
     return mask
@@ -61,6 +70,10 @@ def _open_image(path: str | Path, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+    except PermissionError as error:
+        raise UserError(f"{what} {path} cannot be opened: {error.strerror}; fix its permissions") from None
+    except Image.DecompressionBombError as error:
+        raise UserError(f"{what} {path} is too large to read ({error}); pass a photo of a few megapixels") from None
     except (UnidentifiedImageError, OSError) as error:
         raise UserError(f"cannot read {what} {path} ({error}); pass a PNG or JPEG file") from error
     return image

@@ -8,6 +8,7 @@ values that cannot work fail here with a message instead of deep inside the run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from nerf.errors import ArgumentParser, UserError
@@ -62,6 +63,15 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
     if not args.placeholder_token.strip():
         raise UserError("--placeholder_token is empty; give a new word such as _my_object_.")
+    words = args.initializer_token.split()
+    if len(words) != 1:
+        raise UserError(f"--initializer_token '{args.initializer_token}' is {len(words)} words; give one word "
+                        f"(textual-inversion/autoinit.py suggests one).")
+    for name in ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon"):
+        if not math.isfinite(getattr(args, name)):
+            raise UserError(f"--{name} must be a finite number, got {getattr(args, name)}.")
+    if args.learning_rate <= 0:
+        raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}.")
 
 
 def add_model_and_data_flags(p: argparse.ArgumentParser) -> None:

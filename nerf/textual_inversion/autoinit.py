@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from nerf.errors import ArgumentParser, UserError, one_line_errors
-from nerf.fileio import write_atomic, write_text_atomic
+from nerf.fileio import write_file_atomic, write_text_atomic
 from nerf.initializer_file import RESULT_FILE
 from nerf.textual_inversion.dataset import load_rgb
 
@@ -103,7 +103,7 @@ def save_embeddings(file_name: Path, clip_model: str, device: torch.device) -> P
         raise UserError(f"the tokenizer of {clip_model} has no whole-word noun tokens; use a CLIP model.")
     emb = text_features(model, processor, [word for _, word in tokens], device)
     data = {"idx": [i for i, _ in tokens], "emb": emb}
-    write_atomic(file_name, lambda tmp: torch.save(data, tmp))
+    write_file_atomic(file_name, lambda file: torch.save(data, file))
     print(f"saved {len(tokens)} noun embeddings to {file_name}")
     return file_name
 

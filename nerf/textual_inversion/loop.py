@@ -70,21 +70,21 @@ def run_steps(model: Model, opt: Optimisation, loader: torch.utils.data.DataLoad
     micro-batches at most go through the networks as one batch."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=max_steps, initial=step, desc="textual inversion")
-    log = StepLog(trackers, bar)
     loader.sampler.skip_batches(step * accumulation)
     stream = endless(loader)
-    while step < max_steps:
-        step_loss = optimisation_step(model, opt, list(itertools.islice(stream, accumulation)),
-                                      accumulation=accumulation, fuse_limit=fuse_limit, on_phase=on_phase)
-        step += 1
-        bar.update(1)
-        log.add(step, step_loss, opt.lr_scheduler.get_last_lr()[0])
-        save_and_validate(model, opt, saves, step=step, output_dir=output_dir, trackers=trackers,
-                          data_seed=loader.sampler.seed)
-        on_phase("logging")
-    log.flush()
-    bar.close()
+    # closed however the loop ends, so that a message after a Ctrl-C is not followed by the bar's last redraw
+    with tqdm(total=max_steps, initial=step, desc="textual inversion") as bar:
+        log = StepLog(trackers, bar)
+        while step < max_steps:
+            step_loss = optimisation_step(model, opt, list(itertools.islice(stream, accumulation)),
+                                          accumulation=accumulation, fuse_limit=fuse_limit, on_phase=on_phase)
+            step += 1
+            bar.update(1)
+            log.add(step, step_loss, opt.lr_scheduler.get_last_lr()[0])
+            save_and_validate(model, opt, saves, step=step, output_dir=output_dir, trackers=trackers,
+                              data_seed=loader.sampler.seed)
+            on_phase("logging")
+        log.flush()
     trackers.close()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nerf.errors import UserError
-from nerf.fileio import write_atomic
+from nerf.fileio import write_file_atomic
 from nerf.guidance.stable_diffusion import StableDiffusionParts
 
 if TYPE_CHECKING:
@@ -53,11 +53,11 @@ def save_embeds(path: Path, token: str, vector: torch.Tensor) -> None:
     """{token: tensor[D]} as a pickle-free torch file (.bin) or safetensors (.safetensors), atomically."""
     data = {token: vector.detach().float().cpu().clone()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        write_atomic(path, lambda tmp: save_file(data, str(tmp)))
+        write_file_atomic(path, lambda file: file.write(save(data)))
     else:
-        write_atomic(path, lambda tmp: torch.save(data, tmp))
+        write_file_atomic(path, lambda file: torch.save(data, file))
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -114,7 +114,7 @@ def save_checkpoint(output_dir: Path, step: int, token: str, row: TokenVector, o
     state = {"step": step, "token": token, "vector": row.vector.detach().cpu().clone(),
              "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
              "scaler": scaler.state_dict(), "rng": rng_state(), "data_seed": data_seed}
-    write_atomic(output_dir / f"checkpoint-{step}" / "state.pt", lambda tmp: torch.save(state, tmp))
+    write_file_atomic(output_dir / f"checkpoint-{step}" / "state.pt", lambda file: torch.save(state, file))
 
 
 def load_checkpoint(file: Path, token: str, row: TokenVector, optimizer: torch.optim.Optimizer, lr_scheduler: Any,

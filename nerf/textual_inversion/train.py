@@ -49,6 +49,7 @@ captions, ``model.py`` the networks and the trainable vector, ``step.py`` the lo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -56,12 +57,13 @@ import torch
 
 from nerf import workspace_lock
 from nerf.errors import one_line_errors
+from nerf.fileio import remove_stale_partials
 from nerf.seeding import seed_everything
 from nerf.textual_inversion.args import parse_args
 from nerf.textual_inversion.dataset import TextualInversionDataset, load_images
 from nerf.textual_inversion.loop import Saves, epochs_for, loader_workers, make_loader, run_steps
 from nerf.textual_inversion.model import choose_device, load_model
-from nerf.textual_inversion.state import HubUpload, check_output_dir, resume, write_outputs
+from nerf.textual_inversion.state import HubUpload, check_output_dir, list_checkpoints, resume, write_outputs
 from nerf.textual_inversion.step import FUSED_SAMPLES, OptimiserSettings, make_optimisation, no_mark
 from nerf.textual_inversion.trackers import Trackers
 
@@ -105,6 +107,9 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
     # The run is valid: only now is the folder created, and it is this run's until it ends.
     output_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(output_dir, args.force_unlock, flag="--output_dir"):
+        freed = remove_stale_partials(output_dir)
+        if freed:
+            print(f"removed {freed / 2**20:.1f} MiB of partial files left by interrupted writes in {output_dir}")
         step = resume(args.resume_from_checkpoint, output_dir, args.placeholder_token, model.row, opt,
                       loader.sampler)
         trackers = Trackers(args.report_to, output_dir / args.logging_dir, vars(args))
@@ -122,7 +127,22 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    """The command: 0 on success, 2 with a one-line message for a usage or input error."""
-    train(parse_args(argv))
+    """The command: 0 on success, 2 with a one-line message for a usage or input error, 130 after Ctrl-C."""
+    args = parse_args(argv)
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        print("\n" + interrupted_message(Path(args.output_dir).expanduser().resolve()), file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted_message(output_dir: Path) -> str:
+    """What a Ctrl-C leaves: the last checkpoint (written atomically, so whole) to resume from, or nothing."""
+    saved = list_checkpoints(output_dir) if output_dir.is_dir() else []
+    if saved:
+        return (f"interrupted; the last checkpoint {saved[-1].parent} is intact: run the same command to resume "
+                f"from it.")
+    return ("interrupted before the first checkpoint (--checkpointing_steps); there is nothing to resume, run the "
+            "command again to start.")
 
