@@ -119,7 +119,8 @@ class Zero123Guidance:
         abar = self.parts.alphas_cumprod[t]
         with torch.no_grad():
             noisy = abar.sqrt() * latents.detach() + (1 - abar).sqrt() * noise
-            grad = torch.nan_to_num((1 - abar) * (self.predict_noise(noisy, t, camera) - noise))
+            # a non-finite gradient makes a non-finite loss: the trainer skips that step, as for Stable Diffusion
+            grad = (1 - abar) * (self.predict_noise(noisy, t, camera) - noise)
         return surrogate_loss(latents, grad), {"zero123_grad_norm": grad.abs().mean(),
                                                "zero123_t": torch.tensor(float(t))}
 
