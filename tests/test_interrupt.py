@@ -127,7 +127,7 @@ def test_a_real_sigint_stops_main_py_with_status_130_and_a_whole_checkpoint(tmp_
     rgba[8:24, 8:24] = (40, 90, 200, 255)
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
     ws = tmp_path / "ws"
-    command = [sys.executable, str(Path(main_module.__file__)), *TINY, "--iters", "250", "--image_path",
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "main.py"), *TINY, "--iters", "250", "--image_path",
                str(tmp_path / "rgba.png"), "--workspace", str(ws)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
