@@ -29,6 +29,7 @@ from nerf.textual_inversion.step import FUSED_SAMPLES, denoising_loss, fuse
 from nerf.textual_inversion.train import main as ti_main
 
 CPU = torch.device("cpu")
+TI_DIR = Path(__file__).resolve().parents[1] / "textual-inversion"
 
 
 def eager(parts) -> "FrozenNetworks":
