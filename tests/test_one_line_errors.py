@@ -202,7 +202,6 @@ def open_(file, *args, **kwargs):
 
 builtins.open = io.open = open_
 sys.argv = sys.argv[2:]
-sys.path.insert(0, os.path.dirname(tool))
 runpy.run_path(tool, run_name="__main__")
 """
 
