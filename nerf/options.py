@@ -64,7 +64,8 @@ class PriorOptions:
     dir_text: bool = True
     """View-dependent prompts (front / side / back / overhead / bottom)."""
     suppress_face: Optional[str] = None
-    """Appended to the negative prompt of every view except the front one."""
+    """With --dir_text: appended to the negative prompt of every view except the front one (without view-dependent
+    prompts it does nothing)."""
     zero123_model: Optional[str] = None
     """Zero-1-to-3 (--guidance zero123 or sd+zero123): a hub id (the diffusers copy of Zero-1-to-3-XL is
     kxic/zero123-xl) or a local folder in that layout (scripts/make-tiny-zero123.py writes a random-weight one)."""
@@ -181,7 +182,8 @@ class TrainOptions:
     eval_interval: int = 5
     """Validate and save a checkpoint every this many epochs (one epoch = 100 iterations)."""
     optim: Literal["adan", "adam", "adamw"] = "adam"
-    """Optimiser (the original's adamw ran plain Adam; here adamw is AdamW)."""
+    """Optimiser (the original's adamw ran plain Adam; here adamw is AdamW); adan multiplies every learning rate by
+    5, as the original."""
     lr: float = 1e-3
     """Base learning rate of the MLPs; the grid tables use 10x."""
     lr_warmup: Optional[bool] = None
@@ -228,7 +230,8 @@ class ObjectiveOptions:
     albedo: bool = False
     """Albedo shading for the whole run (sets albedo_iters = iters)."""
     albedo_iters: int = 1000
-    """Synthetic views use albedo shading for this many iterations, then random lambertian/textureless ones."""
+    """Synthetic views use albedo shading for this many iterations, then albedo, textureless or lambertian shading
+    at random (20 / 40 / 40 %)."""
     real_iters: int = 0
     """Input-view losses start at this iteration."""
     real_every: int = 1
@@ -280,7 +283,7 @@ class Options:
     O2: bool = False
     """Preset without the CUDA extensions: fp16 only with --albedo, view-dependent prompts, PyTorch marching."""
     test: bool = False
-    """Test mode: render the 360-degree videos from the latest checkpoint, no training."""
+    """Test mode: render the 360-degree videos from the --ckpt checkpoint (the latest by default), no training."""
     mesh_only: bool = False
     """Export the textured mesh of a trained workspace: no training, no videos."""
     workspace: Optional[str] = None
@@ -288,7 +291,8 @@ class Options:
     run_name: str = "default"
     """Automatic workspaces are outputs/{run_name}/{date}--seed-{seed}."""
     ckpt: str = "latest"
-    """Checkpoint to start from: scratch | latest | latest_model | best | a checkpoint path."""
+    """Checkpoint to start from: scratch | latest | latest_model (its weights only, a fresh optimiser) | best (the
+    same file as latest: no separate best checkpoint is kept) | a checkpoint path."""
     seed: int = 101
     """Seeds Python, NumPy and torch, and names automatic workspaces."""
     debug: bool = False

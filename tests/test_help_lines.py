@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import inspect
+import io
 import re
 
 import imageio.v3 as iio
@@ -25,6 +28,13 @@ def help_of(name: str) -> str:
         if found:
             return " ".join(found.group(1).split())
     raise KeyError(name)
+
+
+def _captured_help(parse_args) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args(["--help"])
+    return out.getvalue()
 
 
 def test_hw_vis_sets_the_validation_orbit_and_hw_real_the_input_view_panels(tmp_path):
@@ -51,3 +61,77 @@ def test_radius_rot_none_follows_the_largest_radius_range():
     opt = parse(["--radius_rot", "None", "--radius_range", "1.0", "2.0"])
     assert opt.data.orbit_radius == pytest.approx(2.4)
     assert parse([]).data.orbit_radius == 1.8 and "None: 1.2 * the largest" in help_of("radius_rot")
+
+
+def test_albedo_iters_is_followed_by_albedo_textureless_and_lambertian_at_random():
+    import torch
+
+    from nerf.synthetic_views import SyntheticViews
+
+    views = SyntheticViews(Options().data, dir_text=True, replace_every=0, replace_noise=0.0, albedo_iters=10,
+                           real_camera=None, generator=torch.Generator().manual_seed(0),
+                           device=torch.device("cpu"))
+    assert {views.shading(step)[0] for step in range(10)} == {"albedo"}
+    later = [views.shading(10)[0] for _ in range(400)]
+    assert {"albedo", "textureless", "lambertian"} == set(later) and 40 < later.count("albedo") < 120
+    assert "then albedo, textureless or lambertian" in help_of("albedo_iters")
+
+
+def test_suppress_face_needs_view_dependent_prompts():
+    from nerf.cameras import FRONT, direction_prompts
+
+    pairs = direction_prompts("a cat", "", True, "face")
+    assert pairs[FRONT][1] == "" and all(neg == "face" for i, (_, neg) in enumerate(pairs) if i != FRONT)
+    assert direction_prompts("a cat", "", False, "face") == [("a cat", "")]
+    assert help_of("suppress_face").startswith("With --dir_text") and "does nothing" in help_of("suppress_face")
+
+
+def test_optim_adan_multiplies_every_learning_rate_by_5():
+    import torch
+
+    from nerf.optim import make_optimizer
+
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.01},  # noqa: E731
+                      {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.001}]
+    assert [g["lr"] for g in make_optimizer("adan", groups(), 0.001).param_groups] == pytest.approx([0.05, 0.005])
+    assert [g["lr"] for g in make_optimizer("adam", groups(), 0.001).param_groups] == pytest.approx([0.01, 0.001])
+    assert "adan multiplies every learning rate by 5" in help_of("optim")
+
+
+def test_ckpt_best_is_the_latest_file_and_test_renders_the_ckpt_checkpoint(tmp_path):
+    from nerf.build import read_checkpoint
+    from nerf.checkpoint import LATEST, find_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / LATEST).write_bytes(b"")
+    assert find_checkpoint(tmp_path, "best") == find_checkpoint(tmp_path, "latest") == tmp_path / "checkpoints" / LATEST
+    assert "best (the same file as latest" in help_of("ckpt")
+    with pytest.raises(Exception, match="missing.pth"):  # --test reads the checkpoint --ckpt names
+        read_checkpoint(parse(["--test", "--ckpt", str(tmp_path / "missing.pth")]), tmp_path)
+    assert "from the --ckpt checkpoint" in help_of("test")
+
+
+def test_kernel_benchmark_counts_default_by_quick():
+    from nerf.benchmarks import kernels
+    from nerf.cli.benchmark import parse_args
+
+    assert kernels.call_counts(parse_args(["kernels"])) == (5, 20, 300)
+    assert kernels.call_counts(parse_args(["kernels", "--quick"])) == (1, 2, 2)
+    assert kernels.call_counts(parse_args(["kernels", "--quick", "--warmup", "3"])) == (3, 2, 2)
+    parser = argparse.ArgumentParser()
+    kernels.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "(default 5, 1 with --quick)" in text and "(default 20, 2 with --quick)" in text
+    assert "(default 300, 2 with --quick)" in text
+
+
+def test_toy_prior_size_and_steps_defaults(tmp_path):
+    from nerf.toy_models.training import SIZES, parse_args, settings
+
+    help_text = _captured_help(parse_args)
+
+    recipe = settings(parse_args([str(tmp_path / "out")]), None)
+    assert recipe["size"] == "gpu" and recipe["steps"] == list(SIZES["gpu"].steps) == [3000, 8000]
+    assert settings(parse_args([str(tmp_path / "out"), "--size", "cpu"]), None)["steps"] == [30, 40]
+    text = " ".join(help_text.split())
+    assert "gpu (default)" in text and "(default: 30 40 with --size cpu, 3000 8000 with --size gpu)" in text

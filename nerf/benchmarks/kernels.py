@@ -64,12 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke runs: both columns are "
                         "the reference there, the compiled kernels need CUDA tensors)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (seconds on a CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per row and backend (default 5)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row and backend (default 20)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls per row and backend (default 5, 1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per row and backend (default 20, 2 with --quick)")
     parser.add_argument("--budget_s", type=float, default=3.0,
-                        help="about this many seconds per measurement: slow paths get fewer repeats (at least 3)")
+                        help="about this many seconds per measurement: slow paths get fewer repeats (at least 3, or "
+                             "--repeats if that is fewer)")
     parser.add_argument("--field_iters", type=int, default=None,
-                        help="prior-free iterations fitting the --O field before it is timed (default 300)")
+                        help="prior-free iterations fitting the --O field before it is timed (default 300, 2 with "
+                             "--quick)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the CUDA path of the rows with a time goal (torch.profiler, top ops)")
 
@@ -402,14 +406,20 @@ def check_targets(rows: list[dict]) -> list[dict]:
     return verdicts
 
 
+def call_counts(args: argparse.Namespace) -> tuple[int, int, int]:
+    """--warmup, --repeats and --field_iters, with the defaults of a full or a --quick run for those not given."""
+    sizes = QUICK if args.quick else FULL
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
+    return warmup, repeats, args.field_iters if args.field_iters is not None else sizes.field_iters
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("no CUDA device for the kernel benchmark; run it on a GPU machine or pass --device cpu")
     sizes = QUICK if args.quick else FULL
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
-    iters = args.field_iters if args.field_iters is not None else sizes.field_iters
+    warmup, repeats, iters = call_counts(args)
     fast = "cuda" if device.type == "cuda" else "auto"  # "auto" serves CPU tensors with the reference
     info = common.device_info(device)
     info["extensions"] = extension_load_seconds(device)

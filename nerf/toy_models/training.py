@@ -381,8 +381,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--held_out", nargs="*", default=None, metavar="FAMILY:SEEDS",
                    help=f"instances kept from training for evaluation, named by their family's word (default with "
                         f"the default objects: {' '.join(DEFAULT_HELD_OUT)})")
-    p.add_argument("--size", choices=tuple(SIZES), default=None, help="gpu: 64x64 images; cpu: 32x32 (tests)")
-    p.add_argument("--steps", nargs=2, type=int, default=None, metavar=("VAE", "UNET"), help="training steps")
+    p.add_argument("--size", choices=tuple(SIZES), default=None, help="gpu (default): 64x64 images; cpu: 32x32 (tests)")
+    p.add_argument("--steps", nargs=2, type=int, default=None, metavar=("VAE", "UNET"),
+                   help="training steps (default: " + ", ".join(f"{' '.join(map(str, size.steps))} with --size {name}"
+                                                      for name, size in SIZES.items()) + ")")
     p.add_argument("--seed", type=int, default=None, help="seed of views, initial weights and batches (0)")
     p.add_argument("--resume", action="store_true", help="continue the training in OUT")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
