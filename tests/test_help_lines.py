@@ -135,3 +135,19 @@ def test_toy_prior_size_and_steps_defaults(tmp_path):
     assert settings(parse_args([str(tmp_path / "out"), "--size", "cpu"]), None)["steps"] == [30, 40]
     text = " ".join(help_text.split())
     assert "gpu (default)" in text and "(default: 30 40 with --size cpu, 3000 8000 with --size gpu)" in text
+
+
+def test_extract_mask_writes_framing_json_into_output_dir(tmp_path):
+    from nerf.cli import extract_mask
+
+    photo = np.full((24, 24, 3), 200, np.uint8)
+    mask = np.zeros((24, 24), np.uint8)
+    mask[8:16, 8:16] = 255
+    iio.imwrite(tmp_path / "photo.png", photo)
+    iio.imwrite(tmp_path / "mask.png", mask)
+    out = tmp_path / "out"
+    assert extract_mask.main(["--image_path", str(tmp_path / "photo.png"), "--mask_path", str(tmp_path / "mask.png"),
+                              "--output_dir", str(out), "--size", "16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["framing.json", "image.png", "mask.png", "rgba.png"]
+    assert iio.imread(out / "rgba.png").shape[:2] == (16, 16)  # --size: side of the square outputs
+    assert "rgba.png and framing.json" in " ".join(_captured_help(extract_mask.parse_args).split())

@@ -24,7 +24,7 @@ from nerf.fileio import write_text_atomic
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_path", required=True, help="input photo (any PIL-readable format)")
-    parser.add_argument("--output_dir", required=True, help="folder for image.png, mask.png, rgba.png")
+    parser.add_argument("--output_dir", required=True, help="folder for image.png, mask.png, rgba.png and framing.json (how the object was framed)")
     parser.add_argument("--mask_path", default=None, help="existing object mask of the same size (grey)")
     parser.add_argument("--size", type=int, default=512, help="side length of the square outputs")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
