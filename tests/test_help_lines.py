@@ -151,3 +151,13 @@ def test_extract_mask_writes_framing_json_into_output_dir(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["framing.json", "image.png", "mask.png", "rgba.png"]
     assert iio.imread(out / "rgba.png").shape[:2] == (16, 16)  # --size: side of the square outputs
     assert "rgba.png and framing.json" in " ".join(_captured_help(extract_mask.parse_args).split())
+
+
+def test_toy_check_views_scored_without_the_input_camera_copies():
+    from nerf.toy_models import check
+    from nerf.toy_models.world import parse_object
+
+    images, directions = check.held_out_views(parse_object("primitive:0=ball"), 8, 10, 0)
+    assert images.shape[:2] == (9, 3) and len(directions) == 9  # 10 views, one of them an input-camera copy
+    assert "less their input-camera copies (a tenth, at least one)" in " ".join(
+        _captured_help(check.parse_args).split())

@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("outputs/toy-prior-check"))
     p.add_argument("--samples", type=int, default=2, help="samples per word and side")
     p.add_argument("--steps", type=int, default=50, help="inference steps (the pipeline's default)")
-    p.add_argument("--views", type=int, default=240, help="ground-truth renders per object")
+    p.add_argument("--views", type=int, default=240, help="renders per object: the ground truth of the sample check; with --token or --contexts, the "
+                        "views scored, less their input-camera copies (a tenth, at least one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
     p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
