@@ -161,3 +161,14 @@ def test_toy_check_views_scored_without_the_input_camera_copies():
     assert images.shape[:2] == (9, 3) and len(directions) == 9  # 10 views, one of them an input-camera copy
     assert "less their input-camera copies (a tenth, at least one)" in " ".join(
         _captured_help(check.parse_args).split())
+
+
+def test_textual_inversion_report_to_comet_ml_is_refused(tmp_path):
+    from nerf.errors import UserError
+    from nerf.textual_inversion.args import parse_args
+    from nerf.textual_inversion.trackers import Trackers
+
+    with pytest.raises(UserError, match="comet_ml is not supported"):
+        Trackers("comet_ml", tmp_path, {})
+    text = " ".join(_captured_help(parse_args).split())
+    assert "comet_ml is accepted by the parser but not supported" in text

@@ -124,7 +124,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed_precision", choices=["auto", "no", "fp16", "bf16"],
                    help="UNet and VAE in this precision with autocast (CUDA only; auto: fp16 on CUDA)")
     p.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs")
-    p.add_argument("--report_to", choices=["tensorboard", "wandb", "comet_ml", "all"], default="tensorboard")
+    p.add_argument("--report_to", choices=["tensorboard", "wandb", "comet_ml", "all"], default="tensorboard",
+                   help="logging of the scalars and validation images: tensorboard, wandb, or all (both; tensorboard "
+                        "only without the wandb package); comet_ml is accepted by the parser but not supported")
     p.add_argument("--validation_prompt", default=None, help="sample this prompt every --validation_steps")
     p.add_argument("--num_validation_images", type=int, default=4)
     p.add_argument("--validation_steps", type=int, default=100)
