@@ -160,7 +160,8 @@ class FieldOptions:
     grid_resolution: int = 2048
     """The finest grid level has resolution grid_resolution * bound."""
     log2_hashmap_size: int = 16
-    """log2 of the table size of each grid level."""
+    """log2 of the largest table of a grid level: a level with fewer grid vertices than that keeps one row per
+    vertex."""
     grid_levels_mask: int = 8
     """Number of finest grid levels disabled early in training (0: none)."""
     grid_levels_mask_iters: int = 3000

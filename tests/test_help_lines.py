@@ -172,3 +172,14 @@ def test_textual_inversion_report_to_comet_ml_is_refused(tmp_path):
         Trackers("comet_ml", tmp_path, {})
     text = " ".join(_captured_help(parse_args).split())
     assert "comet_ml is accepted by the parser but not supported" in text
+
+
+def test_log2_hashmap_size_caps_the_rows_of_a_grid_level():
+    from nerf.field.geometry import DensityGeometry
+
+    for grid_type in ("tiled", "hash"):
+        encoder = DensityGeometry(grid_levels=4, grid_resolution=256, log2_hashmap_size=14, grid_type=grid_type,
+                                  backend="torch").encoder
+        rows = (encoder.offsets[1:] - encoder.offsets[:-1]).tolist()
+        assert 17 ** 3 <= rows[0] < 17 ** 3 + 8 and rows[-1] == 2 ** 14  # a row per vertex (8-aligned), then the cap
+    assert "largest table of a grid level" in help_of("log2_hashmap_size")
