@@ -183,3 +183,19 @@ def test_log2_hashmap_size_caps_the_rows_of_a_grid_level():
         rows = (encoder.offsets[1:] - encoder.offsets[:-1]).tolist()
         assert 17 ** 3 <= rows[0] < 17 ** 3 + 8 and rows[-1] == 2 ** 14  # a row per vertex (8-aligned), then the cap
     assert "largest table of a grid level" in help_of("log2_hashmap_size")
+
+
+def test_sweep_skip_textual_inversion_keeps_a_learned_embeds_bin_beside_the_input(tmp_path):
+    from nerf.cli import sweep
+
+    for name, has_embeds in (("with", True), ("without", False)):
+        (tmp_path / name).mkdir()
+        iio.imwrite(tmp_path / name / "rgba.png", np.zeros((8, 8, 4), np.uint8))
+        if has_embeds:
+            (tmp_path / name / "learned_embeds.bin").write_bytes(b"")
+        args, main_args = sweep.parse_args(["--skip_textual_inversion", "--output_dir", str(tmp_path / "out")])
+        job = sweep.plan_job(tmp_path / name / "rgba.png", args, main_args)
+        assert [stage.name for stage in job.stages] == ["nerf"]
+        assert ("--learned_embeds_path" in job.stages[0].args) == has_embeds
+    text = " ".join(_captured_help(sweep.parse_args).split())
+    assert "uses the input's learned_embeds.bin if it has one, else its token_autoinit.txt" in text

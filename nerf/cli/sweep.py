@@ -203,7 +203,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--initializer_token", default=None,
                         help="textual-inversion initializer for inputs without token_autoinit.txt")
     parser.add_argument("--skip_textual_inversion", action="store_true",
-                        help="never run textual inversion (main.py then uses token_autoinit.txt)")
+                        help="never run textual inversion (main.py then uses the input's learned_embeds.bin if it has one, "
+                             "else its token_autoinit.txt)")
     parser.add_argument("--ti_command", default=None,
                         help="program that runs textual inversion, from the repository root "
                              "(default: python textual-inversion/textual_inversion.py)")
