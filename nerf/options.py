@@ -196,7 +196,9 @@ class TrainOptions:
     fp16: bool = False
     """Mixed precision on CUDA (autocast + loss scaling); set by --O."""
     ema_decay: float = 0.95
-    """Decay of the weight average used for every render after training (updated once per epoch)."""
+    """Decay of the weight average that renders the validation orbit and everything after training. Updated once per
+    epoch; the n-th update uses min(ema_decay, (1 + n) / (10 + n)), as torch-ema, so 0.95 is reached only from the
+    170th epoch (17,000 iterations) on."""
     max_bad_steps: int = 20
     """Stop after this many consecutive iterations with a non-finite loss (those steps are skipped)."""
 

@@ -199,3 +199,25 @@ def test_sweep_skip_textual_inversion_keeps_a_learned_embeds_bin_beside_the_inpu
         assert ("--learned_embeds_path" in job.stages[0].args) == has_embeds
     text = " ".join(_captured_help(sweep.parse_args).split())
     assert "uses the input's learned_embeds.bin if it has one, else its token_autoinit.txt" in text
+
+
+def test_ema_decay_is_capped_by_the_update_count():
+    import torch
+
+    from nerf.optim import EMA
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    ema = EMA([param], decay=0.95)
+    with torch.no_grad():
+        param.fill_(1.0)
+    ema.update()  # n = 1: decay min(0.95, 2 / 11)
+    assert float(ema.shadow[0]) == pytest.approx(9 / 11)
+    for _ in range(167):
+        ema.update()
+    decays = []
+    for _ in range(2):  # updates 169 and 170, each from a zero average
+        ema.shadow[0].zero_()
+        ema.update()
+        decays.append(1 - float(ema.shadow[0]))
+    assert decays == pytest.approx([170 / 179, 0.95]) and decays[0] < 0.95
+    assert "(1 + n) / (10 + n)" in help_of("ema_decay") and "170th epoch" in help_of("ema_decay")
