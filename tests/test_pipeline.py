@@ -4,6 +4,7 @@ skipped when its output is complete, so that running it again continues an inter
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,20 @@ def test_bad_input_is_one_line_and_writes_nothing(repo, tiny_sd_dir, tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:")
         assert not (tmp_path / "ws").exists()
+
+
+def test_the_quick_start_runs_as_written(repo, tiny_sd_dir, tmp_path):
+    """README's first command, with the tiny model and small sizes, the hub offline and no noun embeddings: the
+    example's token_autoinit.txt gives the word."""
+    example = "examples/natural-images/coffee_cup"
+    command = [sys.executable, "scripts/reconstruct.py", f"{example}/image.png", "--mask_path", f"{example}/mask.png",
+               "--workspace", str(tmp_path / "outputs" / "coffee_cup"),
+               "--pretrained_model_name_or_path", str(tiny_sd_dir), "--ti_steps", "1", "--ti_resolution", "16",
+               "--", "--pose_angle", "45", *TINY_RUN]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "empty-cache")}
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stages(done.stderr) == ["input", "autoinit", "token", "nerf", "mesh", "evaluate"]
+    ws = tmp_path / "outputs" / "coffee_cup"
+    assert (ws / "input" / "token_autoinit.txt").read_text() == "cup\n"
+    assert (ws / "nerf" / "mesh" / "mesh.glb").is_file() and done.stdout.splitlines()[-1].startswith("done: ")

@@ -10,7 +10,8 @@ already there and complete, so that running the same command again after a crash
 stopped:
 
 1. input     DIR/input/rgba.png: scripts/extract-mask.py (rembg when installed, else GrabCut; recentred)
-2. autoinit  DIR/input/token_autoinit.txt: textual-inversion/autoinit.py (or the word of --initializer_token)
+2. autoinit  DIR/input/token_autoinit.txt: the word of --initializer_token, else of a token_autoinit.txt beside
+              PHOTO, else textual-inversion/autoinit.py (CLIP; its noun embeddings are made on first use)
 3. token     DIR/token/learned_embeds.bin: textual-inversion/textual_inversion.py, RealFusion's recipe
 4. nerf      DIR/nerf: main.py --O (a partly trained workspace resumes from its checkpoint)
 5. mesh      DIR/nerf/mesh/mesh.glb: main.py --mesh_only
@@ -32,7 +33,7 @@ from typing import Sequence
 from nerf import pipeline
 from nerf.errors import ArgumentParser, UserError, one_line_errors
 from nerf.fileio import write_text_atomic
-from nerf.initializer_file import RESULT_FILE
+from nerf.initializer_file import RESULT_FILE, read_initializer
 from nerf.options import DEFAULT_MODEL
 
 PRIORS = ("sd", "zero123", "sd+zero123")
@@ -91,6 +92,17 @@ def prior_choice(args: argparse.Namespace) -> pipeline.PriorChoice:
     return prior
 
 
+def given_word(args: argparse.Namespace) -> str | None:
+    """--initializer_token, else the word of a token_autoinit.txt beside the photo (every bundled example has one,
+    so the quick start needs neither CLIP nor its noun embeddings); None: autoinit chooses."""
+    if args.initializer_token:
+        return args.initializer_token
+    word = read_initializer(args.photo.parent)
+    if word:
+        print(f"[autoinit] the word '{word}' of {args.photo.parent / RESULT_FILE}", file=sys.stderr, flush=True)
+    return word
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> Path:
     if not args.photo.is_file():
         raise UserError(f"{args.photo} is not a photo file; give the path of an image (PNG, JPEG).")
@@ -101,8 +113,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> Path:
     inputs = pipeline.prepare_input(args.photo, args.workspace / "input", mask_path=args.mask_path)
     pipeline.ensure(inputs)
     rgba = inputs.output
-    if args.initializer_token:
-        write_text_atomic(rgba.parent / RESULT_FILE, args.initializer_token + "\n")
+    word = given_word(args)
+    if word:
+        write_text_atomic(rgba.parent / RESULT_FILE, word + "\n")
     if prior.uses_sd:  # the prompt's word: Zero-1-to-3 alone has no prompt
         pipeline.ensure(pipeline.pick_initializer(rgba, clip_model=args.clip_model))
     for stage in later_stages(args, extra, rgba):
