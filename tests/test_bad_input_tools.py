@@ -44,6 +44,7 @@ CASES = [
     ("scripts/evaluate.py", ["--suite", "synthetic", "--scenes", "nosuch", "--work_dir", "{new}"], "invalid choice"),
     ("scripts/example-slurm.py", ["--inputs_dir", "{empty}", "--output_dir", "{new}"], "no */rgba.png"),
     ("scripts/reconstruct.py", ["{missing}", "--workspace", "{new}"], "is not a photo file"),
+    ("scripts/reconstruct.py", ["{photos}/rgba.png", "--workspace", "{file}"], "is a file"),
     ("scripts/make-synthetic-scene.py", ["{new}", "--family", "nosuch"], "invalid choice"),
     ("scripts/train-toy-prior.py", ["{new}", "--objects", "nosuch:0=cup"], "unknown scene family"),
     ("scripts/check-toy-prior.py", ["{empty}"], "objects.json"),
