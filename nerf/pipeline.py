@@ -77,8 +77,9 @@ class Stage:
         return self.record_path or self.output.with_name(self.output.name + ".made.json")
 
     def made(self) -> dict[str, Any]:
-        """What this stage's output is made from, as it would be now."""
-        return {"inputs": {str(path): file_hash(path) for path in self.inputs},
+        """What this stage's output is made from, as it would be now (the inputs' contents, in order: the same file
+        named by another path is the same input)."""
+        return {"inputs": [file_hash(path) for path in self.inputs],
                 "settings": list(self.args if self.settings is None else self.settings)}
 
     def changed(self) -> list[str]:
@@ -93,8 +94,9 @@ class Stage:
         now = self.made()
         if not isinstance(recorded, dict):
             return [f"unreadable {self.record}"]
-        differ = [Path(path).name for path, digest in now["inputs"].items()
-                  if recorded.get("inputs", {}).get(path) != digest]
+        before = recorded.get("inputs")
+        before = before if isinstance(before, list) and len(before) == len(self.inputs) else [None] * len(self.inputs)
+        differ = [path.name for path, digest, old in zip(self.inputs, now["inputs"], before) if digest != old]
         if recorded.get("settings") != now["settings"]:
             differ.append("options " + " ".join(sorted(set(map(str, now["settings"])) ^
                                                        set(map(str, recorded.get("settings") or [])))))
@@ -205,12 +207,14 @@ def ensure(stage: Stage) -> Path:
 def prepare_input(photo: Path, folder: Path, *, mask_path: Path | None = None) -> Stage:
     """Mask (given, else rembg when installed, else GrabCut), pad and recentre the photo into folder/rgba.png."""
     args = ["--image_path", str(photo), "--output_dir", str(folder), "--overwrite"]
+    method: tuple[str, ...] = ()
     if mask_path is not None:
         args += ["--mask_path", str(mask_path)]
     elif importlib.util.find_spec("rembg") is not None:
-        args += ["--method", "rembg"]
+        method = ("--method", "rembg")
     photos = (photo,) if mask_path is None else (photo, mask_path)
-    return Stage("input", script("scripts", "extract-mask.py"), tuple(args), folder / "rgba.png", inputs=photos)
+    return Stage("input", script("scripts", "extract-mask.py"), (*args, *method), folder / "rgba.png", inputs=photos,
+                 settings=method)  # the photos by content: the same files named by other paths are the same input
 
 
 def pick_initializer(rgba: Path, *, clip_model: str | None = None) -> Stage:

@@ -162,6 +162,9 @@ def interrupted_message(stage: str | None) -> str:
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parse_args(argv)
+    for name in ("photo", "mask_path", "workspace"):  # the stages run from the repository root
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).absolute())
     try:
         nerf = run(args, extra)
     except pipeline.Interrupted as stopped:
