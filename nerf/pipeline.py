@@ -12,9 +12,14 @@ functions and run the stages with `run`; nothing else strings the stages togethe
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import importlib.util
 import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from typing import Any, Sequence
 
 from nerf.checkpoint import LATEST, load_checkpoint
 from nerf.errors import UserError
+from nerf.fileio import write_text_atomic
 from nerf.options import DEFAULT_PROMPT
 from nerf.initializer_file import RESULT_FILE, read_initializer
 
@@ -46,7 +52,10 @@ def script(*parts: str) -> tuple[str, ...]:
 class Stage:
     """One stage: its command, the file it leaves, and (for training) the iterations that file must hold.
 
-    `copies` are (source, target) files put in place just before the command runs."""
+    `copies` are (source, target) files put in place just before the command runs. What made the output is recorded
+    beside it (`record`): the content of the `inputs` files and the `settings` (the arguments, unless the stage
+    names fewer), so that an output made from other inputs is never taken as this stage's. A stage whose output
+    was made from other inputs is redone when `redo_when_changed` (cheap, derived outputs), else refused."""
 
     name: str
     program: tuple[str, ...]
@@ -54,39 +63,142 @@ class Stage:
     output: Path
     min_steps: int = 0
     copies: tuple[tuple[Path, Path], ...] = ()
+    inputs: tuple[Path, ...] = ()
+    settings: tuple[str, ...] | None = None
+    redo_when_changed: bool = False
+    record_path: Path | None = None  # default: beside the output
 
     @property
     def argv(self) -> list[str]:
         return [*self.program, *self.args]
 
+    @property
+    def record(self) -> Path:
+        return self.record_path or self.output.with_name(self.output.name + ".made.json")
+
+    def made(self) -> dict[str, Any]:
+        """What this stage's output is made from, as it would be now (the inputs' contents, in order: the same file
+        named by another path is the same input)."""
+        return {"inputs": [file_hash(path) for path in self.inputs],
+                "settings": list(self.args if self.settings is None else self.settings)}
+
+    def changed(self) -> list[str]:
+        """What differs between the recorded making of the output and this stage's (nothing when either the output
+        or its record is missing: an output from before records were kept is taken as it is)."""
+        if not (self.output.is_file() and self.record.is_file()):
+            return []
+        try:
+            recorded = json.loads(self.record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return [f"unreadable {self.record}"]
+        now = self.made()
+        if not isinstance(recorded, dict):
+            return [f"unreadable {self.record}"]
+        before = recorded.get("inputs")
+        before = before if isinstance(before, list) and len(before) == len(self.inputs) else [None] * len(self.inputs)
+        differ = [path.name for path, digest, old in zip(self.inputs, now["inputs"], before) if digest != old]
+        if recorded.get("settings") != now["settings"]:
+            differ.append("options " + " ".join(sorted(set(map(str, now["settings"])) ^
+                                                       set(map(str, recorded.get("settings") or [])))))
+        return differ
+
+    def write_record(self) -> None:
+        """Record what made the output (and, for training, the step it holds)."""
+        made = self.made()
+        if self.min_steps:
+            made["step"] = int(load_checkpoint(self.output)["global_step"])
+        write_text_atomic(self.record, json.dumps(made, indent=1) + "\n")
+
     def complete(self) -> bool:
-        """The output is there (and, for a training stage, its checkpoint has trained enough iterations)."""
-        if not self.output.is_file():
+        """The output is there, made from these inputs (and, for a training stage, its checkpoint has trained
+        enough iterations)."""
+        if not self.output.is_file() or self.changed():
             return False
         return self.min_steps == 0 or int(load_checkpoint(self.output)["global_step"]) >= self.min_steps
 
 
-def run(stage: Stage, **subprocess_options: Any) -> subprocess.CompletedProcess:
-    """Put the stage's copies in place and run its command from the repository root."""
+def file_hash(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes; None when there is no such file."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def place_copies(stage: Stage) -> None:
+    """Put the stage's copies in place."""
     for source, target in stage.copies:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+
+
+def run(stage: Stage, **subprocess_options: Any) -> subprocess.CompletedProcess:
+    """Put the stage's copies in place and run its command from the repository root."""
+    place_copies(stage)
     return subprocess.run(stage.argv, cwd=REPO, **subprocess_options)
 
 
+class Interrupted(Exception):
+    """Ctrl-C reached a running stage, which has then saved what it had and exited."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(stage.name)
+        self.stage = stage
+
+
+def run_shown(stage: Stage) -> tuple[int, str]:
+    """Run the stage with its stderr (its progress) shown as it comes; its exit status and last non-empty line.
+
+    The stage runs in its own process group, so a Ctrl-C in the terminal reaches only this process, which passes
+    it on and waits: the stage saves and exits in its own time (killing it would lose its work and leave its
+    workspace lock behind). Raises `Interrupted` once it has exited."""
+    place_copies(stage)
+    child = subprocess.Popen(stage.argv, cwd=REPO, stderr=subprocess.PIPE, process_group=0)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail, interrupted = "", False
+    with child:
+        while True:
+            try:
+                data = os.read(child.stderr.fileno(), 1 << 16)
+                if not data:  # the stage closed its stderr: it is exiting
+                    child.wait()
+                    break
+                chunk = decoder.decode(data)
+                tail = (tail + chunk)[-4096:]
+                sys.stderr.write(chunk)
+                sys.stderr.flush()
+            except KeyboardInterrupt:
+                interrupted = True
+                child.send_signal(signal.SIGINT)
+    if interrupted:
+        raise Interrupted(stage)
+    last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()] or ["no message"]
+    return child.returncode, last[-1]
+
+
 def ensure(stage: Stage) -> Path:
-    """The stage's output, running the stage first unless it is complete (the command is shown on stderr).
+    """The stage's output, running the stage first unless it is complete (the command is shown on stderr, quoted
+    to be pasted, then the stage's own output).
 
     A stage's own one-line error (exit status 2) becomes a `UserError` naming the stage; any other failure, or a
     run that leaves the stage incomplete, is a RuntimeError with the last line the stage printed."""
+    changed = stage.changed()
+    if changed and not stage.redo_when_changed:
+        raise UserError(f"stage {stage.name}: {stage.output} was made from other inputs (changed: "
+                        f"{', '.join(changed)}); run with --restart_from {stage.name} to redo it and the stages after "
+                        f"it, or use a new --workspace.")
     if not stage.complete():
-        print(f"[{stage.name}] {' '.join(stage.argv[1:])}", file=sys.stderr, flush=True)
-        done = run(stage, stderr=subprocess.PIPE, text=True)
-        last = ([line for line in done.stderr.splitlines() if line.strip()] or ["no message"])[-1]
-        if done.returncode == 2:
+        print(f"[{stage.name}] {shlex.join(stage.argv)}", file=sys.stderr, flush=True)
+        code, last = run_shown(stage)  # the old record stays until the new output is whole: a failed run is redone
+        if code == 2:
             raise UserError(f"stage {stage.name}: {last.removeprefix('error: ')}")
-        if done.returncode != 0 or not stage.complete():
-            raise RuntimeError(f"stage {stage.name} failed with exit code {done.returncode}: {last}")
+        if code == 0 and stage.output.is_file():
+            stage.write_record()
+        if code != 0 or not stage.complete():
+            raise RuntimeError(f"stage {stage.name} failed with exit code {code}: {last}")
     return stage.output
 
 
@@ -95,18 +207,21 @@ def ensure(stage: Stage) -> Path:
 def prepare_input(photo: Path, folder: Path, *, mask_path: Path | None = None) -> Stage:
     """Mask (given, else rembg when installed, else GrabCut), pad and recentre the photo into folder/rgba.png."""
     args = ["--image_path", str(photo), "--output_dir", str(folder), "--overwrite"]
+    method: tuple[str, ...] = ()
     if mask_path is not None:
         args += ["--mask_path", str(mask_path)]
     elif importlib.util.find_spec("rembg") is not None:
-        args += ["--method", "rembg"]
-    return Stage("input", script("scripts", "extract-mask.py"), tuple(args), folder / "rgba.png")
+        method = ("--method", "rembg")
+    photos = (photo,) if mask_path is None else (photo, mask_path)
+    return Stage("input", script("scripts", "extract-mask.py"), (*args, *method), folder / "rgba.png", inputs=photos,
+                 settings=method)  # the photos by content: the same files named by other paths are the same input
 
 
 def pick_initializer(rgba: Path, *, clip_model: str | None = None) -> Stage:
     """The CLIP noun closest to the input, written to token_autoinit.txt beside it."""
     clip = ("--clip_model", clip_model) if clip_model else ()
     return Stage("autoinit", script("textual-inversion", "autoinit.py"), (*clip, "get_initialization", str(rgba)),
-                 rgba.parent / RESULT_FILE)
+                 rgba.parent / RESULT_FILE, inputs=(rgba,), redo_when_changed=True)
 
 
 def training_resolution(model: str) -> int:
@@ -148,7 +263,7 @@ def learn_token(rgba: Path, word: str, folder: Path, settings: TokenSettings) ->
     if settings.mixed_precision is not None:
         args.append(f"--mixed_precision={settings.mixed_precision}")
     return Stage("token", script("textual-inversion", "textual_inversion.py"), tuple(args),
-                 folder / "learned_embeds.bin", copies=((rgba, data / "rgba.png"),))
+                 folder / "learned_embeds.bin", copies=((rgba, data / "rgba.png"),), inputs=(rgba,))
 
 
 @dataclass(frozen=True)
@@ -178,7 +293,18 @@ def reconstruct(rgba: Path, workspace: Path, *, model: str, learned_embeds: Path
     token = ("--learned_embeds_path", str(learned_embeds)) if learned_embeds is not None else ()
     args = (*NERF_RECIPE, "--image_path", str(rgba), *token, "--pretrained_model_name_or_path", model,
             "--text", DEFAULT_PROMPT, *prior.args, "--workspace", str(workspace), *main_args)
-    return Stage("nerf", script("main.py"), args, workspace / "checkpoints" / LATEST, min_steps=iters)
+    return Stage("nerf", script("main.py"), args, workspace / "checkpoints" / LATEST, min_steps=iters,
+                 inputs=(rgba, *([learned_embeds] if learned_embeds else [])), settings=without_iters(args))
+
+
+def without_iters(args: Sequence[str]) -> tuple[str, ...]:
+    """The arguments but --iters: more iterations continue a run from its checkpoint rather than make another."""
+    kept, skip = [], False
+    for arg in args:
+        if not skip and arg != "--iters" and not arg.startswith("--iters="):
+            kept.append(arg)
+        skip = arg == "--iters"
+    return tuple(kept)
 
 
 def nerf_iters(main_args: Sequence[str]) -> int:
@@ -191,13 +317,14 @@ def nerf_iters(main_args: Sequence[str]) -> int:
 def export_mesh(workspace: Path) -> Stage:
     """The textured mesh of a trained workspace."""
     return Stage("mesh", script("main.py"), ("--mesh_only", "--workspace", str(workspace)),
-                 workspace / "mesh" / "mesh.glb")
+                 workspace / "mesh" / "mesh.glb", inputs=(workspace / "checkpoints" / LATEST,), redo_when_changed=True,
+                 record_path=workspace / "mesh.made.json")  # not in mesh/, whose every file the report lists
 
 
 def evaluate(workspace: Path, out: Path) -> Stage:
     """The input-view metrics of a trained workspace (no learned metrics: nothing is downloaded)."""
     return Stage("evaluate", script("scripts", "evaluate.py"), (str(workspace), "--out", str(out), "--no_perceptual"),
-                 out)
+                 out, inputs=(workspace / "checkpoints" / LATEST,), redo_when_changed=True)
 
 
 def report(workspace: Path, evaluation: Path) -> Path:

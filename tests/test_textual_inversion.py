@@ -601,6 +601,23 @@ def test_autoinit_ranks_a_planted_token_first(tiny_clip, tmp_path, capsys):
     assert (image.parent / "token_autoinit.txt").read_text() == "teapot\n"
 
 
+def test_autoinit_makes_the_noun_embeddings_once_per_machine(tiny_clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = tmp_path / "photo" / "rgba.png"
+    write_rgba(image, size=(40, 40))
+    command = ["get_initialization", str(image), "--clip_model", str(tiny_clip), "--device", "cpu", "--no_save"]
+    cached = autoinit.noun_embeddings_file(str(tiny_clip))
+    assert cached.parent == tmp_path / "cache" / "realfusion" and not cached.exists()
+    assert autoinit.main(command) == 0
+    first = capsys.readouterr().out
+    assert "making the noun embeddings" in first and cached.is_file()
+    made = cached.stat().st_mtime_ns
+    assert autoinit.main(command) == 0
+    again = capsys.readouterr().out
+    assert "making" not in again and cached.stat().st_mtime_ns == made
+    assert again.splitlines()[1] == first.splitlines()[first.splitlines().index("Top tokens:") + 1]
+
+
 @pytest.mark.parametrize("case", ["no_embeddings", "no_image", "no_model"])
 def test_autoinit_errors(tiny_clip, tmp_path, capsys, case):
     emb = tmp_path / "emb.pth"

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Choose the textual-inversion initializer automatically: the CLIP noun token closest to the photo.
 
-    python textual-inversion/autoinit.py save_embeddings               # once per CLIP model
     python textual-inversion/autoinit.py get_initialization IMAGE      # top 5 + token_autoinit.txt
+    python textual-inversion/autoinit.py save_embeddings               # optional: made on first use anyway
 
 ``save_embeddings`` embeds "an image of a <noun>" with CLIP's text tower for every token of CLIP's
 vocabulary that is a whole word (ends with ``</w>``) and an English noun, and saves
 ``{"idx": token ids, "emb": L2-normalised features [V, D]}`` (the original's file format).
 Nouns come from NLTK's WordNet when its data is installed, else from ``wordnet-nouns.txt`` next to this
-file (the same set, extracted from WordNet 3.0; see its header).
+file (the same set, extracted from WordNet 3.0; see its header). ``get_initialization`` makes them itself, with
+progress, the first time a CLIP model is used on this machine, into ``noun_embeddings_file``'s cache folder.
 
 ``get_initialization`` embeds the image with CLIP's image tower (an RGBA image is composited on white,
 as textual inversion sees it), scores every noun by cosine similarity, prints the five best with
@@ -21,6 +22,8 @@ local CLIP folder given with --clip_model. Runs from any directory.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,17 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_EMBEDDINGS = HERE / "clip-vit-large-patch14-text-embeddings.pth"
 NOUN_LIST = HERE / "wordnet-nouns.txt"
 PROMPT = "an image of a {}"
+
+
+def noun_embeddings_file(clip_model: str) -> Path:
+    """Where the noun embeddings of `clip_model` are kept: the file shipped beside this script for the default
+    model when it is there, else one per model in $XDG_CACHE_HOME/realfusion (~/.cache/realfusion), so that they
+    are made once per machine rather than once per workspace."""
+    if clip_model == DEFAULT_CLIP and DEFAULT_EMBEDDINGS.is_file():
+        return DEFAULT_EMBEDDINGS
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realfusion"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", clip_model).strip("-.")
+    return cache / f"{slug}-text-embeddings.pth"
 
 
 def noun_set() -> set[str]:
@@ -66,7 +80,8 @@ def load_clip(name: str, device: torch.device) -> tuple[Any, Any]:
         processor = CLIPProcessor.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the CLIP model '{name}' ({type(exc).__name__}); give --clip_model a local CLIP "
-                        f"folder, or a hub id that is cached or downloadable.") from exc
+                        f"folder, or a hub id that is cached or downloadable; or choose the word yourself "
+                        f"(--initializer_token WORD of reconstruct.py and textual inversion).") from exc
     return model, processor
 
 
@@ -110,8 +125,9 @@ def save_embeddings(file_name: Path, clip_model: str, device: torch.device) -> P
 
 def load_embeddings(file_name: Path) -> tuple[list[int], torch.Tensor]:
     if not file_name.is_file():
-        raise UserError(f"noun embeddings {file_name} not found; run `python {Path(__file__).name} save_embeddings` "
-                        f"first (or pass --text_emb_file).")
+        raise UserError(f"noun embeddings {file_name} not found; run `python textual-inversion/autoinit.py "
+                        f"save_embeddings --file_name {file_name}`, or omit --text_emb_file to make them on first "
+                        f"use, or skip the choice with --initializer_token WORD.")
     try:
         data = torch.load(file_name, map_location="cpu", weights_only=True)
         idx, emb = list(data["idx"]), data["emb"].float()
@@ -121,9 +137,15 @@ def load_embeddings(file_name: Path) -> tuple[list[int], torch.Tensor]:
     return idx, emb
 
 
-def rank_tokens(image: Path, text_emb_file: Path, clip_model: str, device: torch.device,
+def rank_tokens(image: Path, text_emb_file: Path | None, clip_model: str, device: torch.device,
                 top: int = 5) -> list[tuple[str, float]]:
-    """The `top` noun tokens for the image with their softmax scores, best first."""
+    """The `top` noun tokens for the image with their softmax scores, best first (text_emb_file None: the model's
+    cached embeddings, made now if this machine has none)."""
+    if text_emb_file is None:
+        text_emb_file = noun_embeddings_file(clip_model)
+        if not text_emb_file.is_file():
+            print(f"making the noun embeddings of {clip_model} (once on this machine) in {text_emb_file}", flush=True)
+            save_embeddings(text_emb_file, clip_model, device)
     idx, emb = load_embeddings(text_emb_file)
     if not image.is_file():
         raise UserError(f"image {image} does not exist; give the path of the input photo.")
@@ -139,7 +161,7 @@ def rank_tokens(image: Path, text_emb_file: Path, clip_model: str, device: torch
     return list(zip(names, best.values.tolist()))
 
 
-def get_initialization(image: Path, text_emb_file: Path, clip_model: str, device: torch.device, save: bool = True,
+def get_initialization(image: Path, text_emb_file: Path | None, clip_model: str, device: torch.device, save: bool = True,
                        save_dir: Path | None = None) -> str:
     """Print the five best tokens; write the best word to token_autoinit.txt unless save is False."""
     ranked = rank_tokens(image, text_emb_file, clip_model, device)
@@ -162,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--clip_model", default=DEFAULT_CLIP, help="hub id or local CLIP folder")
     common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     save = commands.add_parser("save_embeddings", parents=[common], help="embed every noun token (once per model)")
-    save.add_argument("--file_name", type=Path, default=DEFAULT_EMBEDDINGS)
+    save.add_argument("--file_name", type=Path, default=None,
+                      help="output file (default: the model's cache file, see noun_embeddings_file)")
     get = commands.add_parser("get_initialization", parents=[common], help="best noun tokens for an image")
     get.add_argument("image", type=Path)
-    get.add_argument("--text_emb_file", type=Path, default=DEFAULT_EMBEDDINGS)
+    get.add_argument("--text_emb_file", type=Path, default=None,
+                     help="noun embeddings (default: the model's cache file, made on first use)")
     get.add_argument("--save_dir", type=Path, default=None, help="folder for token_autoinit.txt (default: the image's)")
     get.add_argument("--no_save", action="store_true", help="print only, do not write token_autoinit.txt")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.command == "save_embeddings":
-        save_embeddings(args.file_name, args.clip_model, device)
+        save_embeddings(args.file_name or noun_embeddings_file(args.clip_model), args.clip_model, device)
     else:
         get_initialization(args.image, args.text_emb_file, args.clip_model, device, save=not args.no_save,
                            save_dir=args.save_dir)
