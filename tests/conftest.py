@@ -37,3 +37,14 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-sd") / "model"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-sd.py"), str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: two threads on two busy cores run them many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

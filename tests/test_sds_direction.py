@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from nerf.toy_models.check import Alignment, sds_alignment
 
@@ -25,12 +24,7 @@ TRUE_AT_LEAST = 0.08  # lowest measured: 0.137
 NOWHERE_BELOW = 0.06  # highest measured without a right prompt and a trained UNet: 0.030
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def alignment(**settings) -> float:

@@ -39,13 +39,7 @@ def script():
     return training
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two threads on two busy cores run these tiny networks many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(script, out: Path, *extra: str, steps: tuple[int, int] = (VAE_STEPS, UNET_STEPS)) -> Path:
