@@ -260,7 +260,7 @@ def check_contexts(args: argparse.Namespace) -> dict:
     write_text_atomic(args.out / "contexts.json", json.dumps(report, indent=2) + "\n")
     return report
 
-PROMPTS = ("true", "shuffled", "empty")  # how sds_alignment names the object in main.py's prompt
+PROMPTS = ("true", "shuffled", "empty", "token")  # how sds_alignment names the object in main.py's prompt
 
 
 @dataclass(frozen=True)
@@ -269,12 +269,13 @@ class Alignment:
 
     instance: str  # family:seed=word, the object whose render SDS should pull towards
     wrong: str  # family:seed of the object rendered instead
-    prompt: str = "true"  # a PROMPTS entry; "shuffled" uses another class's word
+    prompt: str = "true"  # a PROMPTS entry; "shuffled" uses another class's word, "token" `learned_embeds`
     random_unet: bool = False  # replace the UNet's weights by random ones (a prior that knows nothing)
     views: int = 4
     draws: int = 16
     guidance_scale: float = 20.0
     seed: int = 0
+    learned_embeds: str | None = None  # a textual-inversion output, for prompt "token"
 
 
 def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> float:
@@ -282,14 +283,23 @@ def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> f
     direction, averaged over `draws` noise and timestep draws), averaged over `views` random training cameras.
 
     The wrong render is another object seen from the same camera, so an SDS that knows the prompted object pulls the
-    pixels towards its true look; a prompt that names nothing (empty), names another class (shuffled), or a UNet
-    that learned nothing has no reason to."""
+    pixels towards its true look. A prompt that names the wrong render's own class (shuffled, `other_word`) pulls
+    towards what is rendered, and a UNet that learned nothing has no direction; an empty prompt still points partly
+    the right way (the unconditional model pulls any render towards the objects it knows)."""
     from nerf.guidance.sds import SDSGuidance
-    from nerf.guidance.stable_diffusion import load_stable_diffusion
+    from nerf.guidance.stable_diffusion import add_learned_token, load_learned_embeds, load_stable_diffusion
 
+    if setting.prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {setting.prompt!r}; choose one of {PROMPTS}")
     obj = parse_object(setting.instance)
     family, _, seed = setting.wrong.partition(":")
     parts = load_stable_diffusion(str(prior), torch.device("cpu"), fp16=False)
+    token = None
+    if setting.prompt == "token":
+        if setting.learned_embeds is None:
+            raise ValueError('prompt "token" needs learned_embeds')
+        token, vector = load_learned_embeds(setting.learned_embeds)
+        add_learned_token(parts, token, vector)
     if setting.random_unet:
         torch.manual_seed(setting.seed)
         parts.unet = type(parts.unet).from_config(parts.unet.config)
@@ -298,7 +308,7 @@ def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> f
     cams = training_cameras(setting.views, resolution, generator)
     true = over_background(render_rgba(make_scene(obj.family, obj.seed), cams)).permute(0, 3, 1, 2)
     wrong = over_background(render_rgba(make_scene(family, int(seed)), cams)).permute(0, 3, 1, 2)
-    word = {"true": obj.word, "shuffled": other_word, "empty": None}[setting.prompt]
+    word = {"true": obj.word, "shuffled": other_word, "empty": None, "token": token}[setting.prompt]
     prompts = [(text, "") for text in captions(word)] if word else [("", "")]
     guidance = SDSGuidance(parts, prompts, guidance_scale=setting.guidance_scale)
     cosines = []
