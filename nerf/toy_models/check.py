@@ -22,7 +22,8 @@ shared, so the three losses differ by the text alone. A token that learned the o
 With --contexts, the prior's held-out instances (objects.json) are checked: the denoising loss on V renders of each,
 captioned in main.py's context (the prompt with the view's suffix) and in textual inversion's (its object templates),
 each with the class's true word, with every other class's word (mean) and with the empty caption. A prior that knows
-its classes scores the true word clearly below the wrong words and the empty caption in both contexts.
+its classes scores the true word clearly below the wrong words in both contexts, and below the empty caption (by
+less: a noisy view mostly shows its class already).
 """
 
 from __future__ import annotations
