@@ -193,9 +193,11 @@ def check_prior(prior: Path, resolution: int) -> dict[str, dict[str, str]]:
     size's resolution (its VAE is reused, so the latents must be the same)."""
     from nerf.pipeline import training_resolution
 
-    if not (prior / "model_index.json").is_file() or not (prior / "vae" / "config.json").is_file():
-        raise UserError(f"--prior {prior} is not a toy Stable Diffusion prior (no model_index.json or vae/); give a "
-                        "folder written by scripts/train-toy-prior.py.")
+    needed = ("model_index.json", "vae/config.json", "unet/config.json", "text_encoder/config.json")
+    missing = [name for name in needed if not (prior / name).is_file()]
+    if missing:
+        raise UserError(f"--prior {prior} is not a toy Stable Diffusion prior (no {missing[0]}); give a folder written "
+                        "by scripts/train-toy-prior.py.")
     found = training_resolution(str(prior))
     if found != resolution:
         raise UserError(f"--prior {prior} works at {found} px, this size at {resolution} px; train both at one --size.")
