@@ -72,7 +72,13 @@ def default_recipe(given: dict) -> dict:
                 size=size, seed=0, steps=list(SIZES[size].steps))
 
 
-def settings(given: dict, stored: dict | None, defaults: Callable[[dict], dict] = default_recipe) -> dict:
+def settings(args: argparse.Namespace, stored: dict | None) -> dict:
+    """The toy prior's recipe from its command line (`merge_recipe`)."""
+    given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    return merge_recipe(given, stored, default_recipe)
+
+
+def merge_recipe(given: dict, stored: dict | None, defaults: Callable[[dict], dict]) -> dict:
     """The run's recipe: the defaults with the options `given`, or, resuming, the checkpoint's, which they must match.
 
     Resuming may raise the UNet step count (train on); everything else is fixed by the checkpoint."""
@@ -418,8 +424,7 @@ def finish(run: Run, stored: dict | None, deadline: float, args: argparse.Namesp
 def train(args: argparse.Namespace) -> None:
     """Check everything the user gave before OUT is touched, then train, checkpoint and save."""
     started, deadline, stored = start(args)
-    given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
-    recipe = settings(given, stored["recipe"] if stored else None)
+    recipe = settings(args, stored["recipe"] if stored else None)
     objects = [o for spec in recipe["objects"] for o in parse_objects(spec)]
     objects += [parse_renders(spec) for spec in recipe["renders"]]
     if not objects:

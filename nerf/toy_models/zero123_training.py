@@ -234,7 +234,7 @@ def recipe_of(args: argparse.Namespace, stored: dict | None) -> dict:
                     size=size, seed=0, prior=None,
                     steps=[0 if given.get("prior") else SIZES[size].steps[0], SIZES[size].steps[1]])
 
-    return training.settings(given, stored["recipe"] if stored else None, defaults)
+    return training.merge_recipe(given, stored["recipe"] if stored else None, defaults)
 
 
 def train(args: argparse.Namespace) -> None:
