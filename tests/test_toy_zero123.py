@@ -101,6 +101,23 @@ def test_resuming_continues_the_step_count_exactly(runs):
                              for k in ("untrained", "straight")))
 
 
+def test_views_keep_their_cameras_and_an_instance_starts_with_its_input_view():
+    from nerf.guidance.zero123 import relative_camera
+    from nerf.options import DataOptions
+    from nerf.toy_models import world
+
+    views = world.build_views(world.parse_objects("thin:0-1=chair"), 16, 12, 0, torch.device("cpu"))
+    counts = torch.bincount(views.objects)
+    starts = torch.cumsum(counts, 0) - counts
+    first = views.cameras(starts)  # what the trainer takes as the input-camera view of each instance
+    assert torch.allclose(first.theta, torch.full((2,), DataOptions().pose_angle)) and not first.phi.any()
+    other = views.cameras(starts + 5)
+    pose = relative_camera(other, first)
+    assert torch.allclose(pose[:, 0], torch.deg2rad(other.theta - first.theta))
+    assert torch.allclose(pose[:, 1], torch.sin(torch.deg2rad(other.phi)), atol=1e-6)
+    assert torch.allclose(pose[:, 3], other.centers.norm(dim=-1) - DataOptions().orbit_radius, atol=1e-5)
+
+
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(prior, tmp_path, capsys):
     out = train(tmp_path / "model", "--prior", str(prior), "--max_minutes", "1e-6")
     assert "--resume continues" in capsys.readouterr().out

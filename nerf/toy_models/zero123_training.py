@@ -45,6 +45,9 @@ SIZES = {
                    image=dict(width=128, intermediate=512, layers=3, heads=4, patch=8)),
 }
 DROP = 0.15  # share of samples without conditioning (zero embedding, zero input latent): classifier-free guidance
+# Share of pairs whose input is the instance's view from main.py's input camera, the one input view that
+# reconstruction conditions on; the other pairs take any of the instance's views (which include that camera too).
+FRONT_INPUT = 0.5
 FIELDS = ("objects", "held_out", "size", "seed", "steps", "prior")
 USAGE = "Train a toy Zero-1-to-3 on the toy world of classes of procedural objects."
 
@@ -93,11 +96,13 @@ class Zero123Run(Run):
         return build_image_models(self.size, self.recipe["seed"], self.recipe["prior"])
 
     def pair(self, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """An input view of the same instance for each target view (uniform over the instance's views)."""
+        """An input view of the same instance for each target view: its input-camera view (an instance's first
+        views, `world.render_object_cameras`) for a share FRONT_INPUT, else uniform over its views."""
         owners = self.views.objects[target]
         counts = torch.bincount(self.views.objects)
         starts = torch.cumsum(counts, 0) - counts
-        return starts[owners] + (torch.rand(len(target), generator=g) * counts[owners]).long()
+        anyone = starts[owners] + (torch.rand(len(target), generator=g) * counts[owners]).long()
+        return torch.where(torch.rand(len(target), generator=g) < FRONT_INPUT, starts[owners], anyone)
 
     def unet_phase(self) -> Phase:
         from diffusers import DDPMScheduler
@@ -170,15 +175,16 @@ image-conditioned prior end to end. The held-out instances were never shown to i
 | --- | --- | --- | --- |
 {chr(10).join(class_rows(run.objects, run.held_out, run.views))}
 
-- Pairs: an input and a target view of one instance, both from the instance's views (main.py's random training
-  cameras and, for a tenth of them, the input camera), RGB over white; the condition is the relative camera
-  (polar, sin and cos azimuth, radius of the target minus the input: `nerf.guidance.zero123.relative_camera`).
+- Pairs: an input and a target view of one instance from the instance's views (main.py's random training
+  cameras and, for a tenth of them, the input camera), RGB over white; the input is the view from main.py's input
+  camera in {FRONT_INPUT:.0%} of the pairs (reconstruction conditions on that view), any view otherwise. The
+  condition is the relative camera (polar, sin and cos azimuth, radius of the target minus the input:
+  `nerf.guidance.zero123.relative_camera`).
 - Conditioning: the input view's VAE latent (posterior mode, unscaled) beside the noisy latent (8 UNet input
   channels); its CLIP image embedding with the camera through cc_projection as the one cross-attention token;
   both zeroed in {DROP:.0%} of the samples (classifier-free guidance).
-- Resolution: {size.resolution}x{size.resolution} images, {run.latent_side}x{run.latent_side}x4 latents
-  (size `{recipe["size"]}`); CLIP image encoder of width {size.image["width"]}, {size.image["layers"]} layers,
-  patches of {size.image["patch"]} px.
+- Resolution: {size.resolution}x{size.resolution} images, {run.latent_side}x{run.latent_side}x4 latents (size
+  `{recipe["size"]}`); CLIP image encoder: width {size.image["width"]}, {size.image["layers"]} layers, {size.image["patch"]} px patches.
 - Training: VAE {vae}; UNet, image encoder and cc_projection {done[1]}/{recipe["steps"][1]} steps (saved: their
   EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {run.state["seconds"]:.0f} s on {run.device.type}.
 - Regenerate: `python scripts/train-toy-zero123.py OUT {" ".join(options)}` (GPU kernels are not bit-reproducible,
