@@ -62,6 +62,18 @@ def test_training_lowers_the_held_out_denoising_loss(runs):
     assert after["input, zero camera"] < 0.8 * before["input, zero camera"], (before, after)
 
 
+def test_the_check_command_reports_every_loss_and_sample(runs, tmp_path, capsys):
+    from nerf.toy_models import check
+
+    assert check.main(["--zero123", str(runs["straight"]), "--views", "3", "--steps", "3", "--out",
+                       str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "zero123.json").read_text())
+    assert set(report["per_instance"]) == {"thin:5"}
+    assert set(report["mean"]) == {"true camera", "wrong camera", "input, zero camera", "input, other cameras"}
+    assert set(report["samples_psnr"]["thin:5"]) == {"0", "90", "180", "270"}
+    assert "thin:5 samples, PSNR against the input view" in capsys.readouterr().out
+
+
 def test_the_folder_is_the_published_layout_on_the_prior_s_vae_and_world(runs, prior):
     model = runs["straight"]
     index = json.loads((model / "model_index.json").read_text())
