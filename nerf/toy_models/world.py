@@ -84,10 +84,6 @@ class Views:
         return CameraBatch(self.poses[index], self.images.shape[-1], 0.0, self.directions.to(index.device)[index],
                            self.theta[index], self.phi[index])
 
-    def to(self, device: torch.device) -> "Views":
-        """Every tensor on `device`."""
-        return Views(*(None if t is None else t.to(device) for t in vars(self).values()))
-
 
 def parse_seeds(text: str, spec: str, flag: str) -> list[int]:
     """`3`, `0-11` or `1,4,7` (ranges inclusive) -> the seeds, in order, each once."""

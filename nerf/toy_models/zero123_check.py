@@ -26,10 +26,10 @@ from nerf.data import RealView
 from nerf.errors import UserError
 from nerf.fileio import write_text_atomic
 from nerf.guidance.zero123 import Zero123Guidance
-from nerf.guidance.zero123_model import load_zero123
+from nerf.guidance.zero123_model import Zero123Parts, load_zero123
 from nerf.scenes.procedural import make_scene
 from nerf.scenes.raytrace import over_background, render_rgba
-from nerf.toy_models.world import input_camera, load_world, parse_object, training_cameras
+from nerf.toy_models.world import ToyObject, input_camera, load_world, parse_object, training_cameras
 
 WRONG_AZIMUTHS = (90.0, 180.0, 270.0)  # degrees added to a target camera's azimuth to make a wrong one
 SAMPLE_GUIDANCE = 3.0  # classifier-free guidance of the samples (the published sampling default)
@@ -55,7 +55,7 @@ def denoising_loss(guidance: Zero123Guidance, images: Tensor, camera: CameraBatc
     return total / len(noise)
 
 
-def instance_losses(parts, obj, views: int, draws: int, seed: int) -> dict[str, float]:
+def instance_losses(parts: Zero123Parts, obj: ToyObject, views: int, draws: int, seed: int) -> dict[str, float]:
     """One held-out instance: target views at the true camera and at wrong ones; the input view at the zero relative
     camera and at the target views' cameras."""
     size = parts.image_size
@@ -80,7 +80,7 @@ def instance_losses(parts, obj, views: int, draws: int, seed: int) -> dict[str, 
     return row
 
 
-def held_out(model: Path) -> list:
+def held_out(model: Path) -> list[ToyObject]:
     """The model's held-out instances (objects.json) as ToyObjects."""
     _, instances = load_world(model)
     if not instances:

@@ -60,7 +60,11 @@ def build_image_models(size: Size, seed: int, prior: str | None) -> dict[str, to
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_pretrained(prior, subfolder="vae").float() if prior else training.toy_vae(size)
+    try:
+        vae = AutoencoderKL.from_pretrained(prior, subfolder="vae").float() if prior else training.toy_vae(size)
+    except (OSError, ValueError) as exc:  # the prior folder moved or broke since the run started
+        raise UserError(f"cannot read the VAE of --prior {prior} ({type(exc).__name__}); the run needs its prior "
+                        "folder where it was.") from exc
     width = size.image["width"]
     unet = training.toy_unet(size, 8, width)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
@@ -87,7 +91,7 @@ def zero123_loss(unet: Any, encoder: Any, projection: Any, alphas_cumprod: torch
     return F.mse_loss(predicted.float(), noise)
 
 
-class Zero123Run(Run):
+class Zero123Training(Run):
     """A training run of the toy Zero-1-to-3: the toy prior's phases with pairs of views in the UNet phase."""
 
     trained = ("unet", "image_encoder", "cc_projection")
@@ -156,7 +160,7 @@ class Zero123Run(Run):
         write_world(self.out, self.objects, self.held_out)
 
 
-def write_zero123_card(run: Zero123Run, done: tuple[int, int]) -> None:
+def write_zero123_card(run: Zero123Training, done: tuple[int, int]) -> None:
     """README.md: the recipe, the world (training and held-out instances), how to make the model again."""
     recipe, size = run.recipe, run.size
     vae = (f"the toy prior's (`{recipe['prior']}`, frozen)" if recipe["prior"]
@@ -261,7 +265,7 @@ def train(args: argparse.Namespace) -> None:
                             "--objects and --held_out out to take its world, or give exactly its instances.")
     device = training.choose_device(args.device)
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)
-    run = Zero123Run(args.out, recipe, objects, held_out, views, None, device, started,
+    run = Zero123Training(args.out, recipe, objects, held_out, views, None, device, started,
                      training.compile_mode(args.compile, device), size=size)
     training.finish(run, stored, deadline, args, "toy Zero-1-to-3")
 
