@@ -48,7 +48,7 @@ DROP = 0.15  # share of samples without conditioning (zero embedding, zero input
 # Share of pairs whose input is the instance's view from main.py's input camera, the one input view that
 # reconstruction conditions on; the other pairs take any of the instance's views (which include that camera too).
 FRONT_INPUT = 0.5
-FIELDS = ("objects", "held_out", "size", "seed", "steps", "prior")
+OPTIONS = ("objects", "held_out", "size", "seed")  # the recipe's options taken as given (steps and prior: below)
 USAGE = "Train a toy Zero-1-to-3 on the toy world of classes of procedural objects."
 
 
@@ -217,7 +217,7 @@ def check_prior(prior: Path, resolution: int) -> dict[str, dict[str, str]]:
 
 def given_options(args: argparse.Namespace) -> dict:
     """The options given, in the recipe's terms (--steps N is the UNet phase's; the VAE's follows from --prior)."""
-    given = {key: getattr(args, key) for key in FIELDS[:4] if getattr(args, key) is not None}
+    given = {key: getattr(args, key) for key in OPTIONS if getattr(args, key) is not None}
     if args.prior is not None:
         given["prior"] = str(args.prior.expanduser().resolve())
     return given
