@@ -51,6 +51,7 @@ CASES = [
     ("scripts/make-synthetic-scene.py", ["{new}", "--family", "nosuch"], "invalid choice"),
     ("scripts/train-toy-prior.py", ["{new}", "--objects", "nosuch:0=cup"], "unknown scene family"),
     ("scripts/check-toy-prior.py", ["{empty}"], "objects.json"),
+    ("scripts/train-toy-zero123.py", ["{new}", "--prior", "{empty}"], "not a toy Stable Diffusion prior"),
     ("scripts/make-tiny-sd.py", ["{file}"], "is a file"),
     ("scripts/benchmark.py", ["nosuch"], "invalid choice"),
     ("scripts/make-examples.py", ["--nosuch"], "unrecognized arguments"),

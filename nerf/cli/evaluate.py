@@ -31,8 +31,10 @@ from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL
 from nerf.evaluation.report import comparison_table, write_json
 from nerf.scenes.procedural import FAMILIES
-from nerf.evaluation.reconstruct import MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT
+from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT,
+                                         TOY_ZERO123_GUIDANCE_SCALE, TOY_ZERO123_WEIGHT, ZERO123_MODES, Zero123Run)
 from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite
+from nerf.guidance.zero123_model import check_folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suite.add_argument("--oracle_strength", type=float, default=DEFAULT_STRENGTH)
     suite.add_argument("--guidance", choices=["oracle", "toy"], default="oracle",
                        help="oracle: prior-free and oracle runs; toy: also score distillation from --toy_prior with "
-                            "each scene's word (toy) and with a token learned from the input view (toy_ti)")
+                            "each scene's word (toy) and with a token learned from the input view (toy_ti), and "
+                            "with --toy_zero123 from it alone (zero123) and joined with the word run (joint)")
     suite.add_argument("--modes", nargs="+", choices=[*MODES, *PRIOR_MODES], default=None,
                        help="runs per scene (default: every mode of --guidance)")
     suite.add_argument("--toy_prior", type=Path, default=REPO / "examples" / "toy-prior",
@@ -76,6 +79,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="of the toy prior's runs (default %(default)s, measured for a 64-pixel prior)")
     suite.add_argument("--toy_lambda_prior", type=float, default=TOY_PRIOR_WEIGHT,
                        help="SDS weight of the toy prior's runs (default 2^-12, measured for a 64-pixel prior)")
+    suite.add_argument("--toy_zero123", type=Path, default=None,
+                       help="a toy Zero-1-to-3 of --toy_prior's world (scripts/train-toy-zero123.py): modes zero123 "
+                            "and joint")
+    suite.add_argument("--toy_zero123_guidance_scale", type=float, default=TOY_ZERO123_GUIDANCE_SCALE,
+                       help="of the toy Zero-1-to-3's runs (default %(default)s: chosen, not yet measured)")
+    suite.add_argument("--toy_lambda_zero123", type=float, default=TOY_ZERO123_WEIGHT,
+                       help="Zero-1-to-3 SDS weight of the zero123 and joint runs (default 40 x 2^-12: chosen, not "
+                            "yet measured)")
     suite.add_argument("--ti_steps", type=int, default=500, help="textual-inversion steps of the toy_ti runs")
     suite.add_argument("--ti_initializer", default="dog", help="an unrelated word the toy_ti token starts from")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
@@ -99,13 +110,25 @@ def settings_from(args: argparse.Namespace) -> EvaluationSettings:
 
 
 def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str]]:
-    """The trained prior (with --guidance toy) and the modes to run."""
-    default = [*MODES[:1], *PRIOR_MODES, *MODES[1:]] if args.guidance == "toy" else list(MODES)
+    """The trained prior (with --guidance toy) and the modes to run (by default the zero123 and joint modes when
+    --toy_zero123 is given); a mode whose model is missing is a one-line error before anything runs."""
+    toy = [mode for mode in PRIOR_MODES if args.toy_zero123 is not None or mode not in ZERO123_MODES]
+    default = [*MODES[:1], *toy, *MODES[1:]] if args.guidance == "toy" else list(MODES)
     modes = args.modes or default
+    needs_zero123 = [mode for mode in modes if mode in ZERO123_MODES]
+    if needs_zero123 and args.toy_zero123 is None:
+        raise UserError(f"mode {needs_zero123[0]} needs --toy_zero123 (a folder of scripts/train-toy-zero123.py).")
     if not any(mode in PRIOR_MODES for mode in modes):
         return None, modes
-    return TrainedPrior.load(args.toy_prior, guidance_scale=args.guidance_scale, lambda_prior=args.toy_lambda_prior,
-                             ti_steps=args.ti_steps,
+    zero123 = None
+    if args.toy_zero123 is not None:
+        try:
+            check_folder(args.toy_zero123)  # a wrong folder fails now, naming its file
+        except UserError as exc:
+            raise UserError(f"--toy_zero123: {exc}") from None
+        zero123 = Zero123Run(args.toy_zero123, args.toy_zero123_guidance_scale, args.toy_lambda_zero123)
+    return TrainedPrior.load(args.toy_prior, zero123=zero123, guidance_scale=args.guidance_scale,
+                             lambda_prior=args.toy_lambda_prior, ti_steps=args.ti_steps,
                              ti_initializer=args.ti_initializer), modes
 
 

@@ -32,7 +32,10 @@ MODES = ("prior_free", "oracle")
 # (the lambertian/textureless steps after --albedo_iters) has no ground truth to compare with. The oracle's pull is
 # set by --oracle_strength at weight 1 (the default weight, 2^-16, is score distillation's).
 MODE_ARGS = {"prior_free": ["--lambda_prior", "0"], "oracle": ["--albedo", "--guidance", "oracle", "--lambda_prior", "1"]}
-PRIOR_MODES = ("toy", "toy_ti")  # score distillation from a trained prior: the true word, or a learned token
+# Score distillation from trained priors: the toy SD prior with the true word or a learned token, the toy
+# Zero-1-to-3 alone (the input view as its condition), or both on the same rendered view (the word for the toy SD).
+PRIOR_MODES = ("toy", "toy_ti", "zero123", "joint")
+ZERO123_MODES = ("zero123", "joint")  # the modes that need a toy Zero-1-to-3
 # Settings of score distillation from a small 64-pixel prior, chosen by measurement (README, "A prior that knows a
 # small world"). Its latent gradient reaches a render through a 4x VAE at 64 px, not SD's 8x VAE after an 8x
 # upsampling, so each rendered pixel gets about 16 times less of it than from SD 1.5: 2^-12 = 16 x main.py's
@@ -41,24 +44,50 @@ PRIOR_MODES = ("toy", "toy_ti")  # score distillation from a trained prior: the 
 # textureless or relit view.
 TOY_GUIDANCE_SCALE = 20.0
 TOY_PRIOR_WEIGHT = 2.0**-12
+# Settings of score distillation from a toy Zero-1-to-3 (scripts/train-toy-zero123.py), chosen, not yet measured:
+# main.py's Zero-1-to-3 defaults (guidance 5, weight 40 x 2^-16, Magic123's ratio to SD) moved by the same factor
+# of 16 as TOY_PRIOR_WEIGHT, since its latent gradient too reaches a render through a 4x VAE at 64 px instead of
+# an 8x VAE at 256 px after upsampling. In the joint mode each prior keeps its own weight.
+TOY_ZERO123_GUIDANCE_SCALE = 5.0
+TOY_ZERO123_WEIGHT = 40 * 2.0**-12
+
+
+@dataclass(frozen=True)
+class Zero123Run:
+    """Score distillation from a Zero-1-to-3 folder, conditioned on the run's input view."""
+
+    model: Path
+    guidance_scale: float = TOY_ZERO123_GUIDANCE_SCALE
+    lambda_prior: float = TOY_ZERO123_WEIGHT
+
+    def args(self) -> list[str]:
+        return ["--zero123_model", str(self.model), "--zero123_guidance_scale", str(self.guidance_scale),
+                "--lambda_prior_zero123", str(self.lambda_prior)]
 
 
 @dataclass(frozen=True)
 class PriorRun:
     """Score distillation from a Stable-Diffusion-format prior (main.py's defaults otherwise, the suite's sizes):
-    the prompt names the object by `word`, or by a token learned from the input view (`learned_embeds`)."""
+    the prompt names the object by `word`, or by a token learned from the input view (`learned_embeds`); with
+    `zero123` a Zero-1-to-3 joins it (`--guidance sd+zero123`), or replaces it when `model` is None."""
 
-    model: Path
+    model: Path | None
     guidance_scale: float = TOY_GUIDANCE_SCALE
     word: str | None = None
     learned_embeds: Path | None = None
     lambda_prior: float = TOY_PRIOR_WEIGHT
     albedo: bool = True
+    zero123: Zero123Run | None = None
 
     def args(self) -> list[str]:
-        args = ["--guidance", "sd", "--pretrained_model_name_or_path", str(self.model),
-                "--guidance_scale", str(self.guidance_scale), "--lambda_prior", str(self.lambda_prior),
-                *(["--albedo"] if self.albedo else [])]
+        albedo = ["--albedo"] if self.albedo else []
+        if self.model is None:
+            assert self.zero123 is not None, "a prior run needs a Stable-Diffusion-format prior or a Zero-1-to-3"
+            return ["--guidance", "zero123", *self.zero123.args(), *albedo]
+        args = ["--guidance", "sd" if self.zero123 is None else "sd+zero123",
+                "--pretrained_model_name_or_path", str(self.model),
+                "--guidance_scale", str(self.guidance_scale), "--lambda_prior", str(self.lambda_prior), *albedo,
+                *(self.zero123.args() if self.zero123 is not None else [])]
         if self.learned_embeds is not None:
             return [*args, "--learned_embeds_path", str(self.learned_embeds), "--text", DEFAULT_PROMPT]
         assert self.word is not None, "a prior run names the object by a word or a learned token"

@@ -3,8 +3,10 @@ view, each scored on the input view, the validation path and the ground-truth me
 
 With a trained toy prior the scenes are the prior's held-out instances (objects of a class it knows that it never
 saw), and score distillation runs beside them: prompted with the class word (`toy`) and with a token learned by
-textual inversion from the input view alone (`toy_ti`). Every scene runs at every seed; the summary averages over
-instances and seeds per family and mode.
+textual inversion from the input view alone (`toy_ti`); with a toy Zero-1-to-3 of the same world, also from it
+alone, conditioned on the input view (`zero123`), and from both priors on the same view (`joint`: the class word
+for the toy prior). Every scene runs at every seed; the summary averages over instances and seeds per family and
+mode.
 
 The prior-free run sees only the front; the oracle-guided run is told the truth from every sampled camera. The
 gap between them is the 3-D shape the guidance is responsible for, and the oracle's own score is what the rest of
@@ -30,8 +32,8 @@ from nerf import pipeline, workspace_lock
 from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
-from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, PriorRun,
-                                         reconstruct)
+from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, ZERO123_MODES,
+                                         PriorRun, Zero123Run, reconstruct)
 from nerf.evaluation.report import format_table, lookup
 from nerf.scenes.files import Conventions, write_scene
 from nerf.scenes.procedural import FAMILIES, make_scene
@@ -94,12 +96,17 @@ class TrainedPrior:
     lambda_prior: float = TOY_PRIOR_WEIGHT
     ti_steps: int = 500
     ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
+    zero123: Zero123Run | None = None  # a toy Zero-1-to-3 of the same world (modes zero123 and joint)
 
     @classmethod
-    def load(cls, model: Path, **settings) -> "TrainedPrior":
-        """Read the words from the prior's objects.json."""
+    def load(cls, model: Path, zero123: Zero123Run | None = None, **settings) -> "TrainedPrior":
+        """Read the words from the prior's objects.json; a Zero-1-to-3 must know the same world (its held-out
+        instances are the suite's scenes, so it must never have seen them either)."""
         words, held_out = load_world(Path(model))
-        return cls(Path(model), words, held_out, **settings)
+        if zero123 is not None and load_world(zero123.model) != (words, held_out):
+            raise UserError(f"--toy_zero123 {zero123.model} was trained on another world than --toy_prior {model} "
+                            "(their objects.json differ); train it with --prior pointing at that prior.")
+        return cls(Path(model), words, held_out, zero123=zero123, **settings)
 
     def scenes(self, families: Sequence[str], instances: int) -> list[tuple[str, int]]:
         """The first `instances` held-out instances of each family (a prior without held-out instances: its own
@@ -122,12 +129,17 @@ class TrainedPrior:
         return pipeline.learn_token(task.scene_dir / "rgba.png", self.ti_initializer, token_folder(task), settings)
 
     def run(self, task: SuiteTask, scene_key: str) -> PriorRun:
-        if task.mode == "toy":
+        if task.mode in ZERO123_MODES and self.zero123 is None:
+            raise UserError(f"mode {task.mode} needs a toy Zero-1-to-3 (--toy_zero123).")
+        if task.mode == "zero123":
+            return PriorRun(None, zero123=self.zero123)
+        if task.mode in ("toy", "joint"):
             word = {**self.words, **self.held_out}.get(scene_key)
             if word is None:
                 raise UserError(f"the prior {self.model} does not know the scene {scene_key}; it knows "
                                 f"{', '.join([*self.words, *self.held_out])}.")
-            return PriorRun(self.model, self.guidance_scale, word=word, lambda_prior=self.lambda_prior)
+            return PriorRun(self.model, self.guidance_scale, word=word, lambda_prior=self.lambda_prior,
+                            zero123=self.zero123 if task.mode == "joint" else None)
         embeds = pipeline.ensure(self.token_stage(task))
         return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
 
@@ -189,7 +201,8 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
 
     The scenes: without a prior, each family's instance of the first seed; with a trained `prior`, the first
     `instances` of its held-out instances per family. `modes`: prior_free and oracle, and with a prior also toy
-    (the class word) and toy_ti (a token learned from the input view, starting from an unrelated word).
+    (the class word) and toy_ti (a token learned from the input view, starting from an unrelated word), and with
+    the prior's Zero-1-to-3 zero123 (it alone) and joint (it and the class word).
 
     With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
     Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
@@ -247,6 +260,10 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
                              "lambda_prior": prior.lambda_prior,
                              "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer}
+        if prior.zero123 is not None:
+            settings["prior"]["zero123"] = {"model": str(prior.zero123.model),
+                                            "guidance_scale": prior.zero123.guidance_scale,
+                                            "lambda_prior_zero123": prior.zero123.lambda_prior}
     return {"settings": settings, "rows": rows, "table": suite_table(rows), "summary": summary_table(rows)}
 
 

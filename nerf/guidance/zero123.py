@@ -46,6 +46,15 @@ def over_white(rgba: Tensor) -> Tensor:
     return (rgb * alpha + (1 - alpha)).permute(2, 0, 1)[None]
 
 
+def clip_pixels(image: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] as CLIP's input: resized to `size` (bicubic), normalised by CLIP's statistics.
+    One function, so that a model trained by the project sees its input exactly as score distillation gives it."""
+    clip = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    mean_ = torch.tensor(mean, device=image.device).view(1, 3, 1, 1)
+    std_ = torch.tensor(std, device=image.device).view(1, 3, 1, 1)
+    return (clip.clamp(0, 1) - mean_) / std_
+
+
 class Zero123Guidance:
     """Score distillation from Zero-1-to-3, conditioned on the input view and the camera of each rendered view."""
 
@@ -71,13 +80,11 @@ class Zero123Guidance:
         """The input view's CLIP image embedding [1, 1, E] and VAE latent [1, 4, h, w], computed once."""
         parts = self.parts
         image = over_white(view.rgba.to(parts.device))
-        clip = F.interpolate(image, size=(parts.clip_size,) * 2, mode="bicubic", align_corners=False, antialias=True)
-        mean = torch.tensor(parts.clip_mean, device=parts.device).view(1, 3, 1, 1)
-        std = torch.tensor(parts.clip_std, device=parts.device).view(1, 3, 1, 1)
         size = parts.image_size
         pixels = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        clip = clip_pixels(image, parts.clip_size, parts.clip_mean, parts.clip_std)
         with self.autocast():
-            embedding = parts.image_encoder(pixel_values=(clip.clamp(0, 1) - mean) / std).image_embeds[:, None]
+            embedding = parts.image_encoder(pixel_values=clip).image_embeds[:, None]
             latent = parts.vae.encode(pixels * 2 - 1).latent_dist.mode()
         return embedding.to(parts.dtype), latent.to(parts.dtype)
 

@@ -4,6 +4,7 @@ each sample against ground-truth renders of that object from that side, of other
     python scripts/check-toy-prior.py [PRIOR] [--out DIR] [--samples N] [--steps S] [--views V] [--seed S]
     python scripts/check-toy-prior.py [PRIOR] --token EMBEDS --object FAMILY:SEED=WORD --initializer WORD
     python scripts/check-toy-prior.py [PRIOR] --contexts [--views V] [--device cuda]
+    python scripts/check-toy-prior.py --zero123 MODEL [--views V] [--steps S] [--seed S] [--device cuda]
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -24,6 +25,11 @@ captioned in main.py's context (the prompt with the view's suffix) and in textua
 each with the class's true word, with every other class's word (mean) and with the empty caption. A prior that knows
 its classes scores the true word clearly below the wrong words in both contexts, and below the empty caption (by
 less: a noisy view mostly shows its class already).
+
+With --zero123, a toy Zero-1-to-3 (scripts/train-toy-zero123.py) is checked instead (`nerf.toy_models.zero123_check`):
+on its held-out instances, the denoising loss of V views with the true and with wrong relative cameras, of the
+input view at the zero camera and at other cameras, and the PSNR against the input view of views sampled (S steps)
+at the zero camera and at turned ones. OUT gets zero123.json.
 """
 
 from __future__ import annotations
@@ -67,7 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--initializer", help="the word the token was learned from (with --token)")
     p.add_argument("--contexts", action="store_true",
                    help="denoising loss of the held-out instances by caption context and word")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token and --contexts")
+    p.add_argument("--zero123", type=Path, metavar="MODEL",
+                   help="check a toy Zero-1-to-3 folder (scripts/train-toy-zero123.py) instead of PRIOR")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token, --contexts and --zero123")
     return p.parse_args(argv)
 
 
@@ -323,11 +331,31 @@ def sds_alignment(prior: Path, setting: Alignment, other_word: str = "dog") -> f
     return float(np.mean(cosines))
 
 
+def check_zero123(args: argparse.Namespace) -> int:
+    """--zero123: the camera check and the samples of `zero123_check`, printed and written to OUT/zero123.json."""
+    from nerf.toy_models import zero123_check
+
+    if min(args.views, args.steps) < 1:
+        raise UserError("--views and --steps must be >= 1.")
+    report = zero123_check.camera_check(args.zero123, views=args.views, seed=args.seed, device=args.device)
+    report["samples_psnr"] = zero123_check.sample_check(args.zero123, steps=args.steps, seed=args.seed,
+                                                        device=args.device)
+    for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:
+        print(f"{name}: " + ", ".join(f"{k} {v:.5f}" for k, v in row.items()))
+    for name, row in report["samples_psnr"].items():
+        print(f"{name} samples, PSNR against the input view by azimuth: "
+              + ", ".join(f"{k} deg {v:.2f} dB" for k, v in row.items()))
+    print(f"wrote {zero123_check.write_report(args.out, report)}")
+    return 0
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu.")
+    if args.zero123 is not None:
+        return check_zero123(args)
     if args.contexts:
         report = check_contexts(args)
         for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:

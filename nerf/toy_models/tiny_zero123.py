@@ -69,10 +69,25 @@ XL = Shapes(unet_channels=(320, 640, 1280, 1280),
             clip_heads=16, clip_intermediate=4096, clip_patch=14, clip_image=224, embedding=768)
 
 
+def clip_processor(side: int) -> Any:
+    """The feature extractor's config: CLIP's input side and pixel statistics."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def ddim_scheduler() -> Any:
+    """The published models' sampling scheduler: DDIM over Stable Diffusion 1.x's noise schedule."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**sd15_schedule(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
 def build_parts(shapes: Shapes, seed: int) -> dict[str, Any]:
     """The random-weight components, by subfolder name (cc_projection as a plain linear layer)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -88,10 +103,8 @@ def build_parts(shapes: Shapes, seed: int) -> dict[str, Any]:
         hidden_size=shapes.clip_width, intermediate_size=shapes.clip_intermediate,
         num_hidden_layers=shapes.clip_layers, num_attention_heads=shapes.clip_heads, patch_size=shapes.clip_patch,
         image_size=shapes.clip_image, projection_dim=shapes.embedding))
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": shapes.clip_image}, crop_size={"height": shapes.clip_image, "width": shapes.clip_image},
-        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    scheduler = DDIMScheduler(**sd15_schedule(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    processor = clip_processor(shapes.clip_image)
+    scheduler = ddim_scheduler()
     projection = torch.nn.Linear(shapes.embedding + 4, shapes.embedding)
     return {"unet": unet, "vae": vae, "image_encoder": encoder, "feature_extractor": processor,
             "scheduler": scheduler, "cc_projection": projection}
@@ -123,6 +136,17 @@ def model_index(parts: dict[str, Any]) -> dict[str, Any]:
     return index
 
 
+def save_parts(parts: dict[str, Any], folder: Path) -> None:
+    """Every component into its subfolder of `folder` (safetensors weights) and model_index.json: the published
+    layout, for random and trained models alike."""
+    for name, part in parts.items():
+        if name == "cc_projection":
+            save_projection(part, folder / name)
+        else:
+            part.save_pretrained(folder / name)  # weights as safetensors (the libraries' default)
+    (folder / "model_index.json").write_text(json.dumps(model_index(parts), indent=2) + "\n")
+
+
 def write_model(out: Path, shapes: Shapes = TINY, seed: int = 0) -> Path:
     """Build the model and write it to `out` (a new folder), complete or not at all."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -134,12 +158,7 @@ def write_model(out: Path, shapes: Shapes = TINY, seed: int = 0) -> Path:
     parts = build_parts(shapes, seed)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for name, part in parts.items():
-            if name == "cc_projection":
-                save_projection(part, staging / name)
-            else:
-                part.save_pretrained(staging / name)  # weights as safetensors (the libraries' default)
-        (staging / "model_index.json").write_text(json.dumps(model_index(parts), indent=2) + "\n")
+        save_parts(parts, staging)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)

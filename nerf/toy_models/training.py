@@ -43,6 +43,8 @@ class Size:
     vae: dict = field(default_factory=dict)  # block_out_channels, layers_per_block, norm_num_groups
     unet: dict = field(default_factory=dict)  # block_out_channels, layers_per_block, attention_head_dim, groups
     text: dict = field(default_factory=dict)  # width, intermediate, layers, heads
+    image: dict = field(default_factory=dict)  # Zero-1-to-3's CLIP image encoder: width, intermediate, layers, heads,
+    # patch (its input side is the image side)
 
 
 SIZES = {
@@ -62,16 +64,26 @@ CHECKPOINT_EVERY = 1000
 FIELDS = ("objects", "renders", "held_out", "size", "seed", "steps")
 
 
+def default_recipe(given: dict) -> dict:
+    """A new toy prior's recipe where an option is not given: the default world at the gpu size, seed 0."""
+    size = given.get("size", "gpu")
+    default_world = "objects" not in given and "renders" not in given  # the default held-out seeds need it
+    return dict(objects=list(DEFAULT_OBJECTS), renders=[], held_out=list(DEFAULT_HELD_OUT) if default_world else [],
+                size=size, seed=0, steps=list(SIZES[size].steps))
+
+
 def settings(args: argparse.Namespace, stored: dict | None) -> dict:
-    """The run's recipe: the defaults with the options given, or, resuming, the checkpoint's, which they must match.
+    """The toy prior's recipe from its command line (`merge_recipe`)."""
+    given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    return merge_recipe(given, stored, default_recipe)
+
+
+def merge_recipe(given: dict, stored: dict | None, defaults: Callable[[dict], dict]) -> dict:
+    """The run's recipe: the defaults with the options `given`, or, resuming, the checkpoint's, which they must match.
 
     Resuming may raise the UNet step count (train on); everything else is fixed by the checkpoint."""
-    given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
     if stored is None:
-        size = given.get("size", "gpu")
-        default_world = "objects" not in given and "renders" not in given  # the default held-out seeds need it
-        recipe = dict(objects=list(DEFAULT_OBJECTS), renders=[],
-                      held_out=list(DEFAULT_HELD_OUT) if default_world else [], size=size, seed=0, steps=list(SIZES[size].steps))
+        recipe = defaults(given)
         recipe.update(given)
     else:
         recipe = {"held_out": [], **stored}  # checkpoints of earlier versions had no held-out instances
@@ -99,23 +111,42 @@ def load_checkpoint(out: Path, resume: bool) -> dict | None:
         raise UserError(f"cannot read checkpoint {file} ({type(exc).__name__}); delete {out} and start again.") from exc
 
 
-def build_models(size: Size, tokenizer: Any, seed: int) -> dict[str, torch.nn.Module]:
-    """SD 1.x block types at toy widths: VAE, text encoder, and a UNet attending to the text states."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def toy_vae(size: Size) -> Any:
+    """SD's AutoencoderKL block types at the size's widths (4 latent channels)."""
+    from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
     levels = len(size.vae["block_out_channels"])
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=size.resolution,
-                        down_block_types=("DownEncoderBlock2D",) * levels,
-                        up_block_types=("UpDecoderBlock2D",) * levels, **size.vae)
-    text_encoder = clip_text_encoder(tokenizer, **size.text)
-    unet_levels = len(size.unet["block_out_channels"])
-    unet = UNet2DConditionModel(
-        sample_size=size.resolution // 2 ** (levels - 1), in_channels=4, out_channels=4,
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=size.resolution,
+                         down_block_types=("DownEncoderBlock2D",) * levels,
+                         up_block_types=("UpDecoderBlock2D",) * levels, **size.vae)
+
+
+def toy_unet(size: Size, in_channels: int, cross_attention_dim: int) -> Any:
+    """SD's UNet block types at the size's widths, on the VAE's latents; `in_channels` 4 (SD) or 8 (Zero-1-to-3)."""
+    from diffusers import UNet2DConditionModel
+
+    levels, unet_levels = len(size.vae["block_out_channels"]), len(size.unet["block_out_channels"])
+    return UNet2DConditionModel(
+        sample_size=size.resolution // 2 ** (levels - 1), in_channels=in_channels, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * (unet_levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (unet_levels - 1),
-        cross_attention_dim=size.text["width"], **size.unet)
+        cross_attention_dim=cross_attention_dim, **size.unet)
+
+
+def build_models(size: Size, tokenizer: Any, seed: int) -> dict[str, torch.nn.Module]:
+    """SD 1.x block types at toy widths: VAE, text encoder, and a UNet attending to the text states."""
+    torch.manual_seed(seed)
+    vae = toy_vae(size)
+    text_encoder = clip_text_encoder(tokenizer, **size.text)
+    unet = toy_unet(size, 4, size.text["width"])
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet}
+
+
+def offline_tokenizer() -> Any:
+    """The offline BPE tokenizer of the toy world's words (sd_parts.CORPUS)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer_files(Path(folder))
+        return load_tokenizer(Path(folder))
 
 
 def vae_loss(vae: Any, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -224,13 +255,16 @@ def run_phase(phase: Phase, state: dict, generator: torch.Generator, deadline: f
 class Run:
     """One training run into OUT: the VAE phase, then the UNet phase, checkpointed and resumable."""
 
+    trained = ("unet", "text_encoder")  # the networks of the UNet phase, saved as their EMA
+
     def __init__(self, out: Path, recipe: dict, objects: list[ToyObject], held_out: list[ToyObject], views: Views,
-                 tokenizer: Any, device: torch.device, started: float, compile: str = "off") -> None:
+                 tokenizer: Any, device: torch.device, started: float, compile: str = "off",
+                 size: Size | None = None) -> None:
         self.compile = compile  # torch.compile mode of the loss functions, "off" for eager
         self.held_out = held_out  # instances kept from training, listed in objects.json for evaluation
         self.out, self.recipe, self.objects, self.views, self.tokenizer = out, recipe, objects, views, tokenizer
-        self.device, self.size = device, SIZES[recipe["size"]]
-        self.models = {k: m.to(device) for k, m in build_models(self.size, tokenizer, recipe["seed"]).items()}
+        self.device, self.size = device, size or SIZES[recipe["size"]]
+        self.models = {k: m.to(device) for k, m in self.build_models().items()}
         self.images = views.images.to(device)
         self.weights = (1.0 / torch.bincount(views.objects).double())[views.objects]  # objects equally often
         self.generator = torch.Generator().manual_seed(recipe["seed"] + 1)  # the views draw from `seed` itself
@@ -238,6 +272,14 @@ class Run:
         self.started = started  # wall time counts from the start of the command, views included
         self.phase: Phase | None = None
         self.scale = 1.0
+
+    def build_models(self) -> dict[str, torch.nn.Module]:
+        """The networks at the recipe's size and seed."""
+        return build_models(self.size, self.tokenizer, self.recipe["seed"])
+
+    @property
+    def latent_side(self) -> int:
+        return self.size.resolution // 2 ** (len(self.size.vae["block_out_channels"]) - 1)
 
     def restore(self, stored: dict) -> None:
         for name, module in self.models.items():
@@ -249,8 +291,7 @@ class Run:
         return torch.multinomial(self.weights, batch, replacement=True, generator=generator)
 
     def vae_phase(self) -> Phase:
-        vae, batch = self.models["vae"], self.size.batch[0]
-        side = self.size.resolution // 2 ** (len(self.size.vae["block_out_channels"]) - 1)
+        vae, batch, side = self.models["vae"], self.size.batch[0], self.latent_side
         loss = compiled(lambda x, eps: vae_loss(vae, x, eps), self.compile)
 
         def draw(g: torch.Generator) -> torch.Tensor:
@@ -273,14 +314,24 @@ class Run:
         def draw(g: torch.Generator) -> torch.Tensor:
             """A batch of (latent sample, noise, timestep, caption of a drawn context), drawn on the CPU generator."""
             idx = self.draw(batch, g).to(self.device)
-            mean, logvar = moments[idx].chunk(2, 1)
-            sample = mean + (0.5 * logvar.clamp(-30, 20)).exp() * torch.randn(mean.shape, generator=g).to(self.device)
-            noise = torch.randn(mean.shape, generator=g).to(self.device)
-            t = torch.randint(0, steps, (batch,), generator=g).to(self.device)
-            return loss(sample * self.scale, noise, t, texts.draw(idx, g))
+            sample, noise, t = self.noisy_draw(moments[idx], steps, g)
+            return loss(sample, noise, t, texts.draw(idx, g))
 
-        params = [*self.models["unet"].parameters(), *self.models["text_encoder"].parameters()]
-        return Phase("unet", self.recipe["steps"][1], draw, params, self.size.lr[1], self.size.warmup,
+        return self.trained_phase(draw)
+
+    def noisy_draw(self, moments: torch.Tensor, steps: int,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scaled posterior sample, noise, timestep) of each view's posterior `moments`, drawn on the CPU `g`."""
+        mean, logvar = moments.chunk(2, 1)
+        sample = mean + (0.5 * logvar.clamp(-30, 20)).exp() * torch.randn(mean.shape, generator=g).to(self.device)
+        noise = torch.randn(mean.shape, generator=g).to(self.device)
+        t = torch.randint(0, steps, (len(moments),), generator=g).to(self.device)
+        return sample * self.scale, noise, t
+
+    def trained_phase(self, loss: Callable[[torch.Generator], torch.Tensor]) -> Phase:
+        """The UNet phase over the `trained` networks with `loss`: EMA kept, bf16 autocast on CUDA."""
+        params = [p for name in self.trained for p in self.models[name].parameters()]
+        return Phase("unet", self.recipe["steps"][1], loss, params, self.size.lr[1], self.size.warmup,
                      [p.detach().clone() for p in params], bf16=self.device.type == "cuda")
 
     def enter(self, phase: Phase, stored: dict | None) -> Phase:
@@ -319,54 +370,74 @@ class Run:
         in_vae = self.state["phase"] == "vae"
         if in_vae:
             self.scale = encode_views(self.models["vae"], self.images)[1]
-        unet, text_encoder = (copy.deepcopy(self.models[k]).cpu() for k in ("unet", "text_encoder"))
-        if not in_vae:  # the saved UNet and text encoder are the EMA weights
+        trained = {k: copy.deepcopy(self.models[k]).cpu() for k in self.trained}
+        if not in_vae:  # the saved networks of the UNet phase are the EMA weights
             with torch.no_grad():
-                torch._foreach_copy_([*unet.parameters(), *text_encoder.parameters()], self.phase.ema)
+                torch._foreach_copy_([p for m in trained.values() for p in m.parameters()], self.phase.ema)
         vae = copy.deepcopy(self.models["vae"]).cpu()
         vae.register_to_config(scaling_factor=self.scale)
-        save_fp16_pipeline(self.out, vae, text_encoder, self.tokenizer, unet)
+        self.write_folder(vae, trained)
         done = (self.state["step"], 0) if in_vae else (self.recipe["steps"][0], self.state["step"])
-        latent = self.size.resolution // 2 ** (len(self.size.vae["block_out_channels"]) - 1)
-        write_card(self.out, self.recipe, self.objects, self.held_out, self.views, (self.size.resolution, latent), done,
-                   self.state["seconds"], self.device.type)
+        self.write_card(done)
+
+    def write_folder(self, vae: Any, trained: dict[str, torch.nn.Module]) -> None:
+        """The model folder (fp16 safetensors) from the VAE and the UNet phase's networks."""
+        save_fp16_pipeline(self.out, vae, trained["text_encoder"], self.tokenizer, trained["unet"])
+
+    def write_card(self, done: tuple[int, int]) -> None:
+        write_card(self.out, self.recipe, self.objects, self.held_out, self.views, (self.size.resolution,
+                   self.latent_side), done, self.state["seconds"], self.device.type)
 
 
 def choose_device(name: str | None) -> torch.device:
+    """The device asked for (default: CUDA when there is one), with TF32 matmuls on CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu.")
     torch.backends.cuda.matmul.allow_tf32 = True
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def train(args: argparse.Namespace) -> None:
-    """Check everything the user gave before OUT is touched, then train, checkpoint and save."""
+def compile_mode(option: str, device: torch.device) -> str:
+    """--compile auto: reduce-overhead (CUDA graphs) on CUDA, off on the CPU."""
+    return ("reduce-overhead" if device.type == "cuda" else "off") if option == "auto" else option
+
+
+def start(args: argparse.Namespace) -> tuple[float, float, dict | None]:
+    """(start time, deadline of --max_minutes, the checkpoint to resume or None), before OUT is touched."""
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise UserError(f"--max_minutes must be > 0, got {args.max_minutes}.")
     started = time.monotonic()
     deadline = started + 60 * args.max_minutes if args.max_minutes else float("inf")
-    stored = load_checkpoint(args.out, args.resume)
+    return started, deadline, load_checkpoint(args.out, args.resume)
+
+
+def finish(run: Run, stored: dict | None, deadline: float, args: argparse.Namespace, what: str) -> None:
+    """Restore the checkpoint, train up to the steps or the deadline, save whatever was reached."""
+    if stored is not None:
+        run.restore(stored)
+    finished = run.train(stored, deadline)
+    run.save()
+    note = "" if finished else f" (stopped after {args.max_minutes} min; --resume continues)"
+    print(f"{what} written to {args.out}{note}")
+
+
+def train(args: argparse.Namespace) -> None:
+    """Check everything the user gave before OUT is touched, then train, checkpoint and save."""
+    started, deadline, stored = start(args)
     recipe = settings(args, stored["recipe"] if stored else None)
     objects = [o for spec in recipe["objects"] for o in parse_objects(spec)]
     objects += [parse_renders(spec) for spec in recipe["renders"]]
     if not objects:
         raise UserError("no objects to train on: give --objects family:seeds=word ... and/or --renders DIR=word ...")
     held_out = held_out_objects(recipe["held_out"], objects)
-    with tempfile.TemporaryDirectory() as folder:
-        write_tokenizer_files(Path(folder))
-        tokenizer = load_tokenizer(Path(folder))
+    tokenizer = offline_tokenizer()
     check_words(objects, tokenizer)
     device = choose_device(args.device)
     size = SIZES[recipe["size"]]
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)
-    mode = ("reduce-overhead" if device.type == "cuda" else "off") if args.compile == "auto" else args.compile
+    mode = compile_mode(args.compile, device)
     run = Run(args.out, recipe, objects, held_out, views, tokenizer, device, started, mode)
-    if stored is not None:
-        run.restore(stored)
-    finished = run.train(stored, deadline)
-    run.save()
-    note = "" if finished else f" (stopped after {args.max_minutes} min; --resume continues)"
-    print(f"toy prior written to {args.out}{note}")
+    finish(run, stored, deadline, args, "toy prior")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

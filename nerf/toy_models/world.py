@@ -66,11 +66,23 @@ class ToyObject:
 
 @dataclass
 class Views:
-    """The fixed training set: images over white, their object and the view's direction bucket."""
+    """The fixed training set: images over white, their object, the view's direction bucket and, for rendered
+    instances, the camera (an image-conditioned prior learns from the camera between two views)."""
 
     images: Tensor  # [N, 3, S, S] uint8
     objects: Tensor  # [N] index into the object list
     directions: Tensor  # [N] bucket id (nerf.cameras.DIRECTION_NAMES)
+    poses: Tensor | None = None  # [N, 4, 4] camera-to-world; None when a renders folder is among the objects
+    theta: Tensor | None = None  # [N] polar angle, degrees
+    phi: Tensor | None = None  # [N] azimuth, degrees
+
+    def cameras(self, index: Tensor) -> CameraBatch:
+        """The cameras of views `index` (focal length not kept: only the pose is needed)."""
+        if self.poses is None or self.theta is None or self.phi is None:
+            raise UserError("these views have no cameras (renders folders); use procedural objects.")
+        index = index.to(self.poses.device)
+        return CameraBatch(self.poses[index], self.images.shape[-1], 0.0, self.directions.to(index.device)[index],
+                           self.theta[index], self.phi[index])
 
 
 def parse_seeds(text: str, spec: str, flag: str) -> list[int]:
@@ -182,21 +194,35 @@ def training_cameras(count: int, size: int, generator: torch.Generator) -> Camer
                           angle_front=data.angle_front, generator=generator)
 
 
-def render_object(obj: ToyObject, size: int, count: int, generator: torch.Generator,
-                  device: torch.device) -> tuple[Tensor, Tensor]:
-    """`count` views of a procedural scene: random training cameras and INPUT_SHARE input-camera copies."""
+def input_camera(size: int) -> CameraBatch:
+    """main.py's camera of the input view (`DataOptions()` defaults: --pose_angle, azimuth 0, --radius_rot)."""
     data = DataOptions()
+    return fixed_cameras(data.pose_angle, torch.zeros(1), data.orbit_radius, data.default_fovy, size,
+                         data.angle_overhead, data.angle_front)
+
+
+def render_object_cameras(obj: ToyObject, size: int, count: int, generator: torch.Generator,
+                          device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`count` views of a procedural scene: random training cameras and INPUT_SHARE input-camera copies, as
+    (images, direction buckets, poses, polar angles, azimuths)."""
     scene = make_scene(obj.family, obj.seed)
     inputs = max(1, round(count * INPUT_SHARE))
-    front = fixed_cameras(data.pose_angle, torch.zeros(1), data.orbit_radius, data.default_fovy, size,
-                          data.angle_overhead, data.angle_front)
+    front = input_camera(size)
     images = [to_uint8(render_rgba(scene, front.to(device))).expand(inputs, -1, -1, -1)]
-    directions = [torch.full((inputs,), FRONT)]  # main.py's input-camera step always uses the front prompt
+    # main.py's input-camera step always uses the front prompt
+    cameras = [(torch.full((inputs,), FRONT), front.poses.expand(inputs, -1, -1), front.theta.expand(inputs),
+                front.phi.expand(inputs))]
     for _ in range(math.ceil((count - inputs) / CAMERA_BATCH)):
         cams = training_cameras(CAMERA_BATCH, size, generator)
         images.append(to_uint8(render_rgba(scene, cams.to(device))))
-        directions.append(cams.directions)
-    return torch.cat(images)[:count], torch.cat(directions)[:count]
+        cameras.append((cams.directions, cams.poses, cams.theta, cams.phi))
+    return (torch.cat(images)[:count], *(torch.cat(parts)[:count].cpu() for parts in zip(*cameras)))
+
+
+def render_object(obj: ToyObject, size: int, count: int, generator: torch.Generator,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """`count` views of a procedural scene (`render_object_cameras`): images and direction buckets."""
+    return render_object_cameras(obj, size, count, generator, device)[:2]
 
 
 def read_frames(folder: Path) -> list[dict]:
@@ -259,10 +285,11 @@ def build_views(objects: list[ToyObject], size: int, count: int, seed: int, devi
     generator = torch.Generator().manual_seed(seed)
     for i, obj in enumerate(tqdm(objects, desc=f"views {size}px")):
         if i not in pairs:
-            pairs[i] = render_object(obj, size, count, generator, device)
-    images, directions = zip(*(pairs[i] for i in range(len(objects))))
+            pairs[i] = render_object_cameras(obj, size, count, generator, device)
+    columns = list(zip(*(pairs[i] for i in range(len(objects)))))  # cameras only when every object has them
     owners = [torch.full((len(pairs[i][0]),), i) for i in range(len(objects))]
-    return Views(torch.cat(images), torch.cat(owners), torch.cat(directions).cpu())
+    cameras = [torch.cat(column) for column in columns[2:]] if len(set(map(len, pairs.values()))) == 1 else []
+    return Views(torch.cat(columns[0]), torch.cat(owners), torch.cat(columns[1]).cpu(), *cameras)
 
 
 def cached_views(out: Path, objects: list[ToyObject], size: int, count: int, seed: int,
@@ -271,8 +298,8 @@ def cached_views(out: Path, objects: list[ToyObject], size: int, count: int, see
     file, key = out / ".cache" / "views.pt", json.dumps([[o.source, o.word] for o in objects] + [size, count, seed])
     if file.is_file():
         data = torch.load(file, map_location="cpu", weights_only=True)
-        if data["key"] == key:
-            return Views(data["images"], data["objects"], data["directions"])
+        if data["key"] == key and "poses" in data:  # caches of earlier versions kept no cameras
+            return Views(**{name: data[name] for name in Views.__dataclass_fields__})
     views = build_views(objects, size, count, seed, device)
     data = {"key": key, **vars(views)}
     write_atomic(file, lambda tmp: torch.save(data, tmp))
@@ -336,13 +363,7 @@ def write_card(out: Path, recipe: dict, objects: list[ToyObject], held_out: list
                shape: tuple[int, int], done: tuple[int, int], seconds: float, device: str) -> None:
     """README.md: what the model saw, how long it trained, how to make it again, and what it is not for;
     objects.json: every training and held-out instance with its word."""
-    counts = torch.bincount(views.objects, minlength=len(objects))
-    rows = []
-    for word in class_words(objects):
-        members = [i for i, o in enumerate(objects) if o.word == word]
-        sources = ", ".join(objects[i].source for i in members)
-        held = ", ".join(o.source for o in held_out if o.word == word) or "none"
-        rows.append(f"| {word} | {sources} | {held} | {int(counts[members].sum())} |")
+    rows = class_rows(objects, held_out, views)
     options = ["--objects", *recipe["objects"], *(["--renders", *recipe["renders"]] if recipe["renders"] else []),
                *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),
                "--size", recipe["size"], "--steps", *map(str, done), "--seed", str(recipe["seed"])]
@@ -372,5 +393,38 @@ method, **not for real photos**.
   instance to its word.
 """
     write_text_atomic(out / "README.md", text)
+    write_world(out, objects, held_out)
+
+
+def class_rows(objects: list[ToyObject], held_out: list[ToyObject], views: Views) -> list[str]:
+    """The card's table rows: per class word, its training and held-out instances and its number of views."""
+    counts = torch.bincount(views.objects, minlength=len(objects))
+    rows = []
+    for word in class_words(objects):
+        members = [i for i, o in enumerate(objects) if o.word == word]
+        sources = ", ".join(objects[i].source for i in members)
+        held = ", ".join(o.source for o in held_out if o.word == word) or "none"
+        rows.append(f"| {word} | {sources} | {held} | {int(counts[members].sum())} |")
+    return rows
+
+
+def write_world(out: Path, objects: list[ToyObject], held_out: list[ToyObject]) -> None:
+    """objects.json: every training and held-out instance with its word (`load_world` reads it)."""
     world = {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}
     write_text_atomic(out / "objects.json", json.dumps(world, indent=2) + "\n")
+
+
+def world_specs(table: dict[str, str], held_out: dict[str, str]) -> tuple[list[str], list[str]]:
+    """objects.json's instances as the --objects and --held_out options that name them (`family:1,4,7=word` and
+    `family:100,101`), so that another model can be trained on the same world; renders folders are left out."""
+    objects: dict[tuple[str, str], list[str]] = {}
+    for source, word in table.items():
+        family, colon, seed = source.partition(":")
+        if colon and family in FAMILIES:
+            objects.setdefault((family, word), []).append(seed)
+    held: dict[str, list[str]] = {}
+    for source in held_out:
+        family, _, seed = source.partition(":")
+        held.setdefault(family, []).append(seed)
+    return ([f"{family}:{','.join(seeds)}={word}" for (family, word), seeds in objects.items()],
+            [f"{family}:{','.join(seeds)}" for family, seeds in held.items()])
