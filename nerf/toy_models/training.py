@@ -456,6 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", nargs=2, type=int, default=None, metavar=("VAE", "UNET"),
                    help="training steps (default: " + ", ".join(f"{' '.join(map(str, size.steps))} with --size {name}"
                                                       for name, size in SIZES.items()) + ")")
+    add_run_flags(p)
+    return p.parse_args(argv)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every toy-model trainer shares: seed, resuming, device, time limit and compiling."""
     p.add_argument("--seed", type=int, default=None, help="seed of views, initial weights and batches (0)")
     p.add_argument("--resume", action="store_true", help="continue the training in OUT")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
@@ -463,7 +469,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", choices=("auto", "off", "default", "reduce-overhead"), default="auto",
                    help="torch.compile the training losses (auto: reduce-overhead, i.e. with CUDA graphs, on CUDA; "
                         "off on the CPU, where compiling costs more than it saves at the test sizes)")
-    return p.parse_args(argv)
 
 
 @one_line_errors

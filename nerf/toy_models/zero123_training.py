@@ -31,7 +31,7 @@ from nerf.fileio import write_text_atomic
 from nerf.guidance.zero123 import clip_pixels, relative_camera
 from nerf.toy_models import training
 from nerf.toy_models.tiny_zero123 import CLIP_MEAN, CLIP_STD, clip_processor, ddim_scheduler, save_parts
-from nerf.toy_models.training import Phase, Run, Size, encode_views, noisy_latents
+from nerf.toy_models.training import Phase, Run, Size, add_run_flags, encode_views, noisy_latents
 from nerf.toy_models.world import (
     DEFAULT_HELD_OUT, DEFAULT_OBJECTS, cached_views, check_words, class_rows, held_out_objects, load_world,
     parse_objects, world_specs, write_world)
@@ -286,12 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="steps of the UNet phase (default: " + ", ".join(f"{size.steps[1]} with --size {name}"
                                                                          for name, size in SIZES.items()) + ")")
-    p.add_argument("--seed", type=int, default=None, help="seed of views, initial weights and batches (0)")
-    p.add_argument("--resume", action="store_true", help="continue the training in OUT")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
-    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this many minutes")
-    p.add_argument("--compile", choices=("auto", "off", "default", "reduce-overhead"), default="auto",
-                   help="torch.compile the training losses (auto: reduce-overhead on CUDA, off on the CPU)")
+    add_run_flags(p)
     return p.parse_args(argv)
 
 
