@@ -57,7 +57,7 @@ def build_renderer(opt: Options, device: torch.device) -> Renderer:
                                grid_resolution=field_opt.grid_resolution, grid_type=field_opt.grid_type,
                                log2_hashmap_size=field_opt.log2_hashmap_size, blob_density=field_opt.blob_density,
                                blob_radius=field_opt.blob_radius, grid_levels_mask=field_opt.grid_levels_mask,
-                               backend=backend)
+                               normal_type=field_opt.normal_type, backend=backend)
     background = Background(backend=backend) if field_opt.bg_radius > 0 else None
     renderer = Renderer(RadianceField(geometry, background), bound=render.bound,
                         density_thresh=render.density_thresh, min_near=render.min_near, dt_gamma=render.dt_gamma,
