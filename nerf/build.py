@@ -79,9 +79,11 @@ def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guid
             raise UserError(f"--learned_embeds_path {embeds} does not exist; give the file (or folder) textual "
                             f"inversion wrote, or leave it out.")
         return None
+    from nerf.compilation import resolve
     from nerf.guidance import PriorContext, build_guidance
 
-    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path,
+                           compile=resolve(opt.prior.compile, device, opt.train.iters))
     return build_guidance(opt.prior, context)
 
 
