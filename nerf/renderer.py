@@ -186,11 +186,13 @@ class Renderer(nn.Module):
 
     def _normal_alignment(self, xyzs: Tensor, sigmas: Tensor, normals: Tensor, real: Tensor) -> Tensor:
         """Ref-NeRF's predicted-normal loss, mean of 1 - n_pred . n_grad weighted by the samples' occupancy (the
-        orientation loss's weights), estimated on NORMAL_ALIGN_SAMPLES samples drawn in proportion to it. Both
+        orientation loss's weights), estimated on NORMAL_ALIGN_SAMPLES samples (at most as many as the render has)
+        drawn in proportion to it. Both
         normals receive its gradient, so shading gradients on the predicted normals reach the geometry."""
         occupancy = (1 - torch.exp(-sigmas.float())).detach() * real
         # the tiny floor keeps the draw defined when nothing is occupied; padding rows then count for nothing
-        picked = torch.multinomial(occupancy + 1e-20, NORMAL_ALIGN_SAMPLES, replacement=True)
+        draws = min(NORMAL_ALIGN_SAMPLES, xyzs.shape[0])  # a small render needs no more draws than it has samples
+        picked = torch.multinomial(occupancy + 1e-20, draws, replacement=True)
         target = self.field.gradient_normal(xyzs[picked])
         misalignment = 1 - (normals[picked].float() * target.float()).sum(-1)
         return (misalignment * real[picked]).mean()
