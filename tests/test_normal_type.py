@@ -164,3 +164,26 @@ def test_the_normal_type_is_recorded_and_a_checkpoint_refuses_the_other(tmp_path
     with pytest.raises(UserError, match=r"--normal_type pred \(now finite_difference\)") as error:
         nerf.build.build_run(other)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("normal_type", ["finite_difference", "pred"])
+def test_a_cuda_training_render_in_fp16_pays_its_normal_type_s_evaluations(normal_type) -> None:
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    geometry = DensityGeometry(bound=0.75, grid_levels=16, log2_hashmap_size=16, normal_type=normal_type,
+                               backend="cuda")
+    renderer = Renderer(RadianceField(geometry), bound=0.75, grid_size=64, max_steps=256, backend="cuda").to(cuda)
+    renderer.update_occupancy()
+    renderer.train()
+    counter = PointCounter(geometry)
+    rays_o, rays_d = (t.to(cuda) for t in view_rays(96))
+    settings = RenderSettings(shading="lambertian", need_normals=True, align_normals=normal_type == "pred")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = renderer.render(rays_o, rays_d, settings)
+        loss = out["image"].mean() + out["loss_orient"] + out.get("loss_normal_pred", 0)
+    loss.backward()
+    samples = counter.calls[0]
+    extra = 6 * samples if normal_type == "finite_difference" else 6 * min(NORMAL_ALIGN_SAMPLES, samples)
+    assert counter.total == samples + extra
+    assert torch.isfinite(loss) and torch.isfinite(geometry.encoder.embeddings.grad).all()

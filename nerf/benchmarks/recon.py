@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import shlex
 import statistics
 import tempfile
@@ -180,7 +181,8 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
         _sync()
         load_s = time.perf_counter() - began
         row = {**measure_trainer(run.trainer, flags, args), "load_s": load_s}
-    del run  # the run's memory is returned before the next variant
+    del run  # the run's memory (graphs and compiled code included) is returned before the next variant
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row
@@ -348,6 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flags = "" if variant == "default" else variant
                 rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args))
                 rows[-1]["variant"] = variant
+                print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
+                      f"loading {rows[-1]['load_s']:.1f} s", flush=True)
         full = full_run(model, embeds, workdir, args) if args.full else None
     columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "peak_GiB", "projected_5000_s",
                "warmup_s", "load_s"]
