@@ -6,7 +6,8 @@ synchronisation around each stage (real-view render, synthetic render, VAE encod
 optimiser and occupancy-grid update), so its stages add up to a little more than the untouched
 iteration. All variants run in one process and share one loaded Stable Diffusion. `--full` also times a complete
 default run through `main.main`: model loading, the iterations (mean over the run and by windows of
-`--window` iterations), validations and checkpoints, the six test videos and the mesh export, each apart. A variant that names a Zero-1-to-3 prior (e.g. ``--guidance sd+zero123``) runs with
+`--window` iterations), validations and checkpoints, the six test videos (their encoding apart) and the mesh
+export, each apart. A variant that names a Zero-1-to-3 prior (e.g. ``--guidance sd+zero123``) runs with
 Zero-1-to-3-XL's shapes and random weights (built once in --zero123_dir), unless it names its own --zero123_model.
 """
 
@@ -291,6 +292,7 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
                   (Trainer, "validate", clock.phase("validate_s", Trainer.validate, excluded=True)),
                   (Trainer, "save", clock.phase("checkpoint_s", Trainer.save, excluded=True)),
                   (outputs, "render_videos", clock.phase("videos_s", outputs.render_videos)),
+                  (outputs, "save_video", clock.phase("video_encoding_s", outputs.save_video)),
                   (outputs, "export_mesh", clock.phase("mesh_s", outputs.export_mesh))]):
         _sync()
         began = time.perf_counter()
@@ -311,7 +313,7 @@ def report_full(full: dict[str, Any]) -> str:
              f"(Stable Diffusion {full.get('prior_load_s', 0):.1f} s), {full['iters']} iterations "
              f"{full['loop_s']:.1f} s = {full['training_loop_ms_per_iter']:.1f} ms/iteration on average, validations "
              f"{full.get('validate_s', 0):.1f} s, checkpoints {full.get('checkpoint_s', 0):.1f} s, six videos "
-             f"{full.get('videos_s', 0):.1f} s, mesh export {full.get('mesh_s', 0):.1f} s"]
+             f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export {full.get('mesh_s', 0):.1f} s"]
     lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration" for w in full["windows"]]
     return "\n".join(lines)
 
