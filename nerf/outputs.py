@@ -28,9 +28,15 @@ log = logging.getLogger("realfusion")
 TEST_FRAMES = 100
 ORBIT_VIEWS = 8
 VIDEO_STREAMS = ("rgb", "opacity", "depth", "normals", "textureless", "grid")
-# Test-video frames marched together: the incremental marcher's rounds (a launch series and a host read each) are
-# shared by the batch instead of repeated per frame; each ray's samples and arithmetic stay its own.
-VIDEO_BATCH = 10
+# Rays of the test-video frames marched together (ten 128x128 frames): the incremental marcher's rounds (a launch
+# series and a host read each) are shared by the batch instead of repeated per frame; each ray's samples stay its
+# own. A ray budget rather than a frame count bounds the memory at any --HW_vis.
+VIDEO_BATCH_RAYS = 10 * 128 * 128
+
+
+def video_batch(size: int) -> int:
+    """Frames of side `size` rendered together (at least one)."""
+    return max(1, min(TEST_FRAMES, VIDEO_BATCH_RAYS // (size * size)))
 
 
 @dataclass(frozen=True)
@@ -157,10 +163,11 @@ def render_videos(frames: Frames, real_view: RealView | None, *, size: int, resu
     streams: dict[str, list[np.ndarray]] = {k: [] for k in VIDEO_STREAMS}
     gt = input_panel(real_view, size)
     settings = RenderSettings(need_normals=True, textureless_ratio=0.1)
-    # One march serves every stream of VIDEO_BATCH frames; the textureless pass reuses the samples' normals.
+    batch = video_batch(size)
+    # One march serves every stream of a batch of frames; the textureless pass reuses the samples' normals.
     with tqdm(total=TEST_FRAMES, desc="test video", dynamic_ncols=True) as progress:
-        for start in range(0, TEST_FRAMES, VIDEO_BATCH):
-            for out in frames.render_lit(camera, range(start, min(start + VIDEO_BATCH, TEST_FRAMES)), settings):
+        for start in range(0, TEST_FRAMES, batch):
+            for out in frames.render_lit(camera, range(start, min(start + batch, TEST_FRAMES)), settings):
                 add_video_frame(streams, out, frames, gt)
                 progress.update(1)
     paths = {key: save_video(results_dir / f"{name}_{key}.mp4", images) for key, images in streams.items()}

@@ -50,11 +50,20 @@ def video_frames(frames: Frames, size: int, monkeypatch, tmp_path) -> dict[str, 
     return written
 
 
-def test_batched_video_frames_are_the_frames_rendered_one_by_one(monkeypatch, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def one_by_one() -> tuple[Frames, dict[str, list[np.ndarray]]]:
     frames = trained_looking_frames(torch.device("cpu"), "torch", half=False)
-    expected = frames_one_by_one(frames, 8)
+    return frames, frames_one_by_one(frames, 8)
+
+
+@pytest.mark.parametrize("budget, batch", [(outputs.VIDEO_BATCH_RAYS, outputs.TEST_FRAMES), (7 * 64, 7)])
+def test_batched_video_frames_are_the_frames_rendered_one_by_one(one_by_one, monkeypatch, tmp_path, budget,
+                                                                 batch) -> None:
+    """All frames in one batch, or batches of 7 (the last one shorter)."""
+    monkeypatch.setattr(outputs, "VIDEO_BATCH_RAYS", budget)
+    frames, expected = one_by_one
     written = video_frames(frames, 8, monkeypatch, tmp_path)
-    assert outputs.TEST_FRAMES % outputs.VIDEO_BATCH == 0 and outputs.VIDEO_BATCH > 1
+    assert outputs.video_batch(8) == batch
     assert written.keys() == expected.keys()
     for key in expected:
         assert len(written[key]) == outputs.TEST_FRAMES
@@ -79,6 +88,10 @@ def test_a_light_per_ray_lights_each_ray_as_its_own_render_would(marcher) -> Non
         assert float(alone["weights_sum"].detach().mean()) > 0.05
         for key in ("weights_sum", "image", "normal_image", "textureless_image"):
             torch.testing.assert_close(both[key][rows], alone[key], atol=1e-6, rtol=0)
+
+
+def test_the_batch_is_a_ray_budget_of_at_least_one_frame() -> None:
+    assert outputs.video_batch(128) == 10 and outputs.video_batch(1024) == 1 and outputs.video_batch(8) == 100
 
 
 def test_a_light_per_ray_is_refused_for_lit_shading() -> None:
