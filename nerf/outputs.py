@@ -180,7 +180,8 @@ def add_video_frame(streams: dict[str, list[np.ndarray]], out: dict[str, Tensor]
     ws = out["weights_sum"]
     frame = {"rgb": out["image"], "opacity": ws[..., None], "depth": frames.depth_image(out),
              "normals": normals_to_image(out["normal_image"], ws), "textureless": out["textureless_image"]}
-    frame["grid"] = grid([[gt, frame["rgb"], frame["opacity"]], [frame["depth"], frame["normals"], frame["textureless"]]])
+    frame["grid"] = grid([[gt, frame["rgb"], frame["opacity"]],
+                          [frame["depth"], frame["normals"], frame["textureless"]]])
     for key, image in frame.items():
         streams[key].append(to_uint8(image))
 

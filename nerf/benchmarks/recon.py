@@ -313,7 +313,8 @@ def report_full(full: dict[str, Any]) -> str:
              f"(Stable Diffusion {full.get('prior_load_s', 0):.1f} s), {full['iters']} iterations "
              f"{full['loop_s']:.1f} s = {full['training_loop_ms_per_iter']:.1f} ms/iteration on average, validations "
              f"{full.get('validate_s', 0):.1f} s, checkpoints {full.get('checkpoint_s', 0):.1f} s, six videos "
-             f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export {full.get('mesh_s', 0):.1f} s"]
+             f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export "
+             f"{full.get('mesh_s', 0):.1f} s"]
     lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration" for w in full["windows"]]
     return "\n".join(lines)
 
