@@ -197,12 +197,15 @@ class Renderer(nn.Module):
     def _normal_alignment(self, xyzs: Tensor, sigmas: Tensor, normals: Tensor, real: Tensor) -> Tensor:
         """Ref-NeRF's predicted-normal loss, mean of 1 - n_pred . n_grad weighted by the samples' occupancy (the
         orientation loss's weights), estimated on NORMAL_ALIGN_SAMPLES samples (at most as many as the render has)
-        drawn in proportion to it. Both
-        normals receive its gradient, so shading gradients on the predicted normals reach the geometry."""
-        occupancy = (1 - torch.exp(-sigmas.float())).detach() * real
-        # the tiny floor keeps the draw defined when nothing is occupied; padding rows then count for nothing
+        drawn in proportion to it. Both normals receive its gradient, so shading gradients on the predicted normals
+        reach the geometry."""
+        occupancy = (1 - torch.exp(-sigmas.double())).detach() * real
+        # Drawn by inverting the cumulative occupancy (any number of samples, no host read); the tiny floor keeps
+        # the draw defined when nothing is occupied, and padding rows then count for nothing.
+        cdf = torch.cumsum(occupancy + 1e-20, 0)
         draws = min(NORMAL_ALIGN_SAMPLES, xyzs.shape[0])  # a small render needs no more draws than it has samples
-        picked = torch.multinomial(occupancy + 1e-20, draws, replacement=True)
+        uniform = torch.rand(draws, device=cdf.device, dtype=cdf.dtype) * cdf[-1]
+        picked = torch.searchsorted(cdf, uniform).clamp(max=xyzs.shape[0] - 1)
         target = self.field.gradient_normal(xyzs[picked])
         misalignment = 1 - (normals[picked].float() * target.float()).sum(-1)
         return (misalignment * real[picked]).mean()
