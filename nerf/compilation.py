@@ -31,7 +31,10 @@ from nerf.fileio import write_text_atomic
 
 log = logging.getLogger("realfusion")
 COMPILE_MODES = ("auto", "on", "off")
-AUTO_MIN_ITERS = 1000  # a warm-cache load (seconds) is earned back within this many iterations of a few ms each
+# A warm-cache load still traces the networks (seconds to tens of seconds); the compiled calls save a few ms per
+# iteration (README "Performance"), so only long runs earn the load back. Set from the benchmark's warm-up time of
+# a warm-cache variant divided by its saving per iteration.
+AUTO_MIN_ITERS = 3000
 DEFAULT_CACHE = Path.home() / ".cache" / "realfusion" / "inductor"
 MARKERS = "realfusion-compiled"
 
