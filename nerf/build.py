@@ -57,7 +57,7 @@ def build_renderer(opt: Options, device: torch.device) -> Renderer:
                                grid_resolution=field_opt.grid_resolution, grid_type=field_opt.grid_type,
                                log2_hashmap_size=field_opt.log2_hashmap_size, blob_density=field_opt.blob_density,
                                blob_radius=field_opt.blob_radius, grid_levels_mask=field_opt.grid_levels_mask,
-                               backend=backend)
+                               normal_type=field_opt.normal_type, backend=backend)
     background = Background(backend=backend) if field_opt.bg_radius > 0 else None
     renderer = Renderer(RadianceField(geometry, background), bound=render.bound,
                         density_thresh=render.density_thresh, min_near=render.min_near, dt_gamma=render.dt_gamma,
@@ -79,9 +79,11 @@ def build_prior(opt: Options, real_view: RealView, device: torch.device) -> Guid
             raise UserError(f"--learned_embeds_path {embeds} does not exist; give the file (or folder) textual "
                             f"inversion wrote, or leave it out.")
         return None
+    from nerf.compilation import resolve
     from nerf.guidance import PriorContext, build_guidance
 
-    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path)
+    context = PriorContext(real_view, device=device, fp16=opt.train.fp16, image_path=opt.data.image_path,
+                           compile=resolve(opt.prior.compile, device, opt.train.iters))
     return build_guidance(opt.prior, context)
 
 

@@ -23,7 +23,8 @@ from nerf.options import FP16_INITIAL_LOSS_SCALE, ObjectiveOptions
 from nerf.renderer import Renderer, RenderSettings
 from nerf.synthetic_views import SyntheticViews
 
-TERMS = ("prior", "prior_zero123", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d")
+TERMS = ("prior", "prior_zero123", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d",
+         "normal_pred")
 
 
 class LossWeights:
@@ -88,6 +89,8 @@ class Objective:
         self.lambdas = LossWeights(objective, iters, legacy_anneal_4)
         self.unscaled_prior = unscaled_prior
         self.use_prior = guidance is not None
+        # --normal_type pred: the field's normals come from a head that the normal_pred loss ties to the geometry
+        self.predicted_normals = bool(getattr(renderer.field, "predicts_normals", False))
         self.use_real = real_view is not None and (self.lambdas.ever_nonzero("image")
                                                    or self.lambdas.ever_nonzero("mask"))
 
@@ -116,7 +119,8 @@ class Objective:
         shading, ratio = self.views.shading(step)
         need_normals = shading != "albedo" or w("orient", step) > 0 or w("smooth_2d", step) > 0
         settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,
-                                  need_smooth=w("smooth", step) > 0)
+                                  need_smooth=w("smooth", step) > 0,
+                                  align_normals=self.predicted_normals and need_normals and w("normal_pred", step) > 0)
         out = self.renderer.render(rays_o, rays_d, settings)
         size = view.camera.height
         terms: dict[str, Tensor] = {}
@@ -139,9 +143,10 @@ class Objective:
             "orient": lambda: out["loss_orient"],
             "smooth": lambda: out["loss_smooth"],
             "smooth_2d": lambda: losses.smooth_2d_loss(_image(out["normal_image"], size)),
+            "normal_pred": lambda: out["loss_normal_pred"],
         }
         return {name: self.lambdas(name, step) * term() for name, term in unweighted.items()
-                if self.lambdas(name, step) > 0}
+                if self.lambdas(name, step) > 0 and (name != "normal_pred" or "loss_normal_pred" in out)}
 
     def real_step(self, step: int) -> StepLoss:
         options = self.options

@@ -77,6 +77,11 @@ class PriorOptions:
     cuda_graph: bool = True
     """On CUDA, replay Stable Diffusion's UNet call and VAE encoder as CUDA graphs (same maths, several times
     faster); falls back to eager execution with a warning if capture fails."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile of Stable Diffusion's UNet call and VAE encoder (inside the CUDA graphs when both are on), with
+    the compiled code cached per user ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/realfusion/inductor). on: compile
+    (over a minute the first time). auto: only on CUDA, for runs of at least 3000 iterations, and only what an
+    earlier --compile on run cached for this model, card and shapes (never a cold compile; nerf/compilation.py)."""
 
 
 @dataclasses.dataclass
@@ -172,6 +177,12 @@ class FieldOptions:
     """Standard deviation of the density blob."""
     bg_radius: float = 1.4
     """> 0: a background network colours rays during training; 0: white background."""
+    normal_type: Literal["finite_difference", "pred"] = "finite_difference"
+    """Surface normals for shading and the normal losses. finite_difference: central differences of the density (six
+    more field evaluations per sample whenever normals are used). pred: a small head on the grid features predicts
+    them (no further evaluation; Ref-NeRF and threestudio's predicted normals): the orientation and smoothness losses
+    and the shading use them, and --lambda_normal_pred ties them to the density-gradient normals of 4096 samples per
+    view drawn by occupancy. Part of the model: a checkpoint loads only with the normal_type it was trained with."""
 
 
 @dataclasses.dataclass
@@ -230,6 +241,10 @@ class ObjectiveOptions:
     """3-D smoothness of the normals (a jittered second evaluation)."""
     lambda_smooth_2d: AnnealSpec = _anneal([0.5])
     """2-D smoothness of the rendered normal map."""
+    lambda_normal_pred: AnnealSpec = _anneal([0.1])
+    """With --normal_type pred: occupancy-weighted mean of 1 - (predicted normal . density-gradient normal), Ref-NeRF's
+    predicted-normal loss; its gradient reaches both normals, so shading gradients on the predicted normals shape
+    the geometry. Not tuned yet: 0.1 weighs it like the other normal regularisers."""
     albedo: bool = False
     """Albedo shading for the whole run (sets albedo_iters = iters)."""
     albedo_iters: int = 1000

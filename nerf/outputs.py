@@ -7,6 +7,7 @@ Each output is a function of explicit inputs (a `Frames` renderer, cameras, a fo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ log = logging.getLogger("realfusion")
 TEST_FRAMES = 100
 ORBIT_VIEWS = 8
 VIDEO_STREAMS = ("rgb", "opacity", "depth", "normals", "textureless", "grid")
+# Rays of the test-video frames marched together (ten 128x128 frames): the incremental marcher's rounds (a launch
+# series and a host read each) are shared by the batch instead of repeated per frame; each ray's samples stay its
+# own. A ray budget rather than a frame count bounds the memory at any --HW_vis.
+VIDEO_BATCH_RAYS = 10 * 128 * 128
+
+
+def video_batch(size: int) -> int:
+    """Frames of side `size` rendered together (at least one)."""
+    return max(1, min(TEST_FRAMES, VIDEO_BATCH_RAYS // (size * size)))
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,22 @@ class Frames:
         size = camera.height
         return {k: v.reshape(size, size, *v.shape[2:]).float() for k, v in out.items() if v.dim() >= 2}
 
+    @torch.no_grad()
+    def render_lit(self, camera: CameraBatch, indices: range, settings: RenderSettings) -> list[dict[str, Tensor]]:
+        """Cameras `indices` of the batch in one render, each lit from its own centre (what `render` gives with
+        ``light_d=camera.centers[k]``); outputs as `render`'s, one dict per camera."""
+        rays = [CameraBatch(camera.poses[k:k + 1], camera.height, camera.focal, camera.directions[k:k + 1],
+                            camera.theta[k:k + 1], camera.phi[k:k + 1]).rays()[:2] for k in indices]
+        rays_o, rays_d = (torch.cat([r[i].reshape(-1, 3) for r in rays]) for i in (0, 1))
+        pixels = camera.height * camera.height
+        lights = camera.centers[indices.start:indices.stop].repeat_interleave(pixels, 0)
+        lit = dataclasses.replace(settings, light_d=lights)
+        with self.autocast():
+            out = self.renderer.render(rays_o, rays_d, lit, max_ray_batch=self.max_ray_batch)
+        size = camera.height
+        return [{k: v[n * pixels:(n + 1) * pixels].reshape(size, size, *v.shape[1:]).float()
+                 for k, v in out.items()} for n in range(len(indices))]
+
 
 def input_panel(real_view: RealView | None, size: int) -> Tensor:
     """The input image over white at `size` (black when there is none)."""
@@ -136,20 +162,28 @@ def render_videos(frames: Frames, real_view: RealView | None, *, size: int, resu
     camera = frames.orbit.cameras(TEST_FRAMES, size, frames.device)
     streams: dict[str, list[np.ndarray]] = {k: [] for k in VIDEO_STREAMS}
     gt = input_panel(real_view, size)
-    for k in tqdm(range(TEST_FRAMES), desc="test video", dynamic_ncols=True):
-        light = camera.centers[k]
-        # One march serves every stream; the textureless pass reuses the samples' normals.
-        out = frames.render(camera, k, RenderSettings(light_d=light, need_normals=True, textureless_ratio=0.1))
-        ws = out["weights_sum"]
-        frame = {"rgb": out["image"], "opacity": ws[..., None], "depth": frames.depth_image(out),
-                 "normals": normals_to_image(out["normal_image"], ws), "textureless": out["textureless_image"]}
-        frame["grid"] = grid([[gt, frame["rgb"], frame["opacity"]],
-                              [frame["depth"], frame["normals"], frame["textureless"]]])
-        for key, image in frame.items():
-            streams[key].append(to_uint8(image))
+    settings = RenderSettings(need_normals=True, textureless_ratio=0.1)
+    batch = video_batch(size)
+    # One march serves every stream of a batch of frames; the textureless pass reuses the samples' normals.
+    with tqdm(total=TEST_FRAMES, desc="test video", dynamic_ncols=True) as progress:
+        for start in range(0, TEST_FRAMES, batch):
+            for out in frames.render_lit(camera, range(start, min(start + batch, TEST_FRAMES)), settings):
+                add_video_frame(streams, out, frames, gt)
+                progress.update(1)
     paths = {key: save_video(results_dir / f"{name}_{key}.mp4", images) for key, images in streams.items()}
     log.info("wrote %d-frame videos to %s", TEST_FRAMES, results_dir)
     return paths
+
+
+def add_video_frame(streams: dict[str, list[np.ndarray]], out: dict[str, Tensor], frames: Frames, gt: Tensor) -> None:
+    """One frame of every video stream from a lit render with normals and the textureless pass."""
+    ws = out["weights_sum"]
+    frame = {"rgb": out["image"], "opacity": ws[..., None], "depth": frames.depth_image(out),
+             "normals": normals_to_image(out["normal_image"], ws), "textureless": out["textureless_image"]}
+    frame["grid"] = grid([[gt, frame["rgb"], frame["opacity"]],
+                          [frame["depth"], frame["normals"], frame["textureless"]]])
+    for key, image in frame.items():
+        streams[key].append(to_uint8(image))
 
 
 @torch.no_grad()

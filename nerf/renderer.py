@@ -18,11 +18,14 @@ from torch import Tensor
 import raymarching
 from nerf.cameras import safe_normalize
 from nerf.field import Field
-from nerf.field.shading import textureless
+from nerf.field.shading import needs_normals, textureless
 
 T_THRESH = 1e-4
 ALIGN = 128
 GRID_DECAY = 0.95
+# Samples drawn per render for the predicted-normal loss: its density-gradient target costs six field evaluations
+# per drawn sample, a fixed budget instead of six per sample of the render.
+NORMAL_ALIGN_SAMPLES = 4096
 
 
 @dataclass
@@ -31,7 +34,9 @@ class RenderSettings:
 
     shading: str = "albedo"
     ratio: float = 1.0  # ambient share of the Lambertian term
-    light_d: Tensor | None = None  # unit light direction; None: random around the camera
+    # Light direction [3], or one per ray [rays, 3] (several frames' textureless passes in one march; albedo shading
+    # only); None: random around the camera.
+    light_d: Tensor | None = None
     perturb: bool = False  # jitter each ray's start
     bg_color: Tensor | float | None = None  # eval background (default white); training uses the background net
     need_normals: bool = False  # composite a normal image and the orientation loss
@@ -39,6 +44,8 @@ class RenderSettings:
     # Also composite `textureless_image` (white under the light, this ambient share) from the same samples' normals:
     # the test videos' shaded pass without a second march and a second set of field evaluations.
     textureless_ratio: float | None = None
+    # Predicted normals (a field with `predicts_normals`): also the loss tying them to the density-gradient normals.
+    align_normals: bool = False
 
     @property
     def uses_normals(self) -> bool:
@@ -100,7 +107,11 @@ class Renderer(nn.Module):
     # --- rendering ------------------------------------------------------------
     def _light(self, settings: RenderSettings, rays_o: Tensor) -> Tensor:
         if settings.light_d is not None:
-            return safe_normalize(settings.light_d.to(rays_o.device).float())
+            light = safe_normalize(settings.light_d.to(rays_o.device).float())
+            if light.dim() == 2 and (light.shape[0] != rays_o.shape[0] or needs_normals(settings.shading)):
+                raise ValueError("a light per ray needs one row per ray and serves the textureless pass only "
+                                 "(albedo shading)")
+            return light
         return safe_normalize(rays_o[0] + torch.randn(3, device=rays_o.device))
 
     def _background(self, rays_d: Tensor, settings: RenderSettings) -> Tensor:
@@ -127,7 +138,8 @@ class Renderer(nn.Module):
             # Chunks bound the reference marcher's memory; the CUDA marcher takes a whole frame at once (as
             # the original did), which needs far fewer launches per frame.
             chunk = max_ray_batch if max_ray_batch and self.ops.name == "torch" else rays_o.shape[0]
-            parts = [self._render_eval(rays_o[i:i + chunk], rays_d[i:i + chunk], light_d, settings)
+            parts = [self._render_eval(rays_o[i:i + chunk], rays_d[i:i + chunk],
+                                       light_d[i:i + chunk] if light_d.dim() == 2 else light_d, settings)
                      for i in range(0, rays_o.shape[0], chunk)]
             out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         bg = self._background(rays_d, settings)
@@ -161,6 +173,9 @@ class Renderer(nn.Module):
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
         hit = torch.where(weights_sum > 0, nears, torch.zeros_like(nears))
         out = {"image": image, "depth": depth + weights_sum * hit, "weights_sum": weights_sum}
+        if light_d.dim() == 2 and _normal_image_keys(settings):  # rows in ray order, as the marchers write them
+            ray_of_row = torch.repeat_interleave(rays[:, 0].long(), rays[:, 2].long())
+            light_d = _pad_rows(light_d[ray_of_row], xyzs.shape[0])
         for key, colours in _normal_images(normals, light_d, settings).items():
             out[key] = self.ops.composite_rays_train(sigmas, colours, deltas, rays, T_THRESH)[2]
         return out, xyzs, dirs, deltas, (sigmas, normals)
@@ -172,10 +187,28 @@ class Renderer(nn.Module):
             occupancy = (1 - torch.exp(-sigmas)).detach()
             facing = (normals * dirs).sum(-1).clamp(min=0) ** 2
             out["loss_orient"] = _masked_mean(occupancy * facing, real)
+        if settings.align_normals:
+            out["loss_normal_pred"] = self._normal_alignment(xyzs, sigmas, normals, real)
         if settings.need_smooth:
             jitter = xyzs + torch.randn_like(xyzs) * 0.01
             out["loss_smooth"] = _masked_mean((normals - self.field.normal(jitter)).abs().mean(-1), real)
         return out
+
+    def _normal_alignment(self, xyzs: Tensor, sigmas: Tensor, normals: Tensor, real: Tensor) -> Tensor:
+        """Ref-NeRF's predicted-normal loss, mean of 1 - n_pred . n_grad weighted by the samples' occupancy (the
+        orientation loss's weights), estimated on NORMAL_ALIGN_SAMPLES samples (at most as many as the render has)
+        drawn in proportion to it. Both normals receive its gradient, so shading gradients on the predicted normals
+        reach the geometry."""
+        occupancy = (1 - torch.exp(-sigmas.double())).detach() * real
+        # Drawn by inverting the cumulative occupancy (any number of samples, no host read); the tiny floor keeps
+        # the draw defined when nothing is occupied, and padding rows then count for nothing.
+        cdf = torch.cumsum(occupancy + 1e-20, 0)
+        draws = min(NORMAL_ALIGN_SAMPLES, xyzs.shape[0])  # a small render needs no more draws than it has samples
+        uniform = torch.rand(draws, device=cdf.device, dtype=cdf.dtype) * cdf[-1]
+        picked = torch.searchsorted(cdf, uniform).clamp(max=xyzs.shape[0] - 1)
+        target = self.field.gradient_normal(xyzs[picked])
+        misalignment = 1 - (normals[picked].float() * target.float()).sum(-1)
+        return (misalignment * real[picked]).mean()
 
     def _render_eval(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
         """An evaluation render. The CUDA kernels march a few samples per live ray at a time and stop each ray
@@ -205,7 +238,10 @@ class Renderer(nn.Module):
                 max_steps=self.max_steps)
             sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                                need_normals=settings.uses_normals)
-            for key, colours in _normal_images(normals, light_d, settings).items():
+            sample_light = light_d
+            if light_d.dim() == 2 and extra_images:  # rows [slot * n_step, (slot + 1) * n_step) of each live ray
+                sample_light = _pad_rows(light_d[alive.long()].repeat_interleave(n_step, 0), xyzs.shape[0])
+            for key, colours in _normal_images(normals, sample_light, settings).items():
                 # Composite on copies of the ray state, so the colour pass below advances it exactly once.
                 self.ops.composite_rays(n_alive, n_step, alive.clone(), rays_t.clone(), sigmas=sigmas.float(),
                                         rgbs=colours.float(), deltas=deltas, weights_sum=weights_sum.clone(),
@@ -231,6 +267,11 @@ def _normal_images(normals: Tensor | None, light_d: Tensor, settings: RenderSett
         colours[key] = normals if key == "normal_image" else textureless(None, normals, light_d,
                                                                          settings.textureless_ratio)
     return colours
+
+
+def _pad_rows(values: Tensor, rows: int) -> Tensor:
+    """`values` [n, C] followed by zero rows up to `rows` (the padding rows of a sample buffer)."""
+    return torch.cat([values, values.new_zeros(rows - values.shape[0], values.shape[1])])
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

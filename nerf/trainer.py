@@ -257,7 +257,8 @@ class Trainer:
 
 
 # The options that shape the networks' parameters and the occupancy grid, by group.
-MODEL_SHAPING = {"field": ("grid_type", "grid_levels", "grid_resolution", "log2_hashmap_size", "bg_radius"),
+MODEL_SHAPING = {"field": ("grid_type", "grid_levels", "grid_resolution", "log2_hashmap_size", "bg_radius",
+                           "normal_type"),
                  "render": ("occupancy_grid_size", "bound")}
 
 

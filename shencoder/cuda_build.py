@@ -18,6 +18,7 @@ import os
 import types
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -46,6 +47,25 @@ def _nvcc() -> Path | None:
     return nvcc if nvcc.exists() else None
 
 
+def cuda_arch_list(capability: tuple[int, int] | None, environ: Mapping[str, str]) -> str | None:
+    """The TORCH_CUDA_ARCH_LIST to build with: the user's when set, else the present GPU's architecture alone
+    (e.g. "9.0" for an H100; no PTX copy and no other architecture to compile), None without a GPU (torch's
+    default list)."""
+    if environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        return environ["TORCH_CUDA_ARCH_LIST"]
+    if capability is None:
+        return None
+    return f"{capability[0]}.{capability[1]}"
+
+
+def use_present_architecture() -> None:
+    """Set TORCH_CUDA_ARCH_LIST for this process's builds by `cuda_arch_list` (the user's value is kept)."""
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    arch = cuda_arch_list(capability, os.environ)
+    if arch is not None:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+
+
 def _sources(package_dir: Path) -> list[Path]:
     return sorted(p for pattern in ("*.cu", "*.cpp") for p in (package_dir / "src").glob(pattern))
 
@@ -57,6 +77,7 @@ def setup_extension(name: str, package_dir: Path) -> None:
 
     package_dir = Path(package_dir)
     sources = [str(p.relative_to(package_dir)) for p in _sources(package_dir)]
+    use_present_architecture()
     setup(
         name=f"realfusion-{name}",
         version="1.0.0",
@@ -76,6 +97,7 @@ def _jit_build(module_name: str, package_dir: Path) -> tuple[types.ModuleType | 
         return None, f"no sources in {package_dir / 'src'}"
     build_dir = BUILD_ROOT / module_name
     build_dir.mkdir(parents=True, exist_ok=True)
+    use_present_architecture()
     try:
         module = cpp_extension.load(
             name=module_name,

@@ -1,4 +1,5 @@
-"""The reconstruction benchmark runs the real Trainer loop end to end (CPU, tiny model, tiny sizes)."""
+"""The reconstruction benchmark runs the real Trainer loop end to end, its variants in one process, and a complete
+run through main.main (CPU, tiny model, tiny sizes)."""
 
 import json
 import subprocess
@@ -23,3 +24,26 @@ def test_recon_benchmark_reports_every_stage(tiny_sd_dir, tmp_path):
         assert row[f"{stage}_ms"] > 0, stage
     assert report["info"]["card"] == "cpu"
     assert "ms_per_iter" in result.stdout
+
+
+def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_dir, tmp_path):
+    out = tmp_path / "recon.json"
+    tiny_run = f"{SMALL} --iters 5 --HW_vis 8 --mesh_resolution 16 --max_steps 32"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
+         "--warmup", "1", "--steps", "2", "--split_steps", "1", "--variants", "default,--normal_type pred",
+         "--main_args", tiny_run, "--full", "--window", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [row["variant"] for row in report["rows"]] == ["default", "--normal_type pred"]
+    assert all(row["load_s"] > 0 and row["warmup_s"] > 0 for row in report["rows"])
+    assert report["settings"]["stable_diffusion_loads"] == 1  # the variants shared one model
+    full = report["full_run"]
+    assert full["exit_code"] == 0 and full["iters"] == 5
+    assert [(w["from"], w["to"]) for w in full["windows"]] == [(0, 2), (2, 4), (4, 5)]
+    for phase in ("load_s", "prior_load_s", "validate_s", "checkpoint_s", "videos_s", "video_encoding_s", "mesh_s"):
+        assert full[phase] > 0, phase
+    assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
+    assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
+    assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout

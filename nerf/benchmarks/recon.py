@@ -4,8 +4,10 @@ Two measurements of the same loop. The steady state times whole iterations, unto
 (median and mean of per-iteration wall times). The split runs further iterations with a device
 synchronisation around each stage (real-view render, synthetic render, VAE encode, UNet, backward,
 optimiser and occupancy-grid update), so its stages add up to a little more than the untouched
-iteration. `--full` also times a complete default run (5000 iterations, validations, final videos)
-through `main.main`. A variant that names a Zero-1-to-3 prior (e.g. ``--guidance sd+zero123``) runs with
+iteration. All variants run in one process and share one loaded Stable Diffusion. `--full` also times a complete
+default run through `main.main`: model loading, the iterations (mean over the run and by windows of
+`--window` iterations), validations and checkpoints, the six test videos (their encoding apart) and the mesh
+export, each apart. A variant that names a Zero-1-to-3 prior (e.g. ``--guidance sd+zero123``) runs with
 Zero-1-to-3-XL's shapes and random weights (built once in --zero123_dir), unless it names its own --zero123_model.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import shlex
 import statistics
 import tempfile
@@ -47,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated extra main.py flags per measured variant ('default' = none)")
     parser.add_argument("--main_args", default="", help="more main.py flags for every variant, e.g. '--HW_synthetic 32'")
     parser.add_argument("--full", action="store_true", help="also time a complete default run through main.main")
+    parser.add_argument("--window", type=int, default=1000, help="--full: iterations per window of the loop's times")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the steady state")
 
 
@@ -172,9 +176,14 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
 
     flags = zero123_flags(flags, args)
     opt = parse(main_argv(model, embeds, workdir / "workspace", f"{args.main_args} {flags}"))
+    _sync()
+    began = time.perf_counter()
     with open_run(opt) as run:  # the workspace is held while the benchmark trains in it
-        row = measure_trainer(run.trainer, flags, args)
-    del run  # the run's memory is returned before the next variant
+        _sync()
+        load_s = time.perf_counter() - began
+        row = {**measure_trainer(run.trainer, flags, args), "load_s": load_s}
+    del run  # the run's memory (graphs and compiled code included) is returned before the next variant
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row
@@ -184,8 +193,12 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, 
     """Median iteration time after warm-up, then the split per stage (and a profile if asked)."""
     trainer.renderer.train()
     trainer.renderer.update_occupancy()
+    _sync()
+    began = time.perf_counter()
     for _ in range(args.warmup):
-        trainer.train_step()
+        trainer.train_step()  # CUDA-graph captures and compilations happen here
+    _sync()
+    warmup_s = time.perf_counter() - began
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     times = iteration_times(trainer, args.steps)
@@ -197,7 +210,7 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, 
     row: dict[str, Any] = {
         "variant": flags, "ms_per_iter": statistics.median(times), "mean_ms": statistics.mean(times),
         "it_per_s": 1000 / statistics.median(times), **{f"{k}_ms": per_step.get(k, 0.0) for k in STAGES},
-        "projected_5000_s": 5 * statistics.median(times),
+        "projected_5000_s": 5 * statistics.median(times), "warmup_s": warmup_s,
         "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
         "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
     }
@@ -207,46 +220,122 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, 
     return row
 
 
-def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """A complete default run (model loading, training, validations, final videos) through main.main."""
-    from nerf.cli import train as realfusion
-    from nerf import outputs
-    from nerf.option_checks import parse
-    from nerf.trainer import Trainer
+class PhaseClock:
+    """Synchronised wall time of named phases, and the training loop's time by windows of iterations (minus the
+    validations and checkpoints inside each window)."""
 
-    phases: dict[str, float] = defaultdict(float)
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.phases: dict[str, float] = defaultdict(float)
+        self.marks: list[tuple[int, float, float]] = []  # (step, time, time spent in excluded phases so far)
+        self.excluded = 0.0
 
-    def timed(name: str, method: Callable) -> Callable:
-        def run_phase(self, *a: Any, **k: Any) -> Any:
+    def phase(self, name: str, method: Callable, excluded: bool = False) -> Callable:
+        def run_phase(*a: Any, **k: Any) -> Any:
             _sync()
             began = time.perf_counter()
             try:
-                return method(self, *a, **k)
+                return method(*a, **k)
             finally:
                 _sync()
-                phases[name] += time.perf_counter() - began
+                spent = time.perf_counter() - began
+                self.phases[name] += spent
+                if excluded:
+                    self.excluded += spent
         return run_phase
 
-    patches = [(Trainer, "train", timed("train_s", Trainer.train)),
-               (Trainer, "validate", timed("validate_s", Trainer.validate)),
-               (outputs, "render_videos", timed("videos_s", outputs.render_videos))]
+    def stepping(self, method: Callable) -> Callable:
+        def step(trainer: Any) -> Any:
+            if not self.marks:
+                _sync()
+                self.marks.append((trainer.global_step, time.perf_counter(), self.excluded))
+            result = method(trainer)
+            if trainer.global_step % self.window == 0 or trainer.global_step == trainer.options.iters:
+                _sync()
+                self.marks.append((trainer.global_step, time.perf_counter(), self.excluded))
+            return result
+        return step
+
+    def windows(self) -> list[dict[str, float]]:
+        """ms per iteration of each window of the loop."""
+        found = []
+        for (s0, t0, e0), (s1, t1, e1) in zip(self.marks, self.marks[1:]):
+            found.append({"from": s0, "to": s1, "ms_per_iter": 1000 * ((t1 - t0) - (e1 - e0)) / (s1 - s0)})
+        return found
+
+
+@contextlib.contextmanager
+def patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Attributes replaced for a block and restored after it."""
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, method in patches:
-        setattr(owner, name, method)
+    for owner, name, value in patches:
+        setattr(owner, name, value)
     try:
+        yield
+    finally:
+        for owner, name, value in originals:
+            setattr(owner, name, value)
+
+
+def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A complete default run (model loading, training, validations, videos, mesh) through main.main."""
+    from nerf import build, outputs
+    from nerf.cli import train as realfusion
+    from nerf.option_checks import parse
+    from nerf.trainer import Trainer
+
+    clock = PhaseClock(args.window)
+    argv = [*main_argv(model, embeds, workdir / "full", args.main_args), "--save_mesh"]
+    with patched([(build, "build_run", clock.phase("load_s", build.build_run)),
+                  (build, "build_prior", clock.phase("prior_load_s", build.build_prior)),
+                  (Trainer, "train_step", clock.stepping(Trainer.train_step)),
+                  (Trainer, "validate", clock.phase("validate_s", Trainer.validate, excluded=True)),
+                  (Trainer, "save", clock.phase("checkpoint_s", Trainer.save, excluded=True)),
+                  (outputs, "render_videos", clock.phase("videos_s", outputs.render_videos)),
+                  (outputs, "save_video", clock.phase("video_encoding_s", outputs.save_video)),
+                  (outputs, "export_mesh", clock.phase("mesh_s", outputs.export_mesh))]):
         _sync()
         began = time.perf_counter()
-        code = realfusion.main(main_argv(model, embeds, workdir / "full", args.main_args))
+        code = realfusion.main(argv)
         _sync()
         wall = time.perf_counter() - began
-    finally:
-        for owner, name, method in originals:
-            setattr(owner, name, method)
-    iters = parse(main_argv(model, embeds, workdir / "full", args.main_args)).train.iters
-    # validations run inside train(): the loop's own time is train minus validation
-    loop = phases["train_s"] - phases["validate_s"]
-    return {"variant": "full run (main.main)", "exit_code": code, "wall_s": wall, **dict(phases),
-            "training_loop_ms_per_iter": 1000 * loop / iters}
+    iters = parse(argv).train.iters
+    windows = clock.windows()
+    loop_s = sum(w["ms_per_iter"] * (w["to"] - w["from"]) for w in windows) / 1000
+    return {"variant": "full run (main.main)", "exit_code": code, "wall_s": wall, "iters": iters,
+            **dict(clock.phases), "loop_s": loop_s, "training_loop_ms_per_iter": 1000 * loop_s / max(iters, 1),
+            "windows": windows}
+
+
+def report_full(full: dict[str, Any]) -> str:
+    """The full run in a few lines: where its time went."""
+    lines = [f"full run: {full['wall_s']:.1f} s (exit code {full['exit_code']}): loading {full.get('load_s', 0):.1f} s "
+             f"(Stable Diffusion {full.get('prior_load_s', 0):.1f} s), {full['iters']} iterations "
+             f"{full['loop_s']:.1f} s = {full['training_loop_ms_per_iter']:.1f} ms/iteration on average, validations "
+             f"{full.get('validate_s', 0):.1f} s, checkpoints {full.get('checkpoint_s', 0):.1f} s, six videos "
+             f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export "
+             f"{full.get('mesh_s', 0):.1f} s"]
+    lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration" for w in full["windows"]]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def one_stable_diffusion() -> Iterator[dict[tuple, Any]]:
+    """Every variant of the process shares the Stable Diffusion it loaded first (same folder, device, precision):
+    its weights are frozen and a variant's wrappers (graphs, compilation) live in its own guidance object."""
+    from nerf.guidance import sds
+
+    loaded: dict[tuple, Any] = {}
+    load = sds.load_stable_diffusion
+
+    def shared(name: str, device: torch.device, fp16: bool, revision: str | None = None) -> Any:
+        key = (name, str(device), fp16, revision)
+        if key not in loaded:
+            loaded[key] = load(name, device, fp16, revision)
+        return loaded[key]
+
+    with patched([(sds, "load_stable_diffusion", shared)]):
+        yield loaded
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,17 +348,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="realfusion-bench-") as tmp:
         workdir = Path(tmp)
         embeds = learned_embedding(workdir, width)
-        for k, variant in enumerate(v.strip() for v in args.variants.split(",") if v.strip()):
-            flags = "" if variant == "default" else variant
-            rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args))
-            rows[-1]["variant"] = variant
+        with one_stable_diffusion() as loaded:
+            for k, variant in enumerate(v.strip() for v in args.variants.split(",") if v.strip()):
+                flags = "" if variant == "default" else variant
+                rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args))
+                rows[-1]["variant"] = variant
+                print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
+                      f"loading {rows[-1]['load_s']:.1f} s", flush=True)
         full = full_run(model, embeds, workdir, args) if args.full else None
-    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "peak_GiB", "projected_5000_s"]
+    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "peak_GiB", "projected_5000_s",
+               "warmup_s", "load_s"]
     result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
-                              "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps}}
+                              "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps,
+                                           "stable_diffusion_loads": len(loaded)}}
     if full is not None:
         result["full_run"] = full
-        print(f"full run: {full['wall_s']:.1f} s (exit code {full['exit_code']}): training loop "
-              f"{full['training_loop_ms_per_iter']:.1f} ms/iteration on average, validations {full['validate_s']:.1f} s, "
-              f"final videos {full['videos_s']:.1f} s")
+        print(report_full(full))
     return result

@@ -2,7 +2,7 @@
 """Speed of the pipeline on the GPU, with Stable Diffusion v1.5-shaped random-weight models (no download).
 
     python scripts/benchmark.py kernels [--out kernels.json]   # CUDA extensions vs PyTorch reference
-    python scripts/benchmark.py recon [--full]                 # the real Trainer loop, default --O options
+    python scripts/benchmark.py recon [--full] [--variants ...] # the real Trainer loop, default --O options
     python scripts/benchmark.py ti                             # the real textual-inversion loop, README settings
     python scripts/benchmark.py all                            # the three above
 

@@ -71,15 +71,23 @@ class RadianceField(nn.Module):
         """
         if shading not in SHADERS:
             raise ValueError(f"unknown shading {shading!r}; choose one of {SHADINGS}")
-        out = self.geometry.density(x)
-        normal = self.geometry.normal(x) if need_normals or needs_normals(shading) else None
-        return out["sigma"], SHADERS[shading](out["albedo"], normal, light_d, ratio), normal
+        sigma, albedo, normal = self.geometry.sample(x, need_normals or needs_normals(shading))
+        return sigma, SHADERS[shading](albedo, normal, light_d, ratio), normal
 
     def density(self, x: Tensor) -> dict[str, Tensor]:
         return self.geometry.density(x)
 
     def normal(self, x: Tensor) -> Tensor:
         return self.geometry.normal(x)
+
+    @property
+    def predicts_normals(self) -> bool:
+        """Whether the normals come from a learned head (--normal_type pred) that a loss ties to the geometry."""
+        return self.geometry.normal_head is not None
+
+    def gradient_normal(self, x: Tensor) -> Tensor:
+        """The density-gradient normals at x (the target of the predicted normals)."""
+        return self.geometry.gradient_normal(x)
 
     def background(self, d: Tensor) -> Tensor | None:
         return None if self.background_net is None else self.background_net(d)
@@ -88,6 +96,8 @@ class RadianceField(nn.Module):
         """The original's groups: grid tables at 10x the base learning rate, MLPs at the base rate."""
         groups = [{"params": list(self.geometry.encoder.parameters()), "lr": lr * 10},
                   {"params": list(self.geometry.mlp.parameters()), "lr": lr}]
+        if self.geometry.normal_head is not None:
+            groups[1]["params"] += list(self.geometry.normal_head.parameters())
         if self.background_net is not None:
             groups.append({"params": list(self.background_net.parameters()), "lr": lr})
         return groups

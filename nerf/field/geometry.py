@@ -2,7 +2,9 @@
 
 Sizes follow the original: 16 grid levels x 2 features (tiled by default), a 3-layer 64-wide MLP with 4 outputs
 (density logit, albedo logits) and a Gaussian density blob at the centre. The albedo comes with the geometry
-because one MLP produces both. Normals are central finite differences of the density.
+because one MLP produces both. Normals (`normal_type`) are either central finite differences of the density (six
+more field evaluations per point) or predicted by a small head on the same grid features (no further evaluation;
+Ref-NeRF's predicted normals, tied to the density-gradient normals by a loss in the renderer).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from gridencoder import GridEncoder
 from nerf.cameras import safe_normalize
 from nerf.field.mlp import mlp
 
-NORMAL_TYPES = ("finite_difference",)
+NORMAL_TYPES = ("finite_difference", "pred")
 NORMAL_EPS = 0.01
 
 
@@ -71,6 +73,8 @@ class DensityGeometry(nn.Module):
                                    log2_hashmap_size=log2_hashmap_size, desired_resolution=grid_resolution * bound,
                                    gridtype=grid_type, align_corners=False, interpolation="linear", backend=backend)
         self.mlp = mlp(self.encoder.output_dim, 4, 64, 3)
+        # Predicted normals read the features the density already computed: one hidden layer, as threestudio's.
+        self.normal_head = mlp(self.encoder.output_dim, 3, 64, 2) if normal_type == "pred" else None
 
     def features(self, x: Tensor) -> Tensor:
         """Grid features [N, levels * 2] with the `grid_levels_mask` finest levels zeroed."""
@@ -86,15 +90,36 @@ class DensityGeometry(nn.Module):
         """The Gaussian density logit bias that starts every run with an object at the centre."""
         return self.blob_density * torch.exp(-(x * x).sum(-1) / (2 * self.blob_radius**2))
 
-    def density(self, x: Tensor) -> dict[str, Tensor]:
-        """sigma [N] and albedo [N, 3] at points x [N, 3]."""
-        h = self.mlp(self.features(x))
+    def _density_of(self, features: Tensor, x: Tensor) -> dict[str, Tensor]:
+        h = self.mlp(features)
         sigma = trunc_exp(h[..., 0] + self.blob(x))
         albedo = torch.sigmoid(h[..., 1:])
         return {"sigma": sigma, "albedo": albedo}
 
+    def density(self, x: Tensor) -> dict[str, Tensor]:
+        """sigma [N] and albedo [N, 3] at points x [N, 3]."""
+        return self._density_of(self.features(x), x)
+
+    def sample(self, x: Tensor, need_normal: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """sigma [N], albedo [N, 3] and (if `need_normal`) unit normals [N, 3] at x from one grid evaluation (plus
+        six for finite-difference normals)."""
+        features = self.features(x)
+        out = self._density_of(features, x)
+        if not need_normal:
+            return out["sigma"], out["albedo"], None
+        if self.normal_head is not None:
+            return out["sigma"], out["albedo"], self._predicted_normal(features)
+        return out["sigma"], out["albedo"], self.gradient_normal(x)
+
+    def _predicted_normal(self, features: Tensor) -> Tensor:
+        return safe_normalize(self.normal_head(features).float())
+
+    def gradient_normal(self, x: Tensor) -> Tensor:
+        """The density-gradient normals [N, 3] at x by central finite differences, whatever `normal_type` is."""
+        return finite_difference_normal(lambda p: self.density(p)["sigma"], x, self.bound)
+
     def normal(self, x: Tensor) -> Tensor:
         """Outward unit normals [N, 3] at x, by the method `normal_type` names."""
-        if self.normal_type == "finite_difference":
-            return finite_difference_normal(lambda p: self.density(p)["sigma"], x, self.bound)
-        raise ValueError(f"unknown normal_type {self.normal_type!r}; choose one of {NORMAL_TYPES}")
+        if self.normal_head is not None:
+            return self._predicted_normal(self.features(x))
+        return self.gradient_normal(x)

@@ -19,9 +19,11 @@ def albedo(albedo: Tensor, normal: Tensor | None, light_d: Tensor | None, ratio:
 
 
 def _lambert(normal: Tensor | None, light_d: Tensor | None, ratio: float) -> Tensor:
-    """ratio + (1 - ratio) * max(0, n . l) per point [N]."""
+    """ratio + (1 - ratio) * max(0, n . l) per point [N]; the light is one direction [3] or one per point [N, 3]."""
     assert normal is not None and light_d is not None, "lambertian and textureless shading need normals and a light"
-    return ratio + (1 - ratio) * (normal @ light_d.to(normal.dtype)).clamp(min=0)
+    light = light_d.to(normal.dtype)
+    cosine = normal @ light if light.dim() == 1 else (normal * light).sum(-1)
+    return ratio + (1 - ratio) * cosine.clamp(min=0)
 
 
 def lambertian(albedo: Tensor, normal: Tensor | None, light_d: Tensor | None, ratio: float) -> Tensor:

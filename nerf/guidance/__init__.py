@@ -62,6 +62,7 @@ class PriorContext:
     device: torch.device
     fp16: bool
     image_path: str  # the input's file: files beside it (token_autoinit.txt) describe it
+    compile: str = "off"  # the run's resolved --compile (nerf.compilation.resolve): on, off or if_cached
 
     @property
     def camera(self) -> CameraBatch:

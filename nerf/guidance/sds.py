@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nerf.compilation import Compiled
 from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
@@ -39,7 +40,8 @@ def build(prior: PriorOptions, context: PriorContext) -> SDSGuidance:
     if prompts.vector is not None:
         add_learned_token(parts, prompts.token, prompts.vector)
     log.info("prompt: %s | negative: %s", prompts.text, prompts.negative or "(empty)")
-    guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, cuda_graph=prior.cuda_graph)
+    guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, cuda_graph=prior.cuda_graph,
+                           compile=context.compile)
     guidance.prompt, guidance.negative_prompt = prompts.text, prompts.negative
     return guidance
 
@@ -50,8 +52,9 @@ class SDSGuidance:
     term = "sds"
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
-                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False) -> None:
-        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs."""
+                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False, compile: str = "off") -> None:
+        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
+        `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
         self.parts = parts
@@ -67,9 +70,13 @@ class SDSGuidance:
         self.text_embeddings = self.encode_prompts(prompts)
         self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
         self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
+        if compile != "off":
+            identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
+            self.moments = Compiled(self.encode_moments, "VAE encoder", compile, identity)
+            self.predict_noise = Compiled(self.predict_noise_eager, "UNet", compile, identity)
         if cuda_graph and parts.device.type == "cuda":
-            self.moments = GraphedDifferentiable(self.encode_moments, "VAE encoder")
-            self.predict_noise = GraphedInference(self.predict_noise_eager, "UNet")
+            self.moments = GraphedDifferentiable(self.moments, "VAE encoder")
+            self.predict_noise = GraphedInference(self.predict_noise, "UNet")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""torch.compile of the frozen diffusion networks of score distillation (`--compile auto|on|off`).
+
+Compiling the UNet call and the VAE encoder fuses their many small kernels, but costs over a minute the first
+time (79 s for SD 1.5's UNet on an H100, README "Performance"), more than it saves in a default run. Inductor
+keeps what it compiled in a persistent per-user cache (`cache_dir`), so later runs of the same model, card and
+shapes load the compiled code instead of compiling it again.
+
+The one rule of ``auto`` (`resolve`): compile only on CUDA, only when the run is at least `AUTO_MIN_ITERS`
+iterations long, and only a function whose compiled code for this model, card, torch and input shapes is
+already in the cache (a marker written after its first successful compiled call, by ``--compile on``, e.g. in an
+earlier run or the benchmark). A cold compile never happens under ``auto``, so ``auto`` never makes a run slower
+by a compilation it cannot earn back.
+
+With the CUDA graphs of ``--cuda_graph`` the compiled function is what the graph captures and replays (the graph
+removes the launch cost, compilation the kernels' count and memory traffic; the README measures both together).
+A compilation that fails warns once and the function runs eagerly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nerf.fileio import write_text_atomic
+
+log = logging.getLogger("realfusion")
+COMPILE_MODES = ("auto", "on", "off")
+# A warm-cache load still traces the networks (seconds to tens of seconds); the compiled calls save a few ms per
+# iteration (README "Performance"), so only long runs earn the load back. Set from the benchmark's warm-up time of
+# a warm-cache variant divided by its saving per iteration.
+AUTO_MIN_ITERS = 3000
+DEFAULT_CACHE = Path.home() / ".cache" / "realfusion" / "inductor"
+MARKERS = "realfusion-compiled"
+
+
+def cache_dir() -> Path:
+    """Inductor's cache folder: $TORCHINDUCTOR_CACHE_DIR if set, else a persistent per-user folder (set here, so
+    that compiled code outlives the temporary folder inductor would otherwise use)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(DEFAULT_CACHE))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def enable_persistent_caches() -> None:
+    """Inductor's compiled-graph and compiled-autograd caches on, unless the user's environment says otherwise."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    cache_dir()
+    if "TORCHINDUCTOR_FX_GRAPH_CACHE" not in os.environ:
+        inductor_config.fx_graph_cache = True
+    if "TORCHINDUCTOR_AUTOGRAD_CACHE" not in os.environ:
+        functorch_config.enable_autograd_cache = True
+
+
+def resolve(mode: str, device: torch.device, iters: int) -> str:
+    """The compile mode of a run: "on", "off", or "if_cached" (compile what the cache already holds)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    if mode != "auto":
+        return mode
+    return "if_cached" if device.type == "cuda" and iters >= AUTO_MIN_ITERS else "off"
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return [list(value.shape), str(value.dtype), value.requires_grad]
+    return repr(value)
+
+
+def marker_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
+    """Where the marker of one compiled function (model, precision, card, torch, input shapes) lives."""
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    key = json.dumps({"name": name, "identity": identity, "inputs": [_describe(a) for a in args],
+                      "torch": torch.__version__, "card": card}, sort_keys=True, default=str)
+    return cache_dir() / MARKERS / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+class Compiled:
+    """`fn` through torch.compile (static shapes) when `mode` says so, else `fn` itself; see the module's rule."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, mode: str, identity: dict[str, Any]) -> None:
+        """`identity`: what makes the compiled code this model's (configuration, precision), for the marker."""
+        self.fn = fn
+        self.name = name
+        self.mode = mode
+        self.identity = identity
+        self.compiled: Callable[..., Any] | None = None
+        self.marker: Path | None = None  # written after the first compiled call, then None
+        self.decided = mode == "off"
+        self.failed = False
+
+    def _decide(self, args: tuple) -> None:
+        self.decided = True
+        marker = marker_path(self.name, self.identity, args)
+        if self.mode == "if_cached" and not marker.is_file():
+            log.info("--compile auto: the %s runs eagerly (no compiled code cached for it; --compile on compiles "
+                     "and caches it)", self.name)
+            return
+        enable_persistent_caches()
+        self.compiled = torch.compile(self.fn, dynamic=False)
+        self.marker = marker
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.decided:
+            self._decide(args)
+        if self.compiled is None:
+            return self.fn(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as exc:  # compiler or toolchain failure: the eager function is the same maths
+            self.compiled, self.failed = None, True
+            log.warning("torch.compile of the %s failed (%s: %s); running it eagerly. --compile off skips the "
+                        "attempt.", self.name, type(exc).__name__, str(exc).strip().splitlines()[0][:200])
+            return self.fn(*args)
+        if self.marker is not None:
+            if not self.marker.is_file():
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(self.marker, json.dumps({"name": self.name, "identity": self.identity},
+                                                          default=str) + "\n")
+                log.info("compiled the %s (cached in %s)", self.name, cache_dir())
+            self.marker = None
+        return out

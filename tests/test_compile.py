@@ -1,0 +1,149 @@
+"""--compile: the rule of auto, the marker cache, the fallback on a failed compilation, and compiled score
+distillation against the eager one (tiny random Stable Diffusion; CPU, and on a GPU inside the CUDA graphs)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import nerf.compilation as compilation
+from nerf.compilation import AUTO_MIN_ITERS, Compiled, marker_path, resolve
+from nerf.guidance.sds import SDSGuidance
+from nerf.guidance.stable_diffusion import load_stable_diffusion
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+PROMPTS = [("a photo of a cat", "")]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """Every test compiles into (and reads markers from) a cache folder of its own."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    return tmp_path / "inductor"
+
+
+@pytest.mark.parametrize("mode, device, iters, expected", [
+    ("off", CUDA, 5000, "off"), ("on", CPU, 10, "on"), ("auto", CPU, 5000, "off"),
+    ("auto", CUDA, AUTO_MIN_ITERS - 1, "off"), ("auto", CUDA, AUTO_MIN_ITERS, "if_cached")])
+def test_the_rule_of_auto(mode, device, iters, expected) -> None:
+    assert resolve(mode, device, iters) == expected
+
+
+def test_the_help_states_the_rule_s_threshold() -> None:
+    from tests.test_help_lines import help_of
+
+    assert re.search(rf"at least {AUTO_MIN_ITERS} iterations", help_of("compile"))
+
+
+def test_the_cache_folder_is_the_user_s_when_set_and_persistent_otherwise(monkeypatch, own_cache) -> None:
+    assert compilation.cache_dir() == own_cache
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert compilation.cache_dir() == Path.home() / ".cache" / "realfusion" / "inductor"
+
+
+def double(x: torch.Tensor) -> torch.Tensor:
+    return 2 * x
+
+
+def recording_compile(monkeypatch) -> list:
+    """torch.compile replaced by a stand-in that records what it compiles and returns it unchanged."""
+    compiled: list = []
+
+    def fake(fn, **kwargs):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake)
+    return compiled
+
+
+def test_if_cached_compiles_only_what_an_earlier_compiled_run_left_a_marker_for(monkeypatch) -> None:
+    compiled = recording_compile(monkeypatch)
+    x = torch.ones(3)
+    cold = Compiled(double, "doubler", "if_cached", {"model": 1})
+    assert torch.equal(cold(x), 2 * x) and compiled == []  # no marker: eager, no cold compilation
+    assert not marker_path("doubler", {"model": 1}, (x,)).exists()
+    Compiled(double, "doubler", "on", {"model": 1})(x)  # an explicit --compile on leaves the marker
+    assert compiled == [double] and marker_path("doubler", {"model": 1}, (x,)).is_file()
+    warm = Compiled(double, "doubler", "if_cached", {"model": 1})
+    assert torch.equal(warm(x), 2 * x) and compiled == [double, double]
+    other_shape = Compiled(double, "doubler", "if_cached", {"model": 1})
+    other_shape(torch.ones(4))
+    other_model = Compiled(double, "doubler", "if_cached", {"model": 2})
+    other_model(x)
+    assert len(compiled) == 2  # another shape or model is not in the cache
+
+
+def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog) -> None:
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler for the test")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    wrapped = Compiled(double, "doubler", "on", {})
+    with caplog.at_level("WARNING", logger="realfusion"):
+        assert torch.equal(wrapped(torch.ones(2)), torch.full((2,), 2.0))
+        assert torch.equal(wrapped(torch.ones(2)), torch.full((2,), 2.0))
+    assert wrapped.failed and sum("torch.compile of the doubler failed" in r.message for r in caplog.records) == 1
+
+
+def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(loss, image gradient) of a few SDS calls on fixed images, t and noise."""
+    results = []
+    for k in range(calls):
+        image = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(k)).to(device).requires_grad_()
+        loss, _ = guidance(image, 0, generator=torch.Generator(device).manual_seed(10 + k))
+        loss.backward()
+        results.append((loss.detach(), image.grad))
+    return results
+
+
+def test_compile_off_is_the_eager_code_path(tiny_sd_dir) -> None:
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    off = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="off")
+    assert off.moments == off.encode_moments and off.predict_noise == off.predict_noise_eager
+    before = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)
+    for (loss_a, grad_a), (loss_b, grad_b) in zip(sds_losses(off, CPU), sds_losses(before, CPU)):
+        assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
+
+
+def compiler_works() -> str | None:
+    """None when torch.compile can build code on this machine, else why not."""
+    try:
+        torch.compile(lambda x: torch.sin(x) + 1, dynamic=False)(torch.ones(4))
+    except Exception as exc:
+        return f"torch.compile cannot build code here ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]})"
+    return None
+
+
+@pytest.mark.slow
+def test_compile_on_gives_the_eager_loss_on_the_cpu(tiny_sd_dir) -> None:
+    reason = compiler_works()
+    if reason:
+        pytest.skip(reason)
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    eager = sds_losses(SDSGuidance(parts, PROMPTS, guidance_scale=7.5), CPU)
+    compiled_guidance = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="on")
+    compiled = sds_losses(compiled_guidance, CPU)
+    assert not compiled_guidance.moments.failed and not compiled_guidance.predict_noise.failed
+    for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True])
+def test_compiled_networks_inside_the_cuda_graphs_give_the_eager_loss(tiny_sd_dir, fp16) -> None:
+    parts = load_stable_diffusion(str(tiny_sd_dir), CUDA, fp16=fp16)
+    eager = sds_losses(SDSGuidance(parts, PROMPTS, guidance_scale=7.5), CUDA, calls=4)
+    both = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, cuda_graph=True, compile="on")
+    compiled = sds_losses(both, CUDA, calls=4)
+    assert not both.predict_noise.failed and not both.moments.failed  # the graphs captured the compiled code
+    assert not both.predict_noise.fn.failed and not both.moments.fn.failed
+    for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-2 if fp16 else 1e-3, atol=1e-5)
+        torch.testing.assert_close(grad_c, grad_e, rtol=1e-2, atol=1e-2 * grad_e.abs().max().item())
