@@ -127,12 +127,13 @@ def test_a_real_sigint_stops_main_py_with_status_130_and_a_whole_checkpoint(tmp_
     rgba[8:24, 8:24] = (40, 90, 200, 255)
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
     ws = tmp_path / "ws"
-    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "main.py"), *TINY, "--iters", "500", "--image_path",
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "main.py"), *TINY, "--iters", "250", "--image_path",
                str(tmp_path / "rgba.png"), "--workspace", str(ws)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # 400 iterations after the first checkpoint: time enough, on a loaded machine too, for the signal to land
-    # while the run is still training
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # as from a terminal: a shell that starts jobs in the background (CI scripts, nohup) hands them SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = ws / "checkpoints" / "latest.pth"
     deadline = time.time() + 240
     while not latest.exists() and run.poll() is None and time.time() < deadline:
@@ -143,8 +144,8 @@ def test_a_real_sigint_stops_main_py_with_status_130_and_a_whole_checkpoint(tmp_
     assert run.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "checkpoints/latest.pth is intact" in err
     assert err.rstrip("\n").split("\n")[-1].startswith("interrupted; ")  # a line of its own, not after the bar
-    assert load_checkpoint(latest)["global_step"] in (100, 200, 300, 400)
+    assert load_checkpoint(latest)["global_step"] in (100, 200)
     assert not (ws / workspace_lock.LOCK_NAME).exists()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert load_checkpoint(latest)["global_step"] == 500
+    assert load_checkpoint(latest)["global_step"] == 250
