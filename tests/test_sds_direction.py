@@ -65,3 +65,36 @@ def test_a_token_with_the_words_vector_points_as_the_word(tmp_path):
     assert as_token == pytest.approx(as_word, abs=1e-5)
     with pytest.raises(ValueError, match="learned_embeds"):
         sds_alignment(PRIOR, Alignment(INSTANCE, WRONG, prompt="token", **fast))
+
+
+def test_the_token_check_scores_a_token_carrying_the_words_vector_as_the_word(tmp_path):
+    """`check-toy-prior.py --token ... --input_view`: every number it reports for a token whose vector is the word's
+    own embedding equals the word's (held-out loss in both contexts, the input view's loss, the SDS pull there)."""
+    import json
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from nerf.guidance.stable_diffusion import load_stable_diffusion
+    from nerf.toy_models.check import main
+
+    parts = load_stable_diffusion(str(PRIOR), torch.device("cpu"), fp16=False)
+    word_id = parts.tokenizer("chair", add_special_tokens=False).input_ids[0]
+    torch.save({"<_object_>": parts.text_encoder.get_input_embeddings().weight[word_id].detach().clone()},
+               tmp_path / "learned_embeds.bin")
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 20:44] = (60, 120, 30, 255)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert main([str(PRIOR), "--token", str(tmp_path / "learned_embeds.bin"), "--object", "thin:100=chair",
+                 "--initializer", "dog", "--views", "8", "--input_view", str(tmp_path / "rgba.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "token.json").read_text())
+    for losses in [*report["held_out_loss"].values(), *report["input_view_loss"].values()]:
+        assert losses["token"] == pytest.approx(losses["true word"], rel=1e-5)
+        assert losses["initializer"] != pytest.approx(losses["true word"], rel=1e-3)
+    assert report["held_out_loss"]["prompt"]["token scaled to the word's norm"] == pytest.approx(
+        report["held_out_loss"]["prompt"]["true word"], rel=1e-5)
+    assert report["embedding"]["cosine with true word"] == pytest.approx(1.0, abs=1e-5)
+    pull = report["input_view_sds_pull"]
+    assert pull["token"] == pytest.approx(pull["true word"], rel=1e-5) and pull["empty"] < pull["true word"]

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
     p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
     p.add_argument("--initializer", help="the word the token was learned from (with --token)")
+    p.add_argument("--input_view", type=Path, metavar="RGBA",
+                   help="with --token: the photo the token was learned from; adds its own denoising loss by context "
+                        "and the SDS pull there by prompt")
     p.add_argument("--contexts", action="store_true",
                    help="denoising loss of the held-out instances by caption context and word")
     p.add_argument("--zero123", type=Path, metavar="MODEL",
@@ -211,20 +214,91 @@ def held_out_views(obj, resolution: int, views: int, seed: int) -> tuple[Tensor,
     return images[keep].float() / 255, directions[keep]
 
 
+def read_input_view(path: Path, resolution: int) -> Tensor:
+    """An RGBA photo [1, 3, S, S] in [0, 1] over white, at the prior's resolution, as the prior sees an input view."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path).convert("RGBA").resize((resolution, resolution), Image.BICUBIC)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--input_view {path}: not a readable image ({exc}); give the RGBA input photo.") from exc
+    rgba = torch.from_numpy(np.array(image)).float() / 255
+    return (rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]).permute(2, 0, 1)[None]
+
+
+def embedding_report(model: Path, token: str, vector: Tensor, words: dict[str, str]) -> dict[str, float]:
+    """The token's input-embedding norm and its cosine with each named word's row, beside those rows' norms: a
+    single-image token tends to grow long, and where it points says which word it became."""
+    from nerf.guidance.stable_diffusion import load_stable_diffusion
+
+    parts = load_stable_diffusion(str(model), torch.device("cpu"), fp16=False)
+    table = parts.text_encoder.get_input_embeddings().weight.detach()
+    report = {"token norm": float(vector.norm()), "mean norm of the vocabulary": float(table.norm(dim=1).mean())}
+    for name, word in words.items():
+        row = table[parts.tokenizer(word, add_special_tokens=False).input_ids[0]]
+        report[f"{name} norm"] = float(row.norm())
+        report[f"cosine with {name}"] = float(F.cosine_similarity(vector.flatten(), row, dim=0))
+    return report
+
+
+def sds_pull(model: Path, image: Tensor, word: str | None, draws: int = 48, guidance_scale: float = 20.0,
+             token: tuple[str, Tensor] | None = None, seed: int = 0) -> float:
+    """The norm of the SDS pixel gradient at `image` (front prompt naming `word`, or empty), summed over `draws`
+    noise and timestep draws: how hard score distillation pulls that view away from what it is. At a user's true
+    input view a prior that knows the object should pull less than at another object's view."""
+    from nerf.guidance.sds import SDSGuidance
+    from nerf.guidance.stable_diffusion import add_learned_token, load_stable_diffusion
+
+    parts = load_stable_diffusion(str(model), torch.device("cpu"), fp16=False)
+    if token is not None:
+        add_learned_token(parts, *token)
+    prompts = [(text, "") for text in captions(word)] if word else [("", "")]
+    guidance = SDSGuidance(parts, prompts, guidance_scale=guidance_scale)
+    generator = torch.Generator().manual_seed(seed)
+    pixels = image.clone().requires_grad_(True)
+    for _ in range(draws):
+        loss, _ = guidance(pixels, 0, generator=generator)
+        loss.backward()
+    return float(pixels.grad.norm())
+
+
 def check_token(args: argparse.Namespace) -> dict:
-    """Held-out denoising loss of --object named by its word, the initializer and the learned token."""
+    """What a learned token knows of --object: held-out denoising loss under main.py's prompt and under textual
+    inversion's templates (true word, initializer, token, token scaled to the word's norm), the token's embedding,
+    and with --input_view the input view's own loss in both contexts and the SDS pull there."""
     from nerf.guidance.stable_diffusion import load_learned_embeds
 
     if not args.object or not args.initializer:
         raise UserError("--token needs --object family:seed=word and --initializer WORD.")
     obj = parse_object(args.object)
     token, vector = load_learned_embeds(str(args.token))
-    images, directions = held_out_views(obj, model_resolution(args.prior), args.views, args.seed)
-    texts = {name: [captions(word)[int(d)] for d in directions]
-             for name, word in (("true word", obj.word), ("initializer", args.initializer), ("token", token))}
-    losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector), device=args.device)
+    resolution = model_resolution(args.prior)
+    input_view = read_input_view(args.input_view, resolution) if args.input_view is not None else None
+    embedding = embedding_report(args.prior, token, vector, {"true word": obj.word, "initializer": args.initializer})
+    scaled = vector * (embedding["true word norm"] / embedding["token norm"])
+    names = {"true word": obj.word, "initializer": args.initializer, "token": token}
+    contexts = {"prompt": lambda word, k, d: captions(word)[int(d)],
+                "templates": lambda word, k, d: template_captions(word)[k % len(template_captions(word))]}
+    images, directions = held_out_views(obj, resolution, args.views, args.seed)
     report = {"object": args.object, "initializer": args.initializer, "token": str(args.token),
-              "views": len(images), "denoising_loss": losses}
+              "views": len(images), "embedding": embedding, "held_out_loss": {}}
+    for context, caption in contexts.items():
+        texts = {name: [caption(word, k, d) for k, d in enumerate(directions)] for name, word in names.items()}
+        losses = denoising_losses(args.prior, texts, images, args.seed, token=(token, vector), device=args.device)
+        losses["token scaled to the word's norm"] = denoising_losses(
+            args.prior, {"token": texts["token"]}, images, args.seed, token=(token, scaled), device=args.device)["token"]
+        report["held_out_loss"][context] = losses
+    report["denoising_loss"] = report["held_out_loss"]["prompt"]  # the summary line (main.py's context)
+    if input_view is not None:
+        copies = input_view.expand(len(template_captions("x")), -1, -1, -1)  # one copy per template, shared noise
+        front = torch.zeros(len(copies), dtype=torch.long)
+        report["input_view_loss"] = {
+            context: denoising_losses(args.prior, {name: [caption(word, k, d) for k, d in enumerate(front)]
+                                                   for name, word in names.items()},
+                                      copies, args.seed, token=(token, vector), device=args.device)
+            for context, caption in contexts.items()}
+        report["input_view_sds_pull"] = {name: sds_pull(args.prior, input_view, word, token=(token, vector))
+                                         for name, word in {**names, "empty": None}.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "token.json", json.dumps(report, indent=2) + "\n")
     return report
@@ -362,8 +436,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: " + ", ".join(f"{k} {v:.5f}" for k, v in row.items()))
         return 0
     if args.token is not None:
-        losses = check_token(args)["denoising_loss"]
-        print("held-out denoising loss: " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+        report = check_token(args)
+        for context, losses in report["held_out_loss"].items():
+            print(f"held-out denoising loss ({context}): " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+        print("embedding: " + ", ".join(f"{k} {v:.3f}" for k, v in report["embedding"].items()))
+        for context, losses in report.get("input_view_loss", {}).items():
+            print(f"input view loss ({context}): " + ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+        if "input_view_sds_pull" in report:
+            print("SDS pull at the input view: " + ", ".join(f"{k} {v:.4g}"
+                                                          for k, v in report["input_view_sds_pull"].items()))
         return 0
     report = check(args)
     mean = report["mean"]
