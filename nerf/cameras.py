@@ -126,6 +126,11 @@ class CameraBatch:
     def rays(self, num_rays: int = -1, generator: torch.Generator | None = None):
         return get_rays(self.poses, self.focal, self.height, self.height, num_rays, generator)
 
+    def select(self, start: int, stop: int) -> "CameraBatch":
+        """Cameras start..stop-1 of the batch, as a batch of their own."""
+        return CameraBatch(self.poses[start:stop], self.height, self.focal, self.directions[start:stop],
+                           self.theta[start:stop], self.phi[start:stop])
+
     def to(self, device: torch.device | str) -> "CameraBatch":
         return CameraBatch(self.poses.to(device), self.height, self.focal, self.directions.to(device),
                            self.theta.to(device), self.phi.to(device))

@@ -83,10 +83,7 @@ class Frames:
     @torch.no_grad()
     def render(self, camera: CameraBatch, index: int, settings: RenderSettings) -> dict[str, Tensor]:
         """Camera `index` of the batch; outputs as [H, W, ...] float tensors."""
-        view = CameraBatch(camera.poses[index:index + 1], camera.height, camera.focal,
-                           camera.directions[index:index + 1], camera.theta[index:index + 1],
-                           camera.phi[index:index + 1])
-        rays_o, rays_d, _ = view.rays()
+        rays_o, rays_d, _ = camera.select(index, index + 1).rays()
         with self.autocast():
             out = self.renderer.render(rays_o, rays_d, settings, max_ray_batch=self.max_ray_batch)
         size = camera.height
@@ -96,9 +93,8 @@ class Frames:
     def render_lit(self, camera: CameraBatch, indices: range, settings: RenderSettings) -> list[dict[str, Tensor]]:
         """Cameras `indices` of the batch in one render, each lit from its own centre (what `render` gives with
         ``light_d=camera.centers[k]``); outputs as `render`'s, one dict per camera."""
-        rays = [CameraBatch(camera.poses[k:k + 1], camera.height, camera.focal, camera.directions[k:k + 1],
-                            camera.theta[k:k + 1], camera.phi[k:k + 1]).rays()[:2] for k in indices]
-        rays_o, rays_d = (torch.cat([r[i].reshape(-1, 3) for r in rays]) for i in (0, 1))
+        rays_o, rays_d, _ = camera.select(indices.start, indices.stop).rays()  # [B, H*W, 3], camera-major
+        rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
         pixels = camera.height * camera.height
         lights = camera.centers[indices.start:indices.stop].repeat_interleave(pixels, 0)
         lit = dataclasses.replace(settings, light_d=lights)

@@ -52,10 +52,7 @@ class TrainedField:
     @torch.no_grad()
     def render(self, camera: CameraBatch, index: int = 0) -> dict[str, Tensor]:
         """Full-frame render of one camera over white: image [H, W, 3] and opacity [H, W], on the CPU."""
-        view = CameraBatch(camera.poses[index:index + 1], camera.height, camera.focal,
-                           camera.directions[index:index + 1], camera.theta[index:index + 1],
-                           camera.phi[index:index + 1]).to(self.device)
-        rays_o, rays_d, _ = view.rays()
+        rays_o, rays_d, _ = camera.select(index, index + 1).to(self.device).rays()
         out = self.renderer.render(rays_o, rays_d, RenderSettings(), max_ray_batch=self.opt.render.max_ray_batch)
         size = camera.height
         return {"image": out["image"].reshape(size, size, 3).float().clamp(0, 1).cpu(),
