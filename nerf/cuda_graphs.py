@@ -6,10 +6,10 @@ from Python; a CUDA graph records the kernels once and replays them with a singl
 the same arithmetic several times faster (see the README's Performance section). The maths is
 unchanged: the captured kernels are exactly the eager ones.
 
-Graphs need fixed shapes and fixed memory: inputs are copied into buffers owned by the graph and the
-outputs are buffers that the next replay overwrites, so callers consume them before calling again. A
-call with other shapes than the captured ones runs eagerly. When capturing fails (an op that cannot be
-captured, too little memory) the wrapper warns once and runs eagerly from then on.
+Graphs need fixed shapes and fixed memory: inputs are copied into buffers owned by the graph, and the outputs
+(and the input's gradient from a replayed backward) are buffers that the next replay overwrites, so callers
+consume them before calling again. A call with other shapes than the captured ones runs eagerly. When capturing
+fails (an op that cannot be captured, too little memory) the wrapper warns once and runs eagerly from then on.
 """
 
 from __future__ import annotations

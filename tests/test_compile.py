@@ -92,13 +92,14 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog) -
 
 
 def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(loss, image gradient) of a few SDS calls on fixed images, t and noise."""
+    """(loss, image gradient) of a few SDS calls on fixed images, t and noise. Copies: a replayed CUDA graph hands
+    back its own buffers, which the next call overwrites."""
     results = []
     for k in range(calls):
         image = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(k)).to(device).requires_grad_()
         loss, _ = guidance(image, 0, generator=torch.Generator(device).manual_seed(10 + k))
         loss.backward()
-        results.append((loss.detach(), image.grad))
+        results.append((loss.detach().clone(), image.grad.clone()))
     return results
 
 
