@@ -46,7 +46,39 @@ def save_png(path: str | Path, image: Tensor) -> Path:
     return Path(path)
 
 
+def ffmpeg_available() -> bool:
+    """Whether imageio can run an ffmpeg binary (imageio-ffmpeg's own, or $IMAGEIO_FFMPEG_EXE)."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
 def save_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = VIDEO_FPS) -> Path:
+    """H.264 through imageio's ffmpeg; where no ffmpeg binary is installed, MPEG-4 through OpenCV's own FFmpeg
+    build (OpenCV is a dependency anyway), so a machine without ffmpeg still gets its videos."""
+    frames = list(frames)
     with atomic_path(path) as tmp:
-        imageio.mimwrite(tmp, list(frames), fps=fps, quality=8, macro_block_size=1, format="FFMPEG")
+        if ffmpeg_available():
+            imageio.mimwrite(tmp, frames, fps=fps, quality=8, macro_block_size=1, format="FFMPEG")
+        else:
+            write_video_with_opencv(tmp, frames, fps)
     return Path(path)
+
+
+def write_video_with_opencv(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"neither ffmpeg nor OpenCV can write {path.suffix} videos here; install imageio-ffmpeg "
+                           "(pip install imageio-ffmpeg).")
+    try:
+        for frame in frames:  # [H, W, 3] uint8 RGB, as `to_uint8` makes them; OpenCV wants BGR
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    finally:
+        writer.release()
