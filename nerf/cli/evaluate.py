@@ -83,10 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="a toy Zero-1-to-3 of --toy_prior's world (scripts/train-toy-zero123.py): modes zero123 "
                             "and joint")
     suite.add_argument("--toy_zero123_guidance_scale", type=float, default=TOY_ZERO123_GUIDANCE_SCALE,
-                       help="of the toy Zero-1-to-3's runs (default %(default)s: chosen, not yet measured)")
+                       help="of the toy Zero-1-to-3's runs (default %(default)s: main.py's, not measured here)")
     suite.add_argument("--toy_lambda_zero123", type=float, default=TOY_ZERO123_WEIGHT,
-                       help="Zero-1-to-3 SDS weight of the zero123 and joint runs (default 40 x 2^-12: chosen, not "
-                            "yet measured)")
+                       help="Zero-1-to-3 SDS weight of the zero123 and joint runs (default 2.5 x 2^-12: of 40, 10 "
+                            "and 2.5 x 2^-12 the one that kept the input view best, README)")
     suite.add_argument("--ti_steps", type=int, default=500, help="textual-inversion steps of the toy_ti runs")
     suite.add_argument("--ti_initializer", default="dog", help="an unrelated word the toy_ti token starts from")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")

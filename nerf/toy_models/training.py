@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -386,7 +387,19 @@ class Run:
 
     def write_card(self, done: tuple[int, int]) -> None:
         write_card(self.out, self.recipe, self.objects, self.held_out, self.views, (self.size.resolution,
-                   self.latent_side), done, self.state["seconds"], self.device.type)
+                   self.latent_side), done, self.state["seconds"], device_label(self.device))
+
+
+def device_label(device: torch.device) -> str:
+    """"cpu", or "cuda (the card's name)": a card's training record names the card its time was measured on."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def shown_path(path: str) -> str:
+    """`path` relative to the working directory when it lies inside it (a card shows the repository's own
+    examples/... as such), else as given."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def choose_device(name: str | None) -> torch.device:

@@ -163,10 +163,10 @@ class Zero123Training(Run):
 def write_zero123_card(run: Zero123Training, done: tuple[int, int]) -> None:
     """README.md: the recipe, the world (training and held-out instances), how to make the model again."""
     recipe, size = run.recipe, run.size
-    vae = (f"the toy prior's (`{recipe['prior']}`, frozen)" if recipe["prior"]
+    vae = (f"the toy prior's (`{training.shown_path(recipe['prior'])}`, frozen)" if recipe["prior"]
            else f"trained here, {done[0]}/{recipe['steps'][0]} steps")
     options = ["--objects", *recipe["objects"], *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),
-               *(["--prior", recipe["prior"]] if recipe["prior"] else []), "--size", recipe["size"],
+               *(["--prior", training.shown_path(recipe["prior"])] if recipe["prior"] else []), "--size", recipe["size"],
                "--steps", str(done[1]), "--seed", str(recipe["seed"])]
     text = f"""# Toy Zero-1-to-3 (RealFusion tests)
 
@@ -190,7 +190,8 @@ image-conditioned prior end to end. The held-out instances were never shown to i
 - Resolution: {size.resolution}x{size.resolution} images, {run.latent_side}x{run.latent_side}x4 latents (size
   `{recipe["size"]}`); CLIP image encoder: width {size.image["width"]}, {size.image["layers"]} layers, {size.image["patch"]} px patches.
 - Training: VAE {vae}; UNet, image encoder and cc_projection {done[1]}/{recipe["steps"][1]} steps (saved: their
-  EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {run.state["seconds"]:.0f} s on {run.device.type}.
+  EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {run.state["seconds"]:.0f} s on
+  {training.device_label(run.device)}.
 - Regenerate: `python scripts/train-toy-zero123.py OUT {" ".join(options)}` (GPU kernels are not bit-reproducible,
   so a regenerated model is equivalent, not identical). `.cache/` (rendered views and the resumable checkpoint) is
   not part of the model. `objects.json` maps each training and held-out instance to its word.
