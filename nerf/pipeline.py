@@ -35,7 +35,7 @@ from nerf.initializer_file import RESULT_FILE, read_initializer
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER = "_object_"
 # RealFusion's single-image textual-inversion recipe (effective learning rate 5e-4 * 4 = 2e-3).
-TI_RECIPE = ("--learnable_property=object", "--train_batch_size=1", "--gradient_accumulation_steps=4",
+TI_RECIPE = ("--train_batch_size=1", "--gradient_accumulation_steps=4",
              "--learning_rate=5.0e-04", "--scale_lr", "--lr_scheduler=constant", "--lr_warmup_steps=0",
              "--use_augmentations", "--only_save_embeds")
 TI_STEPS = 3000
@@ -246,6 +246,7 @@ class TokenSettings:
     resolution: int | None = None  # None: the model's own (`training_resolution`)
     seed: int | None = None
     mixed_precision: str | None = None  # None: textual_inversion.py's default
+    templates: str = "object"  # --learnable_property: the original's object templates, or "reconstruction"
 
 
 def learn_token(rgba: Path, word: str, folder: Path, settings: TokenSettings) -> Stage:
@@ -257,7 +258,8 @@ def learn_token(rgba: Path, word: str, folder: Path, settings: TokenSettings) ->
     resolution = settings.resolution or training_resolution(settings.model)
     args = [f"--pretrained_model_name_or_path={settings.model}", f"--train_data_dir={data}",
             f"--placeholder_token={PLACEHOLDER}", f"--initializer_token={word}", f"--resolution={resolution}",
-            f"--max_train_steps={settings.steps}", *TI_RECIPE, f"--output_dir={folder}"]
+            f"--max_train_steps={settings.steps}", f"--learnable_property={settings.templates}", *TI_RECIPE,
+            f"--output_dir={folder}"]
     if settings.seed is not None:
         args.append(f"--seed={settings.seed}")
     if settings.mixed_precision is not None:

@@ -3,6 +3,7 @@ learned-token runs plan the same commands for the same input (no subprocess runs
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,18 @@ def test_three_entry_points_plan_the_same_stages(tmp_path: Path, model: str) -> 
     assert token_r.program == token_s.program == token_e.program == pipeline.script("textual-inversion",
                                                                                      "textual_inversion.py")
     for flag in (*pipeline.TI_RECIPE, "--placeholder_token=_object_", "--initializer_token=mug", "--resolution=512",
-                 "--max_train_steps=3000"):
+                 "--max_train_steps=3000", "--learnable_property=object"):
         assert flag in token_r.args
+    # the captions a token is learned in are a setting of the same stage, for the pipeline and the suite alike
+    in_prompt = replace(prior, ti_templates="reconstruction").token_stage(task)
+    assert without(in_prompt.args, (tmp_path / "suite" / "token", "TOKEN")) == [
+        "--learnable_property=reconstruction" if arg == "--learnable_property=object" else arg
+        for arg in without(token_e.args, (tmp_path / "suite" / "token", "TOKEN"))]
+    args_p, extra_p = reconstruct.parse_args([str(rgba), "--workspace", str(work), "--pretrained_model_name_or_path",
+                                              model, "--ti_templates", "reconstruction", "--", *main_args])
+    token_p = reconstruct.later_stages(args_p, extra_p, rgba)[0]
+    assert list(token_p.args) == ["--learnable_property=reconstruction" if arg == "--learnable_property=object" else arg
+                            for arg in token_r.args]
     assert [copy[0] for copy in (*token_r.copies, *token_s.copies, *token_e.copies)] == [rgba, sweep_rgba,
                                                                                          scene / "rgba.png"]
     # the NeRF stage: same options, each entry point's own folders

@@ -415,6 +415,28 @@ def test_templates():
     assert all(t.count("{}") == 1 for t in ti_dataset.OBJECT_TEMPLATES + ti_dataset.STYLE_TEMPLATES)
 
 
+def test_reconstruction_captions_are_the_prompt_main_py_gives_the_input_view(tmp_path, tiny_sd_dir):
+    """--learnable_property reconstruction: the token is learned in the caption that score distillation later uses
+    at the input (front) view, with main.py's default prompt and a learned token."""
+    from nerf.cameras import FRONT
+    from nerf.guidance.stable_diffusion import resolve_prompts
+    from nerf.options import PriorOptions
+
+    torch.save({"_obj_": torch.zeros(8)}, tmp_path / "learned_embeds.bin")
+    prompts = resolve_prompts(PriorOptions(learned_embeds_path=str(tmp_path / "learned_embeds.bin")),
+                              str(tmp_path / "rgba.png"))
+    assert [t.format("_obj_") for t in ti_dataset.TEMPLATES["reconstruction"]] == [prompts.pairs[FRONT][0]]
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    write_rgba(tmp_path / "data" / "rgba.png", seed=1)
+    dataset = ti_dataset.TextualInversionDataset(ti_dataset.load_images(tmp_path / "data"), parts.tokenizer, "_obj_",
+                                                 size=16, repeats=3, learnable_property="reconstruction")
+    expected = parts.tokenizer(prompts.pairs[FRONT][0], padding="max_length", max_length=77,
+                               return_tensors="pt").input_ids[0]
+    assert all(torch.equal(dataset[i]["input_ids"], expected) for i in range(len(dataset)))
+    assert parse_args(["--train_data_dir", "d", "--placeholder_token", "_o_", "--initializer_token", "mug",
+                       "--learnable_property", "reconstruction"]).learnable_property == "reconstruction"
+
+
 # ---------------------------------------------------------------- bad inputs
 
 

@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "and 2.5 x 2^-12 the one that kept the input view best, README)")
     suite.add_argument("--ti_steps", type=int, default=500, help="textual-inversion steps of the toy_ti runs")
     suite.add_argument("--ti_initializer", default="dog", help="an unrelated word the toy_ti token starts from")
+    suite.add_argument("--ti_templates", choices=("object", "reconstruction"), default="object",
+                       help="captions the toy_ti token is learned in: object (the original's templates) or "
+                            "reconstruction (main.py's prompt at the input view)")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
     suite.add_argument("--jobs", type=int, default=1,
                        help="runs in parallel worker processes (several share one GPU well; on a CPU, one per core)")
@@ -129,7 +132,7 @@ def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str
         zero123 = Zero123Run(args.toy_zero123, args.toy_zero123_guidance_scale, args.toy_lambda_zero123)
     return TrainedPrior.load(args.toy_prior, zero123=zero123, guidance_scale=args.guidance_scale,
                              lambda_prior=args.toy_lambda_prior, ti_steps=args.ti_steps,
-                             ti_initializer=args.ti_initializer), modes
+                             ti_initializer=args.ti_initializer, ti_templates=args.ti_templates), modes
 
 
 def print_notices(reports: list[dict]) -> None:

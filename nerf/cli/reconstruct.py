@@ -2,7 +2,7 @@
 """From a photo to a textured mesh in one resumable command.
 
     python scripts/reconstruct.py PHOTO --workspace DIR [--mask_path M] [--initializer_token WORD]
-        [--pretrained_model_name_or_path MODEL] [--ti_steps N] [--skip_ti]
+        [--pretrained_model_name_or_path MODEL] [--ti_steps N] [--ti_templates T] [--skip_ti]
         [--prior sd|zero123|sd+zero123 [--zero123_model MODEL]] [-- main.py options ...]
 
 Stages (planned by `nerf.pipeline`), each run as the command a user would type (shown quoted, then its progress)
@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--ti_steps", type=int, default=pipeline.TI_STEPS, help="textual-inversion steps")
     p.add_argument("--ti_resolution", type=int, default=None,
                    help="textual-inversion image size (default: the model's own, 512 for a hub model)")
+    p.add_argument("--ti_templates", choices=("object", "reconstruction"), default="object",
+                   help="captions the token is learned in: object (the original's templates) or reconstruction "
+                        "(main.py's default prompt at the input view); textual_inversion.py's --learnable_property")
     p.add_argument("--skip_ti", action="store_true", help="prompt with the autoinit word, learn no token")
     p.add_argument("--prior", choices=PRIORS, default="sd",
                    help="prior of the NeRF stage (default sd); zero123 needs no prompt: no autoinit, no token")
@@ -78,7 +81,7 @@ def later_stages(args: argparse.Namespace, extra: Sequence[str], rgba: Path) -> 
     prior = prior_choice(args)
     if prior.uses_sd and not args.skip_ti:
         settings = pipeline.TokenSettings(args.pretrained_model_name_or_path, steps=args.ti_steps,
-                                          resolution=args.ti_resolution)
+                                          resolution=args.ti_resolution, templates=args.ti_templates)
         stages.append(pipeline.learn_token(rgba, pipeline.initializer_word(rgba), work / "token", settings))
         embeds = stages[-1].output
     nerf = work / "nerf"  # the layout `run` reports from

@@ -96,6 +96,7 @@ class TrainedPrior:
     lambda_prior: float = TOY_PRIOR_WEIGHT
     ti_steps: int = 500
     ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
+    ti_templates: str = "object"  # textual inversion's captions (TokenSettings.templates)
     zero123: Zero123Run | None = None  # a toy Zero-1-to-3 of the same world (modes zero123 and joint)
 
     @classmethod
@@ -124,7 +125,7 @@ class TrainedPrior:
     def token_stage(self, task: SuiteTask) -> pipeline.Stage:
         """The pipeline's textual-inversion stage on the scene's input view, from an unrelated word; one token per
         scene (seed 0), shared by the scene's runs at every seed."""
-        settings = pipeline.TokenSettings(str(self.model), steps=self.ti_steps, seed=0,
+        settings = pipeline.TokenSettings(str(self.model), steps=self.ti_steps, seed=0, templates=self.ti_templates,
                                           mixed_precision="fp16" if task.device.startswith("cuda") else "no")
         return pipeline.learn_token(task.scene_dir / "rgba.png", self.ti_initializer, token_folder(task), settings)
 
@@ -259,7 +260,8 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
                              "lambda_prior": prior.lambda_prior,
-                             "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer}
+                             "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer,
+                             "ti_templates": prior.ti_templates}
         if prior.zero123 is not None:
             settings["prior"]["zero123"] = {"model": str(prior.zero123.model),
                                             "guidance_scale": prior.zero123.guidance_scale,

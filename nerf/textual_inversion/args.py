@@ -85,7 +85,9 @@ def add_model_and_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train_data_dir", required=True, help="folder holding the training photo(s)")
     p.add_argument("--placeholder_token", required=True, help="the new token, e.g. _cat_statue_")
     p.add_argument("--initializer_token", required=True, help="an existing one-token word to start from")
-    p.add_argument("--learnable_property", choices=["object", "style"], default="object", help="caption templates")
+    p.add_argument("--learnable_property", choices=["object", "style", "reconstruction"], default="object",
+                   help="caption templates: object (the original's), style, or reconstruction (main.py's default "
+                        "prompt at the input view, 'A high-resolution DSLR image of a <token>, front view')")
     p.add_argument("--repeats", type=int, default=100, help="dataset length = images x repeats")
     p.add_argument("--output_dir", default="text-inversion-model", help="where results and checkpoints go")
     p.add_argument("--seed", type=int, default=None, help="seed of Python, NumPy and torch")

@@ -57,7 +57,22 @@ STYLE_TEMPLATES = [
     "a small painting in the style of {}", "a weird painting in the style of {}",
     "a large painting in the style of {}",
 ]
-TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+def reconstruction_templates() -> list[str]:
+    """main.py's default prompt as score distillation words it at the input view (the front view's suffix), with
+    the token as {}: a token learned in the very caption it is then used in. The object templates teach the token
+    in captions main.py never writes, and a prior may read a word differently in them (README, "Why the token
+    does not yet help")."""
+    from nerf.cameras import FRONT, direction_prompts
+    from nerf.guidance.stable_diffusion import TOKEN_PLACEHOLDER
+    from nerf.options import DEFAULT_PROMPT
+
+    text = DEFAULT_PROMPT.replace(TOKEN_PLACEHOLDER, "{}")
+    return [direction_prompts(text, "", dir_text=True, suppress_face=None)[FRONT][0]]
+
+
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES, "reconstruction": reconstruction_templates()}
 
 
 def list_images(folder: str | Path) -> list[Path]:
