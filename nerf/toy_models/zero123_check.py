@@ -114,6 +114,44 @@ def camera_check(model: Path, views: int = 8, draws: int = 4, seed: int = 0, dev
             "mean": mean}
 
 
+CONDITIONS = ("true", "wrong", "random unet")
+
+
+def sds_alignment(model: Path, instance: str, wrong: str, condition: str = "true", views: int = 4, draws: int = 8,
+                  seed: int = 0, guidance_scale: float = 5.0) -> float:
+    """The cosine between (true render - wrong render) and the Zero-1-to-3 SDS descent direction at the wrong
+    render, averaged over `draws` noise and timestep draws and `views` random training cameras.
+
+    The wrong render is another object (`wrong`, family:seed) seen from the same camera. Conditioned on the true
+    instance's input view ("true"), a model that turns what it sees pulls the pixels towards the true look from that
+    camera. Conditioned on the wrong object's own input view ("wrong"), it pulls towards what is rendered, and a
+    random UNet ("random unet", true input view) has no direction."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
+    parts = load_zero123(str(model), torch.device("cpu"), fp16=False)
+    if condition == "random unet":
+        torch.manual_seed(seed)
+        parts.unet = type(parts.unet).from_config(parts.unet.config)
+    size = parts.image_size
+    generator = torch.Generator().manual_seed(seed)
+    cams = training_cameras(views, size, generator)
+    true_scene, wrong_scene = (make_scene(family, int(number)) for family, _, number in
+                               (instance.partition(":"), wrong.partition(":")))
+    true = over_background(render_rgba(true_scene, cams)).permute(0, 3, 1, 2)
+    rendered = over_background(render_rgba(wrong_scene, cams)).permute(0, 3, 1, 2)
+    front = input_camera(size)
+    seen = wrong_scene if condition == "wrong" else true_scene
+    guidance = Zero123Guidance(parts, RealView(render_rgba(seen, front)[0].cpu(), front), guidance_scale)
+    cosines = []
+    for k in range(views):
+        image = rendered[k:k + 1].clone().requires_grad_(True)
+        for _ in range(draws):
+            loss, _ = guidance(image, 0, camera=cams.select(k, k + 1), generator=generator)
+            loss.backward()
+        cosines.append(float(F.cosine_similarity(-image.grad.flatten(), (true[k] - rendered[k]).flatten(), dim=0)))
+    return float(np.mean(cosines))
+
+
 def psnr(a: Tensor, b: Tensor) -> float:
     return float(-10 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
 
