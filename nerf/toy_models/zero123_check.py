@@ -118,9 +118,10 @@ CONDITIONS = ("true", "wrong", "random unet")
 
 
 def sds_alignment(model: Path, instance: str, wrong: str, condition: str = "true", views: int = 4, draws: int = 8,
-                  seed: int = 0, guidance_scale: float = 5.0) -> float:
+                  seed: int = 0, guidance_scale: float = 5.0, t_range: tuple[float, float] = (0.02, 0.98)) -> float:
     """The cosine between (true render - wrong render) and the Zero-1-to-3 SDS descent direction at the wrong
-    render, averaged over `draws` noise and timestep draws and `views` random training cameras.
+    render, averaged over `draws` noise and timestep draws (in `t_range`, fractions of the schedule, as
+    `--zero123_t_range`) and `views` random training cameras.
 
     The wrong render is another object (`wrong`, family:seed) seen from the same camera. Conditioned on the true
     instance's input view ("true"), a model that turns what it sees pulls the pixels towards the true look from that
@@ -141,7 +142,7 @@ def sds_alignment(model: Path, instance: str, wrong: str, condition: str = "true
     rendered = over_background(render_rgba(wrong_scene, cams)).permute(0, 3, 1, 2)
     front = input_camera(size)
     seen = wrong_scene if condition == "wrong" else true_scene
-    guidance = Zero123Guidance(parts, RealView(render_rgba(seen, front)[0].cpu(), front), guidance_scale)
+    guidance = Zero123Guidance(parts, RealView(render_rgba(seen, front)[0].cpu(), front), guidance_scale, t_range)
     cosines = []
     for k in range(views):
         image = rendered[k:k + 1].clone().requires_grad_(True)
