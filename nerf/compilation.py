@@ -32,8 +32,8 @@ from nerf.fileio import write_text_atomic
 log = logging.getLogger("realfusion")
 COMPILE_MODES = ("auto", "on", "off")
 # A warm-cache load still traces the networks (seconds to tens of seconds); the compiled calls save a few ms per
-# iteration (README "Performance"), so only long runs earn the load back. Set from the benchmark's warm-up time of
-# a warm-cache variant divided by its saving per iteration.
+# iteration (README "Performance"), so only long runs earn the load back. To be set from `benchmark.py recon`'s
+# break-even of a warm-cache `--compile on` variant (`compile_break_even`); 3000 until that is measured.
 AUTO_MIN_ITERS = 3000
 DEFAULT_CACHE = Path.home() / ".cache" / "realfusion" / "inductor"
 MARKERS = "realfusion-compiled"

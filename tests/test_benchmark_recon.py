@@ -47,3 +47,17 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_
     assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
     assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
+
+
+def test_compile_break_even_pairs_each_compiled_variant_with_its_eager_twin():
+    from nerf.benchmarks.recon import compile_break_even
+
+    rows = [{"variant": "default", "ms_per_iter": 60.0, "warmup_s": 5.0},
+            {"variant": "--compile on", "ms_per_iter": 52.0, "warmup_s": 85.0},
+            {"variant": "--normal_type pred", "ms_per_iter": 55.0, "warmup_s": 2.0},
+            {"variant": "--compile on --normal_type pred", "ms_per_iter": 56.0, "warmup_s": 12.0},
+            {"variant": "--compile on --no_cuda_graph", "ms_per_iter": 40.0, "warmup_s": 9.0}]
+    even = compile_break_even(rows)
+    assert set(even) == {"--compile on", "--compile on --normal_type pred"}  # the third has no eager twin
+    assert even["--compile on"] == {"extra_warmup_s": 80.0, "saved_ms_per_iter": 8.0, "break_even_iters": 10000.0}
+    assert even["--compile on --normal_type pred"]["break_even_iters"] == float("inf")  # slower: never pays back

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import math
 import shlex
 import statistics
 import tempfile
@@ -338,6 +339,25 @@ def one_stable_diffusion() -> Iterator[dict[tuple, Any]]:
         yield loaded
 
 
+def compile_break_even(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """For each `--compile on` variant measured beside its eager twin (the same flags without it): the extra warm-up
+    seconds (the compilation, cold or from the cache), the saving per iteration, and the iterations after which
+    compiling has paid for itself (inf when it saves nothing). `nerf.compilation.AUTO_MIN_ITERS` comes from these."""
+    by_flags = {" ".join(r["variant"].replace("default", "").split()): r for r in rows}
+    out = {}
+    for flags, row in by_flags.items():
+        if "--compile on" not in flags:
+            continue
+        twin = by_flags.get(" ".join(flags.replace("--compile on", "").split()))
+        if twin is None:
+            continue
+        extra_s = row["warmup_s"] - twin["warmup_s"]
+        saved_ms = twin["ms_per_iter"] - row["ms_per_iter"]
+        out[row["variant"]] = {"extra_warmup_s": extra_s, "saved_ms_per_iter": saved_ms,
+                               "break_even_iters": 1000 * extra_s / saved_ms if saved_ms > 0 else math.inf}
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import CLIPTextConfig
 
@@ -361,6 +381,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
                               "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps,
                                            "stable_diffusion_loads": len(loaded)}}
+    result["compile_break_even"] = compile_break_even(rows)
+    for variant, even in result["compile_break_even"].items():
+        print(f"{variant}: {even['extra_warmup_s']:.1f} s more warm-up, {even['saved_ms_per_iter']:.2f} ms saved per "
+              f"iteration: pays back after {even['break_even_iters']:.0f} iterations")
     if full is not None:
         result["full_run"] = full
         print(report_full(full))
