@@ -301,3 +301,24 @@ def test_sampled_views_follow_the_camera(parts) -> None:
     assert front.shape == (1, 3, 16, 16) and 0 <= front.min() and front.max() <= 1
     assert torch.equal(front, sample(camera(75.0, 0.0)))
     assert (front - sample(camera(75.0, 150.0))).abs().max() > 1e-4
+
+
+@pytest.mark.gpu
+def test_the_fp16_cuda_path_predicts_what_the_fp32_cpu_path_does() -> None:
+    """The shipped toy model (trained weights: a real range of activations) on CUDA in fp16 against the CPU in fp32,
+    on the same noisy latents: fp16 rounding is about 1e-3 of the prediction, a wrong cast or scale is far more."""
+    from nerf.toy_models.world import input_camera
+    from nerf.scenes.procedural import make_scene
+    from nerf.scenes.raytrace import render_rgba
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "toy-zero123"
+    front = input_camera(64)
+    reference = RealView(render_rgba(make_scene("union", 100), front)[0].cpu(), front)
+    noisy = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    side = fixed_cameras(60.0, torch.tensor([90.0, 200.0]), 1.8, 55.0, 64)
+    predictions = []
+    for device, fp16 in ((CPU, False), (torch.device("cuda"), True)):
+        guidance = Zero123Guidance(load_zero123(str(model), device, fp16=fp16), reference)
+        predictions.append(guidance.predict_noise(noisy.to(device), 500, side.to(device)).float().cpu())
+    error = (predictions[1] - predictions[0]).norm() / predictions[0].norm()
+    assert error < 0.02, float(error)
