@@ -343,7 +343,7 @@ def compile_break_even(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]
     """For each `--compile on` variant measured beside its eager twin (the same flags without it): the extra warm-up
     seconds (the compilation, cold or from the cache), the saving per iteration, and the iterations after which
     compiling has paid for itself (inf when it saves nothing). `nerf.compilation.AUTO_MIN_ITERS` comes from these."""
-    by_flags = {" ".join(r["variant"].replace("default", "").split()): r for r in rows}
+    by_flags = {"" if r["variant"] == "default" else " ".join(r["variant"].split()): r for r in rows}
     out = {}
     for flags, row in by_flags.items():
         if "--compile on" not in flags:
