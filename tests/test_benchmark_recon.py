@@ -49,6 +49,23 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
 
 
+def test_recon_benchmark_splits_both_priors_of_a_joint_variant(tiny_sd_dir, tmp_path):
+    from nerf.toy_models.tiny_zero123 import write_model
+
+    zero123 = write_model(tmp_path / "zero123")
+    out = tmp_path / "recon.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
+         "--zero123_dir", str(zero123), "--warmup", "1", "--steps", "2", "--split_steps", "1",
+         "--variants", "--guidance sd+zero123", "--main_args", SMALL, "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["variant"] == "--guidance sd+zero123"
+    for stage in ("vae_encode", "unet"):  # both priors' encoders and UNets are timed
+        assert row[f"{stage}_ms"] > 0, stage
+
+
 def test_compile_break_even_pairs_each_compiled_variant_with_its_eager_twin():
     from nerf.benchmarks.recon import compile_break_even
 
@@ -61,3 +78,7 @@ def test_compile_break_even_pairs_each_compiled_variant_with_its_eager_twin():
     assert set(even) == {"--compile on", "--compile on --normal_type pred"}  # the third has no eager twin
     assert even["--compile on"] == {"extra_warmup_s": 80.0, "saved_ms_per_iter": 8.0, "break_even_iters": 10000.0}
     assert even["--compile on --normal_type pred"]["break_even_iters"] == float("inf")  # slower: never pays back
+
+    # an explicit `--compile off` twin is preferred: under `auto`, a variant may compile what an earlier one cached
+    rows += [{"variant": "--compile off", "ms_per_iter": 62.0, "warmup_s": 4.0}]
+    assert compile_break_even(rows)["--compile on"]["saved_ms_per_iter"] == 10.0

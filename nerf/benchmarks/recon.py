@@ -113,7 +113,8 @@ def instrumented(trainer) -> Iterator[StageTimer]:
         return run
 
     renderer, scaler, objective = trainer.renderer, trainer.scaler, trainer.objective
-    guidance = objective.guidance
+    from nerf.guidance import prior_members
+
     patches = [(objective, "real_step", in_phase("real", objective.real_step)),
                (objective, "synthetic_step", in_phase("synthetic", objective.synthetic_step)),
                (renderer, "render", timer.wrap(renderer.render, lambda: f"{phase['name']}_render")),
@@ -121,9 +122,10 @@ def instrumented(trainer) -> Iterator[StageTimer]:
                (scaler, "step", timer.wrap(scaler.step, "optimizer_grid")),
                (scaler, "update", timer.wrap(scaler.update, "optimizer_grid")),
                (torch.autograd, "backward", timer.wrap(torch.autograd.backward, "backward"))]
-    if guidance is not None:
-        patches += [(guidance, "moments", timer.wrap(guidance.moments, "vae_encode")),
-                    (guidance, "predict_noise", timer.wrap(guidance.predict_noise, "unet"))]
+    for member in prior_members(objective.guidance) if objective.guidance is not None else ():
+        encoder = "moments" if hasattr(member, "moments") else "encode"  # Stable Diffusion's VAE step, else the posterior
+        patches += [(member, encoder, timer.wrap(getattr(member, encoder), "vae_encode")),
+                    (member, "predict_noise", timer.wrap(member.predict_noise, "unet"))]
     originals = [(owner, name, vars(owner).get(name)) for owner, name, _ in patches]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
@@ -340,15 +342,17 @@ def one_stable_diffusion() -> Iterator[dict[tuple, Any]]:
 
 
 def compile_break_even(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """For each `--compile on` variant measured beside its eager twin (the same flags without it): the extra warm-up
-    seconds (the compilation, cold or from the cache), the saving per iteration, and the iterations after which
-    compiling has paid for itself (inf when it saves nothing). `nerf.compilation.AUTO_MIN_ITERS` comes from these."""
+    """For each `--compile on` variant measured beside its eager twin (the same flags with `--compile off`, else
+    without a compile flag: `auto` may compile what an earlier variant cached): the extra warm-up seconds (the
+    compilation, cold or from the cache), the saving per iteration, and the iterations after which compiling has
+    paid for itself (inf when it saves nothing). `nerf.compilation.AUTO_MIN_ITERS` comes from these."""
     by_flags = {"" if r["variant"] == "default" else " ".join(r["variant"].split()): r for r in rows}
     out = {}
     for flags, row in by_flags.items():
         if "--compile on" not in flags:
             continue
-        twin = by_flags.get(" ".join(flags.replace("--compile on", "").split()))
+        twin = by_flags.get(" ".join(flags.replace("--compile on", "--compile off").split()),
+                            by_flags.get(" ".join(flags.replace("--compile on", "").split())))
         if twin is None:
             continue
         extra_s = row["warmup_s"] - twin["warmup_s"]
