@@ -1,9 +1,10 @@
 """torch.compile of the frozen diffusion networks of score distillation (`--compile auto|on|off`).
 
-Compiling the UNet call and the VAE encoder fuses their many small kernels, but costs over a minute the first
-time (79 s for SD 1.5's UNet on an H100, README "Performance"), more than it saves in a default run. Inductor
-keeps what it compiled in a persistent per-user cache (`cache_dir`), so later runs of the same model, card and
-shapes load the compiled code instead of compiling it again.
+Compiling the UNet call and the VAE encoder fuses their many small kernels, but the first compilation adds about
+a minute (63 s on an H100 with 16 cores, README "Performance"): a default run of 5000 iterations earns it back only
+after about 3400 of them, and a host with fewer cores compiles slower. Inductor keeps what it compiled in a
+persistent per-user cache (`cache_dir`), so later runs of the same model, card and shapes load the compiled code
+instead of compiling it again.
 
 The one rule of ``auto`` (`resolve`): compile only on CUDA, only when the run is at least `AUTO_MIN_ITERS`
 iterations long, and only a function whose compiled code for this model, card, torch and input shapes is
@@ -31,10 +32,9 @@ from nerf.fileio import write_text_atomic
 
 log = logging.getLogger("realfusion")
 COMPILE_MODES = ("auto", "on", "off")
-# A warm-cache load still traces the networks (seconds to tens of seconds); the compiled calls save a few ms per
-# iteration (README "Performance"), so only long runs earn the load back. To be set from `benchmark.py recon`'s
-# break-even of a warm-cache `--compile on` variant (`compile_break_even`); 3000 until that is measured.
-AUTO_MIN_ITERS = 3000
+# A warm-cache load still traces the networks: on an H100 (README "Performance") it added 12.9 s to the warm-up and
+# saved 16.7 ms per iteration, so it pays back after about 770 iterations; 1000 leaves a margin for slower hosts.
+AUTO_MIN_ITERS = 1000
 DEFAULT_CACHE = Path.home() / ".cache" / "realfusion" / "inductor"
 MARKERS = "realfusion-compiled"
 

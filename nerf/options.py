@@ -80,7 +80,7 @@ class PriorOptions:
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile of Stable Diffusion's UNet call and VAE encoder (inside the CUDA graphs when both are on), with
     the compiled code cached per user ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/realfusion/inductor). on: compile
-    (over a minute the first time). auto: only on CUDA, for runs of at least 3000 iterations, and only what an
+    (over a minute the first time). auto: only on CUDA, for runs of at least 1000 iterations, and only what an
     earlier --compile on run cached for this model, card and shapes (never a cold compile; nerf/compilation.py)."""
 
 

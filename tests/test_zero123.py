@@ -289,6 +289,20 @@ def test_benchmark_variants_naming_zero123_get_a_model(zero123_dir: Path) -> Non
     assert zero123_flags("--guidance zero123 --zero123_model m", args) == "--guidance zero123 --zero123_model m"
 
 
+def test_the_builder_passes_the_run_s_compile_and_graph_settings_to_both_networks(zero123_dir: Path) -> None:
+    from nerf.compilation import Compiled
+    from nerf.guidance import PriorContext
+    from nerf.guidance.zero123 import build
+    from nerf.options import PriorOptions
+
+    prior = PriorOptions(guidance="zero123", zero123_model=str(zero123_dir), cuda_graph=True)
+    guidance = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="if_cached"))
+    assert isinstance(guidance.moments, Compiled) and isinstance(guidance.both_branches, Compiled)
+    assert guidance.moments.mode == guidance.both_branches.mode == "if_cached"  # on the CPU: no graph wrappers
+    off = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="off"))
+    assert off.moments == off.encode_moments and off.both_branches == off.both_branches_eager
+
+
 def test_sampled_views_follow_the_camera(parts) -> None:
     from nerf.guidance.zero123_sampling import sample_view
 
@@ -322,3 +336,33 @@ def test_the_fp16_cuda_path_predicts_what_the_fp32_cpu_path_does() -> None:
         predictions.append(guidance.predict_noise(noisy.to(device), 500, side.to(device)).float().cpu())
     error = (predictions[1] - predictions[0]).norm() / predictions[0].norm()
     assert error < 0.02, float(error)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("fp16", "compile"), [(False, "off"), (True, "off"), (True, "on")])
+def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(zero123_dir: Path, fp16: bool, compile: str) -> None:
+    """Zero-1-to-3's UNet call and VAE encoder replayed as CUDA graphs (of compiled code with `compile` on) give the
+    eager losses and image gradients over calls with new cameras, t and noise (the first call captures, the later
+    ones replay); compiled code differs from eager kernels by rounding only."""
+    cuda = torch.device("cuda")
+    parts = load_zero123(str(zero123_dir), cuda, fp16=fp16)
+    eager = Zero123Guidance(parts, view())
+    graphed = Zero123Guidance(parts, view(), cuda_graph=True, compile=compile)
+    rtol = 1e-2 if compile == "on" else 1e-3
+    images = torch.rand(4, 1, 3, 16, 16, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
+
+    def run(guidance: Zero123Guidance, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        x = images[k].clone().requires_grad_()
+        loss, stats = guidance(x, 0, camera=camera(70.0 + 5 * k, 40.0 * k).to(cuda),
+                               generator=torch.Generator(cuda).manual_seed(10 + k))
+        loss.backward()
+        return loss.detach().clone(), x.grad.clone(), float(stats["zero123_t"])
+
+    for k in range(4):
+        loss_e, grad_e, t_e = run(eager, k)
+        loss_g, grad_g, t_g = run(graphed, k)
+        assert t_e == t_g
+        torch.testing.assert_close(loss_g, loss_e, rtol=rtol, atol=1e-6)
+        torch.testing.assert_close(grad_g, grad_e, rtol=rtol, atol=rtol * grad_e.abs().max().item())
+    assert graphed.both_branches.graph is not None and graphed.moments.graphed is not None
+    assert not graphed.both_branches.failed and not graphed.moments.failed

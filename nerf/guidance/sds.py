@@ -9,15 +9,11 @@ resize into the renderer as the surrogate loss (`surrogate.py`); the objective m
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nerf.compilation import Compiled
-from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
+from nerf.guidance.frozen_calls import accelerated, half_autocast, posterior_moments, sample_latents
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
     add_learned_token,
@@ -68,15 +64,12 @@ class SDSGuidance:
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
         self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
-        self.moments: Callable[[torch.Tensor], torch.Tensor] = self.encode_moments
-        self.predict_noise: Callable[..., torch.Tensor] = self.predict_noise_eager
-        if compile != "off":
-            identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
-            self.moments = Compiled(self.encode_moments, "VAE encoder", compile, identity)
-            self.predict_noise = Compiled(self.predict_noise_eager, "UNet", compile, identity)
-        if cuda_graph and parts.device.type == "cuda":
-            self.moments = GraphedDifferentiable(self.moments, "VAE encoder")
-            self.predict_noise = GraphedInference(self.predict_noise, "UNet")
+        identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
+        speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
+        self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
+            self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
+        self.predict_noise: Callable[..., torch.Tensor] = accelerated(
+            self.predict_noise_eager, "UNet", differentiable=False, **speed_ups)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
@@ -88,33 +81,13 @@ class SDSGuidance:
         states = self.parts.text_encoder(ids)[0]
         return states.reshape(len(prompts), 2, *states.shape[1:])
 
-    def autocast(self):
-        """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32.
-
-        The cast cache is off: it would keep tensors alive across CUDA-graph capture and replay."""
-        if self.parts.dtype != torch.float16:
-            return nullcontext()
-        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16, cache_enabled=False)
-
     def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
         """The VAE posterior's [mean, logvar] (at least fp32) for a [1, 3, h, w] image in [0, 1] at SD's size."""
-        size = self.image_size
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        vae = self.parts.vae
-        # The VAE's one attention layer has a single 512-wide head over 64x64 positions: the fused attention
-        # kernels are slow at that width (their backward above all), plain matrix products are not.
-        with self.autocast(), sdpa_kernel(SDPBackend.MATH):
-            moments = vae.encoder(x * 2 - 1)
-            if vae.quant_conv is not None:
-                moments = vae.quant_conv(moments)
-        return moments.to(torch.promote_types(moments.dtype, torch.float32))
+        return posterior_moments(self.parts.vae, image, self.image_size, self.parts.dtype)
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        posterior = DiagonalGaussianDistribution(self.moments(image))
-        return posterior.sample(generator) * self.parts.vae.config.scaling_factor
+        return sample_latents(self.moments(image), self.parts.vae.config.scaling_factor, generator)
 
     def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """The noise prediction, fp32, for a batch of noisy latents at timesteps `steps`.
@@ -122,7 +95,7 @@ class SDSGuidance:
         A v-prediction UNet (e.g. SD 2.x 768-v) predicts v = sqrt(abar) eps - sqrt(1 - abar) z_0; with
         z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps that gives eps = sqrt(abar) v + sqrt(1 - abar) z_t. The
         conversion is linear in the UNet's output, so classifier-free guidance may follow it."""
-        with self.autocast():
+        with half_autocast(self.parts.dtype, self.parts.device):
             out = self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
         if self.prediction_type == "v_prediction":
             abar = self.alphas_cumprod[steps].view(-1, 1, 1, 1)

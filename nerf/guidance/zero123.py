@@ -14,14 +14,14 @@ seen from above, as Zero-1-to-3's own; the input camera sits at ``--pose_angle``
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from nerf.errors import UserError
+from nerf.guidance.frozen_calls import accelerated, half_autocast, posterior_moments, sample_latents
 from nerf.guidance.surrogate import surrogate_loss
 from nerf.guidance.zero123_model import FLAG, MODEL_FORMS, Zero123Parts, load_zero123
 
@@ -61,19 +61,25 @@ class Zero123Guidance:
     term = "zero123"
 
     def __init__(self, parts: Zero123Parts, view: RealView, guidance_scale: float = 5.0,
-                 t_range: tuple[float, float] = (0.02, 0.98)) -> None:
+                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off") -> None:
+        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
+        `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs."""
         self.parts = parts
         self.reference = view.camera.to(parts.device)
         self.guidance_scale = guidance_scale
         steps = len(parts.alphas_cumprod)
         self.min_step, self.max_step = int(t_range[0] * steps), min(int(t_range[1] * steps), steps - 1)
         self.image_embedding, self.input_latent = self.encode_input(view)
+        identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
+        speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
+        self.moments: Callable[[Tensor], Tensor] = accelerated(
+            self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
+        self.both_branches: Callable[[Tensor, Tensor, Tensor], Tensor] = accelerated(
+            self.both_branches_eager, "Zero-1-to-3 UNet", differentiable=False, **speed_ups)
 
     def autocast(self):
         """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32."""
-        if self.parts.dtype != torch.float16:
-            return nullcontext()
-        return torch.autocast(device_type=self.parts.device.type, dtype=torch.float16)
+        return half_autocast(self.parts.dtype, self.parts.device)
 
     @torch.no_grad()
     def encode_input(self, view: RealView) -> tuple[Tensor, Tensor]:
@@ -88,29 +94,36 @@ class Zero123Guidance:
             latent = parts.vae.encode(pixels * 2 - 1).latent_dist.mode()
         return embedding.to(parts.dtype), latent.to(parts.dtype)
 
+    def encode_moments(self, image: Tensor) -> Tensor:
+        """The VAE posterior's [mean, logvar] (at least fp32) of a rendered [1, 3, h, w] image at the model's size."""
+        return posterior_moments(self.parts.vae, image, self.parts.image_size, self.parts.dtype)
+
     def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        size = self.parts.image_size
-        x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        with self.autocast():
-            posterior = self.parts.vae.encode(x * 2 - 1).latent_dist
-        return posterior.sample(generator).float() * self.parts.vae.config.scaling_factor
+        return sample_latents(self.moments(image), self.parts.vae.config.scaling_factor, generator)
 
-    @torch.no_grad()
-    def predict_noise(self, noisy: Tensor, t: int, camera: CameraBatch) -> Tensor:
-        """The classifier-free guided noise prediction (fp32) for noisy latents [B, 4, h, w] seen by `camera`."""
+    def both_branches_eager(self, noisy: Tensor, steps: Tensor, pose: Tensor) -> Tensor:
+        """The UNet's noise predictions (fp32), conditional then unconditional, [2B, 4, h, w], for noisy latents
+        [B, 4, h, w] at timesteps `steps` [2B] seen from relative cameras `pose` [B, 4]: a function of tensors
+        only, so that it can be captured as a CUDA graph."""
         parts = self.parts
         batch = noisy.shape[0]
-        pose = relative_camera(camera, self.reference).to(device=parts.device, dtype=parts.dtype)
         with self.autocast():
+            pose = pose.to(parts.dtype)
             condition = parts.cc_projection(torch.cat([self.image_embedding.expand(batch, -1, -1), pose[:, None]], -1))
             latent = self.input_latent.expand(batch, -1, -1, -1)
             embedding = torch.cat([condition, torch.zeros_like(condition)])
             inputs = torch.cat([torch.cat([noisy, noisy]).to(latent.dtype),
                                 torch.cat([latent, torch.zeros_like(latent)])], dim=1)
-            steps = torch.full((2 * batch,), t, device=noisy.device, dtype=torch.long)
-            eps = parts.unet(inputs, steps, encoder_hidden_states=embedding).sample.float()
-        conditional, unconditional = eps.chunk(2)
+            return parts.unet(inputs, steps, encoder_hidden_states=embedding).sample.float()
+
+    @torch.no_grad()
+    def predict_noise(self, noisy: Tensor, t: int, camera: CameraBatch) -> Tensor:
+        """The classifier-free guided noise prediction (fp32) for noisy latents [B, 4, h, w] seen by `camera`."""
+        batch = noisy.shape[0]
+        pose = relative_camera(camera, self.reference).to(self.parts.device)
+        steps = torch.full((2 * batch,), t, device=noisy.device, dtype=torch.long)
+        conditional, unconditional = self.both_branches(noisy, steps, pose).chunk(2)
         return unconditional + self.guidance_scale * (conditional - unconditional)
 
     def __call__(self, image: Tensor, direction: int, *, camera: CameraBatch,
@@ -138,4 +151,4 @@ def build(prior: PriorOptions, context: PriorContext) -> Zero123Guidance:
         raise UserError(f"--guidance {prior.guidance} needs {FLAG}: {MODEL_FORMS}.")
     parts = load_zero123(prior.zero123_model, context.device, fp16=context.fp16)
     return Zero123Guidance(parts, context.view, guidance_scale=prior.zero123_guidance_scale,
-                           t_range=prior.zero123_t_range)
+                           t_range=prior.zero123_t_range, cuda_graph=prior.cuda_graph, compile=context.compile)

@@ -1,0 +1,59 @@
+"""The calls of score distillation into its frozen networks, one recipe for every prior.
+
+Each prior calls two frozen networks at every iteration with the same shapes: the VAE encoder (forward and backward
+to the rendered image) and the denoising UNet (no gradient). Both are what a CUDA graph replays and what
+`torch.compile` fuses, so a prior builds them once through `accelerated`, and Stable Diffusion and Zero-1-to-3 get the
+same speed-ups from the same code.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from nerf.compilation import Compiled
+from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
+
+
+def half_autocast(dtype: torch.dtype, device: torch.device) -> AbstractContextManager:
+    """fp16 autocast when the weights are fp16 (CUDA); a no-op in fp32.
+
+    The cast cache is off: it would keep tensors alive across CUDA-graph capture and replay."""
+    if dtype != torch.float16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16, cache_enabled=False)
+
+
+def posterior_moments(vae: Any, image: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    """The VAE posterior's [mean, logvar] (at least fp32) of [B, 3, h, w] images in [0, 1], resized to `size`."""
+    x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+    # The VAE's one attention layer has a single 512-wide head: the fused attention kernels are slow at that width
+    # (their backward above all), plain matrix products are not.
+    with half_autocast(dtype, x.device), sdpa_kernel(SDPBackend.MATH):
+        moments = vae.encoder(x * 2 - 1)
+        if vae.quant_conv is not None:
+            moments = vae.quant_conv(moments)
+    return moments.to(torch.promote_types(moments.dtype, torch.float32))
+
+
+def sample_latents(moments: Tensor, scaling_factor: float, generator: torch.Generator | None = None) -> Tensor:
+    """Scaled latents drawn from the posterior given by `moments` (the one random draw of the encoding)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return DiagonalGaussianDistribution(moments).sample(generator) * scaling_factor
+
+
+def accelerated(fn: Callable[..., Tensor], name: str, *, differentiable: bool, device: torch.device,
+                cuda_graph: bool, compile: str, identity: dict[str, Any]) -> Callable[..., Tensor]:
+    """`fn` compiled (`compile` "on" or "if_cached", `nerf.compilation`) and, on CUDA with `cuda_graph`, captured and
+    replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call."""
+    if compile != "off":
+        fn = Compiled(fn, name, compile, identity)
+    if cuda_graph and device.type == "cuda":
+        fn = GraphedDifferentiable(fn, name) if differentiable else GraphedInference(fn, name)
+    return fn
