@@ -28,6 +28,7 @@ AlbedoFn = Callable[[Tensor], Tensor]
 
 DILATE_PX = 3  # texels around each chart filled with the nearest baked colour (no dark seams when filtered)
 ATLAS_PADDING_PX = 2  # gap xatlas leaves between charts
+FACES_PER_ATLAS_PIECE = 6_250  # a mesh is charted in pieces of about this many faces (see `unwrap`)
 
 
 class Mesh(NamedTuple):
@@ -102,15 +103,39 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target: int | None) -> tup
     return v.astype(np.float32), f.astype(np.int64)
 
 
+def split_faces(vertices: np.ndarray, faces: np.ndarray, pieces: int) -> list[np.ndarray]:
+    """Face indices in `pieces` (a power of two) spatially compact groups of equal size: a k-d split of the face
+    centroids, each group halved across its longest extent."""
+    centroids = vertices[faces].mean(1)
+    groups = [np.arange(len(faces))]
+    while len(groups) < pieces:
+        halves = []
+        for group in groups:
+            points = centroids[group]
+            axis = int(np.argmax(points.max(0) - points.min(0)))
+            order = group[np.argsort(points[:, axis], kind="stable")]
+            halves += [order[: len(order) // 2], order[len(order) // 2 :]]
+        groups = halves
+    return groups
+
+
 def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xatlas UV atlas. Returns (vertex_of_uv [M] into `vertices`, faces into the M uv vertices, uv [M, 2]).
 
-    uv is in image convention: u to the right, v downwards, both in [0, 1].
+    uv is in image convention: u to the right, v downwards, both in [0, 1]. xatlas's time grows faster than the
+    face count (large curved charts fall back to its slow piecewise parameterisation) and it works on several
+    meshes in parallel, so a large mesh is cut into compact pieces of about `FACES_PER_ATLAS_PIECE` faces, all
+    charted into one atlas (README "Performance": 50,000 faces from 14.5 s to under 5 s on 2 cores).
     """
     import xatlas
 
+    pieces = 2 ** max(0, int(np.ceil(np.log2(max(1, len(faces) / FACES_PER_ATLAS_PIECE)))))
     atlas = xatlas.Atlas()
-    atlas.add_mesh(vertices, faces.astype(np.uint32))
+    used_vertices = []
+    for group in split_faces(vertices, faces, pieces):
+        used, local_faces = np.unique(faces[group], return_inverse=True)
+        atlas.add_mesh(vertices[used], local_faces.reshape(-1, 3).astype(np.uint32))
+        used_vertices.append(used)
     chart_options = xatlas.ChartOptions()
     chart_options.max_iterations = 0  # as the original: fast charts, good enough for a baked albedo
     pack_options = xatlas.PackOptions()
@@ -118,8 +143,14 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int) -> tuple[
     pack_options.padding = ATLAS_PADDING_PX
     pack_options.bilinear = True
     atlas.generate(chart_options=chart_options, pack_options=pack_options)
-    vertex_of_uv, uv_faces, uv = atlas[0]
-    return vertex_of_uv.astype(np.int64), uv_faces.astype(np.int64), uv.astype(np.float32)
+    vertex_of_uv, uv_faces, uv, offset = [], [], [], 0
+    for index, used in enumerate(used_vertices):
+        piece_vertex, piece_faces, piece_uv = atlas[index]
+        vertex_of_uv.append(used[piece_vertex.astype(np.int64)])
+        uv_faces.append(piece_faces.astype(np.int64) + offset)
+        uv.append(piece_uv)
+        offset += len(piece_vertex)
+    return np.concatenate(vertex_of_uv), np.concatenate(uv_faces), np.concatenate(uv).astype(np.float32)
 
 
 def rasterize(uv_tri: Tensor, size: int, chunk: int = 16384) -> tuple[Tensor, Tensor]:

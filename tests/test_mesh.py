@@ -10,7 +10,8 @@ import torch
 import trimesh
 
 from nerf.errors import UserError
-from nerf.mesh import dilate, export_mesh, rasterize
+from nerf import mesh as mesh_module
+from nerf.mesh import dilate, export_mesh, rasterize, split_faces
 
 RADIUS = 0.5
 FLOATER_CENTRE = torch.tensor([0.75, 0.75, 0.75])
@@ -130,6 +131,29 @@ def test_decimation_reaches_the_target_and_keeps_the_shape(tmp_path: Path) -> No
     v, _, faces, _ = read_obj(paths["obj"])
     assert len(faces) <= 2000
     assert np.abs(np.linalg.norm(v, axis=1) - RADIUS).max() < 0.03 * RADIUS
+
+
+def test_split_faces_is_a_balanced_partition_into_compact_pieces() -> None:
+    rng = np.random.default_rng(0)
+    vertices = rng.uniform(-1, 1, (3000, 3)).astype(np.float32)
+    faces = rng.integers(0, len(vertices), (1001, 3))
+    groups = split_faces(vertices, faces, 8)
+    assert len(groups) == 8 and sorted(np.concatenate(groups).tolist()) == list(range(len(faces)))
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
+    centroids = vertices[faces].mean(1)
+    whole = (centroids.max(0) - centroids.min(0)).prod()
+    assert all((centroids[g].max(0) - centroids[g].min(0)).prod() < whole / 4 for g in groups)
+
+
+def test_a_mesh_charted_in_many_pieces_is_welded_and_textured(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mesh_module, "FACES_PER_ATLAS_PIECE", 800)  # 16 pieces of the sphere's 12,000 faces
+    paths = export_mesh(sphere_density, albedo, 1.0, tmp_path, resolution=72, decimate_target=None, texture_size=256)
+    v, vt, faces, uv_faces = read_obj(paths["obj"])
+    assert trimesh.Trimesh(v, faces, process=False).is_watertight  # the pieces share their cut's vertices
+    assert vt.min() >= 0 and vt.max() <= 1 and uv_faces.max() == len(vt) - 1
+    mesh = trimesh.load(paths["obj"], force="mesh")
+    error = texture_error(mesh, np.asarray(mesh.visual.material.image.convert("RGB")))
+    assert error.mean() < 0.015 and np.quantile(error, 0.99) < 0.05
 
 
 @pytest.mark.parametrize("value, match", [(0.0, "no density above"), (50.0, "everywhere")])
