@@ -5,6 +5,7 @@ each sample against ground-truth renders of that object from that side, of other
     python scripts/check-toy-prior.py [PRIOR] --token EMBEDS --object FAMILY:SEED=WORD --initializer WORD
     python scripts/check-toy-prior.py [PRIOR] --contexts [--views V] [--device cuda]
     python scripts/check-toy-prior.py --zero123 MODEL [--views V] [--steps S] [--seed S] [--device cuda]
+    python scripts/check-toy-prior.py PRIOR --joint ZERO123 [--seed S]
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -30,6 +31,10 @@ With --zero123, a toy Zero-1-to-3 (scripts/train-toy-zero123.py) is checked inst
 on its held-out instances, the denoising loss of V views with the true and with wrong relative cameras, of the
 input view at the zero camera and at other cameras, and the PSNR against the input view of views sampled (S steps)
 at the zero camera and at turned ones. OUT gets zero123.json.
+
+With --joint, the class prior PRIOR and a toy Zero-1-to-3 are compared as `--guidance sd+zero123` combines them
+(`nerf.toy_models.joint_check`): at renders of another object, each prior's SDS direction towards the true render,
+the angle between the two, their weighted sum's direction and the ratio of their weighted sizes. OUT gets joint.json.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="denoising loss of the held-out instances by caption context and word")
     p.add_argument("--zero123", type=Path, metavar="MODEL",
                    help="check a toy Zero-1-to-3 folder (scripts/train-toy-zero123.py) instead of PRIOR")
+    p.add_argument("--joint", type=Path, metavar="ZERO123",
+                   help="with PRIOR: how the SDS directions of PRIOR (class word) and this toy Zero-1-to-3 combine at "
+                        "the suite's scales and weights (nerf/toy_models/joint_check.py)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token, --contexts and --zero123")
     return p.parse_args(argv)
 
@@ -423,6 +431,23 @@ def check_zero123(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_joint(args: argparse.Namespace) -> int:
+    """--joint: `joint_check.joint_directions` on the held-out pairs, printed and written to OUT/joint.json."""
+    from nerf.toy_models.joint_check import JointSetting, held_out_pairs, joint_directions
+
+    rows = {f"{instance} at {wrong}": joint_directions(args.prior, args.joint, JointSetting(instance, wrong, seed=args.seed))
+            for instance, wrong in held_out_pairs(args.joint)}
+    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in next(iter(rows.values()))}
+    for name, row in [*rows.items(), ("mean", mean)]:
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "joint.json"
+    write_text_atomic(path, json.dumps({"prior": str(args.prior), "zero123": str(args.joint), "seed": args.seed,
+                                        "per_pair": rows, "mean": mean}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -430,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu.")
     if args.zero123 is not None:
         return check_zero123(args)
+    if args.joint is not None:
+        return check_joint(args)
     if args.contexts:
         report = check_contexts(args)
         for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:
