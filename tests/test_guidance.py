@@ -36,6 +36,7 @@ from nerf.guidance.stable_diffusion import (
 )
 from nerf.guidance.surrogate import surrogate_loss
 from nerf.options import DEFAULT_MODEL, PriorOptions
+from tests.sds_replay import assert_replays_match_eager
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -512,18 +513,10 @@ def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(tiny_sd_dir, 
     graphed = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, cuda_graph=True)
     images = torch.rand(4, 1, 3, 12, 12, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
 
-    def run(guidance: SDSGuidance, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        x = images[k].clone().requires_grad_()
-        loss, stats = guidance(x, k % len(PROMPTS), generator=torch.Generator(cuda).manual_seed(10 + k))
-        loss.backward()
-        return loss.detach().clone(), x.grad.clone(), float(stats["t"])
+    def call(guidance, x, k):
+        return guidance(x, k % len(PROMPTS), generator=torch.Generator(cuda).manual_seed(10 + k))
 
-    for k in range(4):
-        loss_e, grad_e, t_e = run(eager, k)
-        loss_g, grad_g, t_g = run(graphed, k)
-        assert t_e == t_g
-        torch.testing.assert_close(loss_g, loss_e, rtol=1e-3, atol=1e-6)
-        torch.testing.assert_close(grad_g, grad_e, rtol=1e-3, atol=1e-3 * grad_e.abs().max().item())
+    assert_replays_match_eager(eager, graphed, call, images, "t")
     assert graphed.predict_noise.graph is not None and graphed.moments.graphed is not None
 
 
