@@ -38,6 +38,23 @@ def test_the_help_states_the_rule_s_threshold() -> None:
     assert re.search(rf"at least {AUTO_MIN_ITERS} iterations", help_of("compile"))
 
 
+def test_textual_inversion_s_compile_flag_states_the_same_rule_and_reaches_its_encoder(tiny_sd_dir) -> None:
+    import argparse
+
+    from nerf.textual_inversion.args import add_feature_flags
+    from nerf.textual_inversion.model import load_model
+
+    parser = argparse.ArgumentParser()
+    add_feature_flags(parser)
+    help_text = " ".join(parser.format_help().split())
+    assert re.search(rf"at least {AUTO_MIN_ITERS} steps", help_text)
+    model = load_model(str(tiny_sd_dir), placeholder="_obj_", initializer="cat", device=CPU,
+                       weight_dtype=torch.float32, compile="on")
+    assert isinstance(model.nets.encoder, Compiled) and model.nets.encoder.mode == "on"
+    eager = load_model(str(tiny_sd_dir), placeholder="_obj_", initializer="cat", device=CPU, weight_dtype=torch.float32)
+    assert eager.nets.encoder == eager.nets._encode
+
+
 def test_the_cache_folder_is_the_user_s_when_set_and_persistent_otherwise(monkeypatch, own_cache) -> None:
     assert compilation.cache_dir() == own_cache
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")

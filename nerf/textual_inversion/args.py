@@ -143,11 +143,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_feature_flags(p: argparse.ArgumentParser) -> None:
-    """xformers attention, RealFusion's augmentation and its pixel range, CUDA graphs."""
+    """xformers attention, RealFusion's augmentation and its pixel range, CUDA graphs, compilation."""
     p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
     p.add_argument("--use_augmentations", action=argparse.BooleanOptionalAction,
                    help="RealFusion's heavy single-image augmentation")
     p.add_argument("--no_cuda_graph", action="store_true",
                    help="run the frozen VAE encoder and UNet eagerly instead of replaying CUDA graphs")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile of the frozen VAE encoder (inside its CUDA graph), with the compiled code cached "
+                        "per user. auto: only on CUDA, for runs of at least 1000 steps, and only what an "
+                        "earlier --compile on run cached (nerf/compilation.py)")
     p.add_argument("--augment_range_01", action="store_true",
                    help="feed augmented images to the VAE in [0, 1] as the original did (default [-1, 1])")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from nerf.cuda_graphs import GraphedInference
+from nerf.guidance.frozen_calls import accelerated
 from nerf.errors import UserError
 from nerf.guidance.stable_diffusion import StableDiffusionParts, load_stable_diffusion, register_token
 
@@ -78,9 +78,13 @@ class FrozenNetworks:
     one of its three inputs, is captured forward and backward by ``make_graphed_callables``.
     """
 
-    def __init__(self, vae: Any, unet: Any, dtype: torch.dtype, autocast: Callable[[], Any], graphs: bool) -> None:
+    def __init__(self, vae: Any, unet: Any, dtype: torch.dtype, autocast: Callable[[], Any], graphs: bool,
+                 compile: str = "off") -> None:
+        """`compile`: "on", "off" or "if_cached", torch.compile of the VAE encoder (inside its graph)."""
         self.vae, self.unet, self.dtype, self.autocast = vae, unet, dtype, autocast
-        self.encoder = GraphedInference(self._encode, "VAE encoder") if graphs else None
+        identity = {"vae": dict(vae.config), "dtype": str(dtype), "use": "textual inversion"}
+        self.encoder = accelerated(self._encode, "VAE encoder", differentiable=False, device=vae.device,
+                                   cuda_graph=graphs, compile=compile, identity=identity)
         self.graphs = graphs  # False once the UNet's capture failed
         self.denoiser: tuple[tuple[torch.Size, ...], Callable[..., torch.Tensor]] | None = None
 
@@ -95,10 +99,8 @@ class FrozenNetworks:
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of the VAE's latent distribution (no gradient; the graph's
         buffers when replayed, which the next call overwrites)."""
-        if self.encoder is not None:
-            return self.encoder(pixels)
         with torch.no_grad():
-            return self._encode(pixels)
+            return self.encoder(pixels)
 
     def denoise(self, noisy: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction; differentiable with respect to the text states only."""
@@ -133,9 +135,11 @@ class Model:
 
 def load_model(name_or_path: str, *, placeholder: str, initializer: str, device: torch.device,
                weight_dtype: torch.dtype, revision: str | None = None, tokenizer_name: str | None = None,
-               gradient_checkpointing: bool = False, xformers: bool = False, cuda_graph: bool = True) -> Model:
+               gradient_checkpointing: bool = False, xformers: bool = False, cuda_graph: bool = True,
+               compile: str = "off") -> Model:
     """Stable Diffusion with the placeholder token and its trainable vector, set up for training (CUDA graphs
-    only where they can be captured: on CUDA, without gradient checkpointing or xformers)."""
+    only where they can be captured: on CUDA, without gradient checkpointing or xformers; `compile` as
+    `nerf.compilation.resolve` gives it)."""
     parts = load_stable_diffusion(name_or_path, device, fp16=False, revision=revision)
     if tokenizer_name is not None:
         parts.tokenizer = load_tokenizer(tokenizer_name, revision)
@@ -146,7 +150,7 @@ def load_model(name_or_path: str, *, placeholder: str, initializer: str, device:
     autocast = partial(torch.autocast, device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32,
                        cache_enabled=False)
     graphs = device.type == "cuda" and cuda_graph and not (gradient_checkpointing or xformers)
-    nets = FrozenNetworks(parts.vae, parts.unet, weight_dtype, autocast, graphs)
+    nets = FrozenNetworks(parts.vae, parts.unet, weight_dtype, autocast, graphs, compile)
     return Model(parts=parts, token_id=token_id, row=row, nets=nets, autocast=autocast)
 
 

@@ -37,7 +37,8 @@ Speed (same loss, same steps; ``scripts/benchmark.py ti`` measures it): the micr
 optimisation step go through the networks as one batch (each sample keeps its own VAE sample, noise and
 timestep, drawn in the original's order; the step's loss is still the mean of the micro-batch losses);
 on CUDA the frozen VAE encoder and UNet are replayed from CUDA graphs (``--no_cuda_graph`` turns
-this off), the UNet runs channels-last, the augmentations run in DataLoader worker processes, the
+this off) and the encoder is compiled under ``--compile`` (``nerf/compilation.py``'s rule), the UNet runs
+channels-last, the augmentations run in DataLoader worker processes, the
 optimiser is the fused AdamW, and losses are read back from the GPU every few steps, not every step.
 
 Code: ``train`` runs the steps below in order (``textual-inversion/textual_inversion.py`` and the
@@ -56,6 +57,7 @@ from typing import Callable
 import torch
 
 from nerf import workspace_lock
+from nerf.compilation import resolve as resolve_compile
 from nerf.errors import one_line_errors
 from nerf.fileio import remove_stale_partials
 from nerf.seeding import seed_everything
@@ -86,7 +88,8 @@ def train(args: argparse.Namespace, on_phase: Callable[[str], None] = no_mark) -
                        initializer=args.initializer_token, device=device, weight_dtype=weight_dtype,
                        revision=args.revision, tokenizer_name=args.tokenizer_name,
                        gradient_checkpointing=args.gradient_checkpointing,
-                       xformers=args.enable_xformers_memory_efficient_attention, cuda_graph=not args.no_cuda_graph)
+                       xformers=args.enable_xformers_memory_efficient_attention, cuda_graph=not args.no_cuda_graph,
+                       compile=resolve_compile(args.compile, device, args.max_train_steps))
     dataset = TextualInversionDataset(images, model.parts.tokenizer, args.placeholder_token, args.resolution,
                                       args.repeats, args.learnable_property, args.center_crop, args.use_augmentations,
                                       args.augment_range_01)
