@@ -29,6 +29,7 @@ import torch
 
 from nerf.benchmarks import common
 from nerf.benchmarks.sd15 import build_sd15
+from nerf.guidance import prior_members
 from nerf.options import DEFAULT_PROMPT
 
 EXAMPLE = common.ROOT / "examples" / "natural-images" / "cat" / "rgba.png"
@@ -113,8 +114,6 @@ def instrumented(trainer) -> Iterator[StageTimer]:
         return run
 
     renderer, scaler, objective = trainer.renderer, trainer.scaler, trainer.objective
-    from nerf.guidance import prior_members
-
     patches = [(objective, "real_step", in_phase("real", objective.real_step)),
                (objective, "synthetic_step", in_phase("synthetic", objective.synthetic_step)),
                (renderer, "render", timer.wrap(renderer.render, lambda: f"{phase['name']}_render")),
@@ -123,8 +122,7 @@ def instrumented(trainer) -> Iterator[StageTimer]:
                (scaler, "update", timer.wrap(scaler.update, "optimizer_grid")),
                (torch.autograd, "backward", timer.wrap(torch.autograd.backward, "backward"))]
     for member in prior_members(objective.guidance) if objective.guidance is not None else ():
-        encoder = "moments" if hasattr(member, "moments") else "encode"  # Stable Diffusion's VAE step, else the posterior
-        patches += [(member, encoder, timer.wrap(getattr(member, encoder), "vae_encode")),
+        patches += [(member, "moments", timer.wrap(member.moments, "vae_encode")),
                     (member, "predict_noise", timer.wrap(member.predict_noise, "unet"))]
     originals = [(owner, name, vars(owner).get(name)) for owner, name, _ in patches]
     for owner, name, replacement in patches:
