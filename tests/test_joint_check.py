@@ -14,6 +14,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRIOR, ZERO123 = EXAMPLES / "toy-classes", EXAMPLES / "toy-zero123"
 
 
+def test_the_check_s_defaults_are_the_suite_s_settings() -> None:
+    from nerf.evaluation import reconstruct
+
+    setting = JointSetting("thin:100=chair", "primitive:101")
+    assert (setting.sd_guidance_scale, setting.zero123_guidance_scale) == (
+        reconstruct.TOY_GUIDANCE_SCALE, reconstruct.TOY_ZERO123_GUIDANCE_SCALE)
+    assert (setting.sd_weight, setting.zero123_weight) == (reconstruct.TOY_PRIOR_WEIGHT, reconstruct.TOY_ZERO123_WEIGHT)
+
+
 def test_held_out_pairs_render_another_class_s_instance() -> None:
     pairs = held_out_pairs(ZERO123)
     assert len(pairs) == 4
