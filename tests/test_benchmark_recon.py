@@ -47,6 +47,11 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_
     assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
     assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
+    split = full["iterations"]  # iterations 1-4 stamped without synchronising (5 ends the loop: no next stamp)
+    assert split["grid_update_every"] == 2
+    assert split["grid_update_mean_ms"] > 0 and split["other_mean_ms"] > 0 and split["median_ms"] > 0
+    assert min(split["grid_update_mean_ms"], split["other_mean_ms"]) <= split["mean_ms"]
+    assert "per iteration: median" in result.stdout
 
 
 def test_recon_benchmark_splits_both_priors_of_a_joint_variant(tiny_sd_dir, tmp_path):

@@ -223,13 +223,29 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, 
 
 class PhaseClock:
     """Synchronised wall time of named phases, and the training loop's time by windows of iterations (minus the
-    validations and checkpoints inside each window)."""
+    validations and checkpoints inside each window).
+
+    Each iteration is also stamped where it starts (a CUDA event on the GPU, so the loop is not synchronised), which
+    gives per-iteration times: their median is what the steady-state benchmark reports, their mean what the run
+    costs, and the iterations that also update the occupancy grid are told apart from the others. An iteration
+    followed by a validation or a checkpoint is left out of these statistics."""
 
     def __init__(self, window: int) -> None:
         self.window = window
         self.phases: dict[str, float] = defaultdict(float)
         self.marks: list[tuple[int, float, float]] = []  # (step, time, time spent in excluded phases so far)
         self.excluded = 0.0
+        self.stamps: list[tuple[int, Any]] = []  # (step that starts, CUDA event or host time)
+        self.interrupted: set[int] = set()  # steps followed by an excluded phase
+        self.grid_every = 0
+
+    @staticmethod
+    def _stamp() -> Any:
+        if not torch.cuda.is_available():
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def phase(self, name: str, method: Callable, excluded: bool = False) -> Callable:
         def run_phase(*a: Any, **k: Any) -> Any:
@@ -243,6 +259,8 @@ class PhaseClock:
                 self.phases[name] += spent
                 if excluded:
                     self.excluded += spent
+                    if self.stamps:
+                        self.interrupted.add(self.stamps[-1][0])
         return run_phase
 
     def stepping(self, method: Callable) -> Callable:
@@ -250,6 +268,8 @@ class PhaseClock:
             if not self.marks:
                 _sync()
                 self.marks.append((trainer.global_step, time.perf_counter(), self.excluded))
+                self.grid_every = trainer.update_grid_every
+            self.stamps.append((trainer.global_step + 1, self._stamp()))
             result = method(trainer)
             if trainer.global_step % self.window == 0 or trainer.global_step == trainer.options.iters:
                 _sync()
@@ -258,11 +278,35 @@ class PhaseClock:
         return step
 
     def windows(self) -> list[dict[str, float]]:
-        """ms per iteration of each window of the loop."""
+        """ms per iteration of each window of the loop (its mean, and the median of its iterations)."""
+        times = self.iteration_times()
         found = []
         for (s0, t0, e0), (s1, t1, e1) in zip(self.marks, self.marks[1:]):
-            found.append({"from": s0, "to": s1, "ms_per_iter": 1000 * ((t1 - t0) - (e1 - e0)) / (s1 - s0)})
+            inside = [ms for step, ms in times.items() if s0 < step <= s1]
+            found.append({"from": s0, "to": s1, "ms_per_iter": 1000 * ((t1 - t0) - (e1 - e0)) / (s1 - s0),
+                          "median_ms": statistics.median(inside) if inside else math.nan})
         return found
+
+    def iteration_times(self) -> dict[int, float]:
+        """ms from each iteration's start to the next one's, for iterations not followed by an excluded phase."""
+        _sync()
+        found = {}
+        for (step, t0), (_, t1) in zip(self.stamps, self.stamps[1:]):
+            if step not in self.interrupted:
+                found[step] = t0.elapsed_time(t1) if isinstance(t0, torch.cuda.Event) else 1000 * (t1 - t0)
+        return found
+
+    def iteration_split(self) -> dict[str, float]:
+        """Median and mean of the per-iteration times, and the mean with and without an occupancy-grid update."""
+        times = self.iteration_times()
+        if not times:
+            return {}
+        grid = [ms for step, ms in times.items() if self.grid_every and step % self.grid_every == 0]
+        rest = [ms for step, ms in times.items() if not (self.grid_every and step % self.grid_every == 0)]
+        return {"median_ms": statistics.median(times.values()), "mean_ms": statistics.mean(times.values()),
+                "grid_update_mean_ms": statistics.mean(grid) if grid else math.nan,
+                "other_mean_ms": statistics.mean(rest) if rest else math.nan,
+                "grid_update_every": self.grid_every}
 
 
 @contextlib.contextmanager
@@ -305,7 +349,7 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
     loop_s = sum(w["ms_per_iter"] * (w["to"] - w["from"]) for w in windows) / 1000
     return {"variant": "full run (main.main)", "exit_code": code, "wall_s": wall, "iters": iters,
             **dict(clock.phases), "loop_s": loop_s, "training_loop_ms_per_iter": 1000 * loop_s / max(iters, 1),
-            "windows": windows}
+            "windows": windows, "iterations": clock.iteration_split()}
 
 
 def report_full(full: dict[str, Any]) -> str:
@@ -316,7 +360,13 @@ def report_full(full: dict[str, Any]) -> str:
              f"{full.get('validate_s', 0):.1f} s, checkpoints {full.get('checkpoint_s', 0):.1f} s, six videos "
              f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export "
              f"{full.get('mesh_s', 0):.1f} s"]
-    lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration" for w in full["windows"]]
+    lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration (median "
+              f"{w['median_ms']:.1f})" for w in full["windows"]]
+    split = full.get("iterations")
+    if split:
+        lines.append(f"  per iteration: median {split['median_ms']:.1f} ms, mean {split['mean_ms']:.1f}; with an "
+                     f"occupancy-grid update (every {split['grid_update_every']}) {split['grid_update_mean_ms']:.1f} "
+                     f"ms, without {split['other_mean_ms']:.1f} ms")
     return "\n".join(lines)
 
 
