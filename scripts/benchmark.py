@@ -4,7 +4,8 @@
     python scripts/benchmark.py kernels [--out kernels.json]   # CUDA extensions vs PyTorch reference
     python scripts/benchmark.py recon [--full]                 # the real Trainer loop, default --O options
     python scripts/benchmark.py ti                             # the real textual-inversion loop, README settings
-    python scripts/benchmark.py all                            # the three above
+    python scripts/benchmark.py mesh                           # mesh export at the defaults, split by stage
+    python scripts/benchmark.py all                            # the four above
 
 The command line over `nerf.cli.benchmark`.
 """

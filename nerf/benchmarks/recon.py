@@ -309,19 +309,6 @@ class PhaseClock:
                 "grid_update_every": self.grid_every}
 
 
-@contextlib.contextmanager
-def patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
-    """Attributes replaced for a block and restored after it."""
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, value in patches:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in originals:
-            setattr(owner, name, value)
-
-
 def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A complete default run (model loading, training, validations, videos, mesh) through main.main."""
     from nerf import build, outputs
@@ -331,7 +318,7 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
 
     clock = PhaseClock(args.window)
     argv = [*main_argv(model, embeds, workdir / "full", args.main_args), "--save_mesh"]
-    with patched([(build, "build_run", clock.phase("load_s", build.build_run)),
+    with common.patched([(build, "build_run", clock.phase("load_s", build.build_run)),
                   (build, "build_prior", clock.phase("prior_load_s", build.build_prior)),
                   (Trainer, "train_step", clock.stepping(Trainer.train_step)),
                   (Trainer, "validate", clock.phase("validate_s", Trainer.validate, excluded=True)),
@@ -385,7 +372,7 @@ def one_stable_diffusion() -> Iterator[dict[tuple, Any]]:
             loaded[key] = load(name, device, fp16, revision)
         return loaded[key]
 
-    with patched([(sds, "load_stable_diffusion", shared)]):
+    with common.patched([(sds, "load_stable_diffusion", shared)]):
         yield loaded
 
 

@@ -4,7 +4,8 @@
     python scripts/benchmark.py kernels [--out kernels.json]   # CUDA extensions vs PyTorch reference
     python scripts/benchmark.py recon [--full] [--variants ...] # the real Trainer loop, default --O options
     python scripts/benchmark.py ti                             # the real textual-inversion loop, README settings
-    python scripts/benchmark.py all                            # the three above
+    python scripts/benchmark.py mesh                           # mesh export at the defaults, split by stage
+    python scripts/benchmark.py all                            # the four above
 
 Each prints a table and writes the same numbers as JSON (`--out`, default benchmark-<name>.json).
 """
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nerf.benchmarks import common, kernels, recon, ti
+from nerf.benchmarks import common, kernels, mesh, recon, ti
 from nerf.errors import ArgumentParser, one_line_errors
 
-SUBCOMMANDS = {"kernels": kernels, "recon": recon, "ti": ti}
+SUBCOMMANDS = {"kernels": kernels, "recon": recon, "ti": ti, "mesh": mesh}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         child = sub.add_parser(name, help=module.__doc__.splitlines()[0])
         child.add_argument("--out", type=Path, default=Path(f"benchmark-{name}.json"), help="JSON result file")
         module.add_arguments(child)
-    every = sub.add_parser("all", help="kernels, recon and ti with their defaults")
+    every = sub.add_parser("all", help="kernels, recon, ti and mesh with their defaults")
     every.add_argument("--out", type=Path, default=Path("benchmark-all.json"), help="JSON result file")
     return parser.parse_args(argv)
 
