@@ -118,22 +118,42 @@ class CameraBatch:
     directions: Tensor  # [B] bucket ids
     theta: Tensor  # [B] degrees
     phi: Tensor  # [B] degrees
+    # [2, 3]: one offset added to every ray origin and one to every direction (camera noise, `ray_noise`). Kept on
+    # the camera so that whatever renders it (the field, the oracle's ground truth) uses the same rays.
+    ray_offset: Tensor | None = None
 
     @property
     def centers(self) -> Tensor:
         return self.poses[:, :3, 3]
 
     def rays(self, num_rays: int = -1, generator: torch.Generator | None = None):
-        return get_rays(self.poses, self.focal, self.height, self.height, num_rays, generator)
+        rays_o, rays_d, index = get_rays(self.poses, self.focal, self.height, self.height, num_rays, generator)
+        return (*offset_rays(rays_o, rays_d, self.ray_offset), index)
 
     def select(self, start: int, stop: int) -> "CameraBatch":
         """Cameras start..stop-1 of the batch, as a batch of their own."""
         return CameraBatch(self.poses[start:stop], self.height, self.focal, self.directions[start:stop],
-                           self.theta[start:stop], self.phi[start:stop])
+                           self.theta[start:stop], self.phi[start:stop], self.ray_offset)
 
     def to(self, device: torch.device | str) -> "CameraBatch":
+        offset = None if self.ray_offset is None else self.ray_offset.to(device)
         return CameraBatch(self.poses.to(device), self.height, self.focal, self.directions.to(device),
-                           self.theta.to(device), self.phi.to(device))
+                           self.theta.to(device), self.phi.to(device), offset)
+
+
+def ray_noise(std: float, device: torch.device | str) -> Tensor | None:
+    """The original's camera noise: one Gaussian offset (std `std`) for every ray origin and one for every
+    direction, [2, 3]; None when `std` is 0."""
+    if std <= 0:
+        return None
+    return torch.stack([torch.randn(3, device=device), torch.randn(3, device=device)]) * std
+
+
+def offset_rays(rays_o: Tensor, rays_d: Tensor, offset: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Rays moved by a `ray_noise` offset (directions are not renormalised, as in the original)."""
+    if offset is None:
+        return rays_o, rays_d
+    return rays_o + offset[0].to(rays_o.dtype), rays_d + offset[1].to(rays_d.dtype)
 
 
 def _uniform(low: float, high: float, size: int, generator: torch.Generator | None) -> Tensor:

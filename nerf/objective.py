@@ -7,7 +7,7 @@ from its annealing spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nerf import losses
 from nerf.anneal import AnnealedValue
-from nerf.cameras import CameraBatch
+from nerf.cameras import CameraBatch, offset_rays, ray_noise
 from nerf.data import RealView
 from nerf.guidance import Guidance, prior_members
 from nerf.guidance.joint import JointGuidance
@@ -59,11 +59,6 @@ class StepLoss:
 def _image(values: Tensor, size: int) -> Tensor:
     """Rendered rays [1, size*size, C] as an image batch [1, C, size, size]."""
     return values.reshape(1, size, size, -1).permute(0, 3, 1, 2).contiguous()
-
-
-def _offset(rays: Tensor, std: float) -> Tensor:
-    """One random offset shared by all rays (the original's camera noise)."""
-    return rays + torch.randn(3, device=rays.device) * std if std > 0 else rays
 
 
 class Objective:
@@ -114,8 +109,8 @@ class Objective:
     def synthetic_step(self, step: int, loss_scale: Callable[[], float]) -> StepLoss:
         w = self.lambdas
         view = self.views.view(step)
-        rays_o, rays_d, _ = view.camera.rays()
-        rays_o, rays_d = _offset(rays_o, view.ray_noise), _offset(rays_d, view.ray_noise)
+        camera = replace(view.camera, ray_offset=ray_noise(view.ray_noise, view.camera.poses.device))
+        rays_o, rays_d, _ = camera.rays()
         shading, ratio = self.views.shading(step)
         need_normals = shading != "albedo" or w("orient", step) > 0 or w("smooth_2d", step) > 0
         settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,
@@ -126,13 +121,13 @@ class Objective:
         terms: dict[str, Tensor] = {}
         for guidance, weight in self.priors:  # every prior on the same render
             if w(weight, step) > 0:
-                prior, _ = guidance(_image(out["image"], size), view.direction, camera=view.camera)
+                prior, _ = guidance(_image(out["image"], size), view.direction, camera=camera)
                 if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
                     prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
                 terms[guidance.term] = w(weight, step) * prior
         terms.update(self.regularisers(out, size, step))
         loss = sum(terms.values(), torch.zeros((), device=rays_o.device))
-        return StepLoss(loss, terms, SyntheticRender(out, view.camera))
+        return StepLoss(loss, terms, SyntheticRender(out, camera))
 
     def regularisers(self, out: dict[str, Tensor], size: int, step: int) -> dict[str, Tensor]:
         """The weighted regularisers of a synthetic render of `size`^2 rays (the terms whose weight is above 0)."""
@@ -153,8 +148,7 @@ class Objective:
         assert self.real_view is not None
         rays_o, rays_d, target = self.real_view.sample(self.num_rays, self.generator)
         anneal = (1 - step / self.iters) if options.noise_real_camera_annealing else 1.0
-        std = options.noise_real_camera * anneal
-        rays_o, rays_d = _offset(rays_o, std), _offset(rays_d, std)
+        rays_o, rays_d = offset_rays(rays_o, rays_d, ray_noise(options.noise_real_camera * anneal, rays_o.device))
         out = self.renderer.render(rays_o, rays_d, RenderSettings(shading="albedo", ratio=1.0, perturb=True))
         terms = self.real_terms(out, target, step)
         return StepLoss(sum(terms.values(), torch.zeros((), device=rays_o.device)), terms)

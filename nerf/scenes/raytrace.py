@@ -87,9 +87,11 @@ def render_rgba(scene: Scene, camera: CameraBatch, supersample: int = 2) -> Tens
     Always in fp32: called inside a mixed-precision training step (the oracle), autocast would give half-precision
     colours and sphere-tracing steps."""
     size, s = camera.height, supersample
-    fine = CameraBatch(camera.poses.float(), size * s, camera.focal * s, camera.directions, camera.theta, camera.phi)
+    fine = CameraBatch(camera.poses.float(), size * s, camera.focal * s, camera.directions, camera.theta, camera.phi,
+                       None if camera.ray_offset is None else camera.ray_offset.float())
     with torch.autocast(camera.poses.device.type, enabled=False):
         rays_o, rays_d, _ = fine.rays()
+        rays_d = F.normalize(rays_d, dim=-1)  # unit rays for sphere tracing (a camera's noise moves them off unit)
         colour, alpha = shade_rays(scene, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
     premultiplied = torch.cat([colour * alpha[:, None], alpha[:, None]], -1)
     batch = len(camera.poses)
