@@ -3,6 +3,7 @@ distillation against the eager one (tiny random Stable Diffusion; CPU, and on a 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_the_help_states_the_rule_s_threshold() -> None:
     assert re.search(rf"at least {AUTO_MIN_ITERS} iterations", help_of("compile"))
 
 
-def test_textual_inversion_s_compile_flag_states_the_same_rule_and_reaches_its_encoder(tiny_sd_dir) -> None:
+def test_textual_inversion_s_compile_flag_states_the_same_rule_and_reaches_its_encoder_and_unet(tiny_sd_dir) -> None:
     import argparse
 
     from nerf.textual_inversion.args import add_feature_flags
@@ -51,8 +52,9 @@ def test_textual_inversion_s_compile_flag_states_the_same_rule_and_reaches_its_e
     model = load_model(str(tiny_sd_dir), placeholder="_obj_", initializer="cat", device=CPU,
                        weight_dtype=torch.float32, compile="on")
     assert isinstance(model.nets.encoder, Compiled) and model.nets.encoder.mode == "on"
+    assert isinstance(model.nets.unet_call, Compiled) and model.nets.unet_call.mode == "on"
     eager = load_model(str(tiny_sd_dir), placeholder="_obj_", initializer="cat", device=CPU, weight_dtype=torch.float32)
-    assert eager.nets.encoder == eager.nets._encode
+    assert eager.nets.encoder == eager.nets._encode and eager.nets.unet_call == eager.nets._denoise
 
 
 def test_the_cache_folder_is_the_user_s_when_set_and_persistent_otherwise(monkeypatch, own_cache) -> None:
@@ -151,6 +153,36 @@ def test_compile_on_gives_the_eager_loss_on_the_cpu(tiny_sd_dir) -> None:
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())
+
+
+@pytest.mark.slow
+def test_textual_inversion_s_compiled_unet_gives_the_eager_loss_and_token_gradient_on_the_cpu(tiny_sd_dir) -> None:
+    reason = compiler_works()
+    if reason:
+        pytest.skip(reason)
+    from diffusers import DDPMScheduler
+
+    from nerf.textual_inversion.model import FrozenNetworks, TokenVector, add_placeholder
+    from nerf.textual_inversion.step import denoising_loss
+    from tests.test_textual_inversion import micro_batches
+
+    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    token_id, initial = add_placeholder(parts, "_obj_", "cat")
+    row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
+    scheduler = DDPMScheduler.from_config(parts.scheduler.config)
+    results = []
+    for compile in ("off", "on"):
+        nets = FrozenNetworks(parts.vae, parts.unet, torch.float32, contextlib.nullcontext, graphs=False,
+                              compile=compile)
+        torch.manual_seed(0)
+        loss = denoising_loss(parts, nets, scheduler, micro_batches(parts.tokenizer, [1, 1]), 2, contextlib.nullcontext)
+        results.append((loss.detach(), torch.autograd.grad(loss, row.vector)[0]))
+        if compile == "on":
+            assert nets.unet_call.compiled is not None and not nets.unet_call.failed
+    (loss_e, grad_e), (loss_c, grad_c) = results
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())
+    assert grad_e.abs().max() > 0
 
 
 @pytest.mark.gpu

@@ -659,7 +659,7 @@ def test_autoinit_errors(tiny_clip, tmp_path, capsys, case):
 @pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "compile"), [(torch.float32, "off"), (torch.float16, "off"), (torch.float16, "on")])
 def test_cuda_graphs_give_the_eager_loss_and_gradient(tiny_sd_dir, dtype, compile):
-    """Graphs (of the compiled VAE encoder with `compile` on) give the eager loss and token gradient."""
+    """Graphs (of the compiled VAE encoder and UNet with `compile` on) give the eager loss and token gradient."""
     from diffusers import DDPMScheduler
 
     cuda = torch.device("cuda")

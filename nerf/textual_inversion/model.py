@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from nerf.compilation import Compiled
 from nerf.guidance.frozen_calls import accelerated
 from nerf.errors import UserError
 from nerf.guidance.stable_diffusion import StableDiffusionParts, load_stable_diffusion, register_token
@@ -80,11 +81,15 @@ class FrozenNetworks:
 
     def __init__(self, vae: Any, unet: Any, dtype: torch.dtype, autocast: Callable[[], Any], graphs: bool,
                  compile: str = "off") -> None:
-        """`compile`: "on", "off" or "if_cached", torch.compile of the VAE encoder (inside its graph)."""
+        """`compile`: "on", "off" or "if_cached", torch.compile of the VAE encoder and of the UNet's forward and
+        backward (inside their graphs)."""
         self.vae, self.unet, self.dtype, self.autocast = vae, unet, dtype, autocast
-        identity = {"vae": dict(vae.config), "dtype": str(dtype), "use": "textual inversion"}
+        use = {"dtype": str(dtype), "use": "textual inversion"}
         self.encoder = accelerated(self._encode, "VAE encoder", differentiable=False, device=vae.device,
-                                   cuda_graph=graphs, compile=compile, identity=identity)
+                                   cuda_graph=graphs, compile=compile, identity={"vae": dict(vae.config), **use})
+        self.unet_call: Callable[..., torch.Tensor] = self._denoise
+        if compile != "off":
+            self.unet_call = Compiled(self._denoise, "UNet", compile, {"unet": dict(unet.config), **use})
         self.graphs = graphs  # False once the UNet's capture failed
         self.denoiser: tuple[tuple[torch.Size, ...], Callable[..., torch.Tensor]] | None = None
 
@@ -111,7 +116,7 @@ class FrozenNetworks:
             try:
                 with warnings.catch_warnings():  # the warm-up's side stream is not the one the sample was made on
                     warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
-                    self.denoiser = (shapes, torch.cuda.make_graphed_callables(self._denoise, sample))
+                    self.denoiser = (shapes, torch.cuda.make_graphed_callables(self.unet_call, sample))
             except (RuntimeError, AssertionError) as exc:
                 reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 print(f"note: CUDA graph capture of the UNet failed ({reason}); running it eagerly (slower). "
@@ -119,7 +124,7 @@ class FrozenNetworks:
                 self.graphs = False
         if self.denoiser is not None and self.denoiser[0] == shapes:
             return self.denoiser[1](*args)
-        return self._denoise(*args)
+        return self.unet_call(*args)
 
 
 @dataclass

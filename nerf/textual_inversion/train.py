@@ -37,7 +37,7 @@ Speed (same loss, same steps; ``scripts/benchmark.py ti`` measures it): the micr
 optimisation step go through the networks as one batch (each sample keeps its own VAE sample, noise and
 timestep, drawn in the original's order; the step's loss is still the mean of the micro-batch losses);
 on CUDA the frozen VAE encoder and UNet are replayed from CUDA graphs (``--no_cuda_graph`` turns
-this off) and the encoder is compiled under ``--compile`` (``nerf/compilation.py``'s rule), the UNet runs
+this off) and both are compiled under ``--compile`` (``nerf/compilation.py``'s rule), the UNet runs
 channels-last, the augmentations run in DataLoader worker processes, the
 optimiser is the fused AdamW, and losses are read back from the GPU every few steps, not every step.
 
