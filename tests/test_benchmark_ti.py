@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import math
+
 import pytest
 
 from nerf.benchmarks import common, ti
@@ -45,10 +47,21 @@ def test_cpu_smoke_run(tiny_sd_dir, tmp_path, monkeypatch):
         assert row["ms_step"] > 0 and row["steps_per_s"] == pytest.approx(1000 / row["ms_step_mean"])
         assert row["min_3000_steps"] == pytest.approx(3000 * row["ms_step_mean"] / 60000)
     assert result["info"]["card"] == "cpu"
+    assert "break_even_steps" not in result["rows"][0] and "extra_wall_s" in result["rows"][1]
     table = common.format_table(result["rows"], result["columns"])
     assert table.splitlines()[0].split() == result["columns"]
     common.write_json(tmp_path / "ti.json", result)
     assert json.loads((tmp_path / "ti.json").read_text())["rows"][0]["variant"] == "default"
+
+
+def test_break_even_is_the_extra_time_over_the_saving_per_step():
+    from nerf.benchmarks.ti import add_break_even
+
+    rows = [{"run_wall_s": 11.5, "ms_step_mean": 75.8}, {"run_wall_s": 19.9, "ms_step_mean": 65.3},
+            {"run_wall_s": 12.0, "ms_step_mean": 80.0}]
+    add_break_even(rows)
+    assert rows[1]["extra_wall_s"] == pytest.approx(8.4) and rows[1]["break_even_steps"] == pytest.approx(800.0)
+    assert rows[2]["break_even_steps"] == math.inf  # slower per step: never pays back
 
 
 def test_phase_clock_splits_steps_at_their_logging_mark():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import shlex
 import shutil
 import statistics
@@ -37,7 +38,8 @@ PHOTO = ROOT / "examples" / "natural-images" / "cat" / "rgba.png"
 PROJECTED_STEPS = 3000  # the README's --max_train_steps
 
 
-COLUMNS = ["variant", "ms_step", "ms_step_mean", "steps_per_s", "min_3000_steps", *PHASES, "peak_gib"]
+COLUMNS = ["variant", "ms_step", "ms_step_mean", "steps_per_s", "min_3000_steps", *PHASES, "peak_gib",
+           "extra_wall_s", "break_even_steps"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +145,17 @@ def measure(name: str, flags: list[str], model: str, args: argparse.Namespace, c
     return row
 
 
+def add_break_even(rows: list[dict[str, Any]]) -> None:
+    """Each variant against the default row (same steps): its extra run time (loading, capture, compilation) and
+    the steps after which its saving per step pays that back (inf if it saves nothing)."""
+    base = rows[0]
+    for row in rows[1:]:
+        extra_s = row["run_wall_s"] - base["run_wall_s"]
+        saved_ms = base["ms_step_mean"] - row["ms_step_mean"]
+        row["extra_wall_s"] = extra_s
+        row["break_even_steps"] = max(0.0, 1000 * extra_s / saved_ms) if saved_ms > 0 else math.inf
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps < 1 or args.warmup < 1:
         raise UserError("--steps and --warmup must be at least 1 (a step is timed from the end of the one before).")
@@ -162,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model = args.model
     rows = [measure(name, flags, model, args, cuda) for name, flags in parse_variants(args.variant)]
+    add_break_even(rows)
     settings = {"model": model, "photo": str(args.photo), "warmup": args.warmup, "steps": args.steps,
                 "flags": readme_flags(Path("DATA"), Path("OUT"), args.warmup + args.steps, args.resolution, cuda)}
     device = torch.device("cuda" if cuda else "cpu")
