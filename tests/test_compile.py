@@ -131,21 +131,20 @@ def test_compile_off_is_the_eager_code_path(tiny_sd_dir) -> None:
         assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
 
 
-def compiler_works() -> str | None:
-    """None when torch.compile can build code on this machine, else why not."""
+@pytest.fixture
+def cpu_parts(tiny_sd_dir):
+    """The tiny model on the CPU, for tests that compile (skipped where torch.compile cannot build code)."""
     try:
         torch.compile(lambda x: torch.sin(x) + 1, dynamic=False)(torch.ones(4))
     except Exception as exc:
-        return f"torch.compile cannot build code here ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]})"
-    return None
+        pytest.skip(f"torch.compile cannot build code here ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:120]})")
+    return load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
 
 
 @pytest.mark.slow
-def test_compile_on_gives_the_eager_loss_on_the_cpu(tiny_sd_dir) -> None:
-    reason = compiler_works()
-    if reason:
-        pytest.skip(reason)
-    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+def test_compile_on_gives_the_eager_loss_on_the_cpu(cpu_parts) -> None:
+    parts = cpu_parts
     eager = sds_losses(SDSGuidance(parts, PROMPTS, guidance_scale=7.5), CPU)
     compiled_guidance = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="on")
     compiled = sds_losses(compiled_guidance, CPU)
@@ -156,17 +155,14 @@ def test_compile_on_gives_the_eager_loss_on_the_cpu(tiny_sd_dir) -> None:
 
 
 @pytest.mark.slow
-def test_textual_inversion_s_compiled_unet_gives_the_eager_loss_and_token_gradient_on_the_cpu(tiny_sd_dir) -> None:
-    reason = compiler_works()
-    if reason:
-        pytest.skip(reason)
+def test_textual_inversion_s_compiled_unet_gives_the_eager_loss_and_token_gradient_on_the_cpu(cpu_parts) -> None:
     from diffusers import DDPMScheduler
 
     from nerf.textual_inversion.model import FrozenNetworks, TokenVector, add_placeholder
     from nerf.textual_inversion.step import denoising_loss
     from tests.test_textual_inversion import micro_batches
 
-    parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
+    parts = cpu_parts
     token_id, initial = add_placeholder(parts, "_obj_", "cat")
     row = TokenVector(parts.text_encoder.get_input_embeddings(), token_id, initial)
     scheduler = DDPMScheduler.from_config(parts.scheduler.config)
