@@ -12,7 +12,7 @@ the camera looks along +z of its own frame (``left_handed=True`` reproduces the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -132,13 +132,13 @@ class CameraBatch:
 
     def select(self, start: int, stop: int) -> "CameraBatch":
         """Cameras start..stop-1 of the batch, as a batch of their own."""
-        return CameraBatch(self.poses[start:stop], self.height, self.focal, self.directions[start:stop],
-                           self.theta[start:stop], self.phi[start:stop], self.ray_offset)
+        return replace(self, poses=self.poses[start:stop], directions=self.directions[start:stop],
+                       theta=self.theta[start:stop], phi=self.phi[start:stop])
 
     def to(self, device: torch.device | str) -> "CameraBatch":
         offset = None if self.ray_offset is None else self.ray_offset.to(device)
-        return CameraBatch(self.poses.to(device), self.height, self.focal, self.directions.to(device),
-                           self.theta.to(device), self.phi.to(device), offset)
+        return replace(self, poses=self.poses.to(device), directions=self.directions.to(device),
+                       theta=self.theta.to(device), phi=self.phi.to(device), ray_offset=offset)
 
 
 def ray_noise(std: float, device: torch.device | str) -> Tensor | None:

@@ -301,8 +301,9 @@ class PhaseClock:
         times = self.iteration_times()
         if not times:
             return {}
-        grid = [ms for step, ms in times.items() if self.grid_every and step % self.grid_every == 0]
-        rest = [ms for step, ms in times.items() if not (self.grid_every and step % self.grid_every == 0)]
+        grid, rest = [], []
+        for step, ms in times.items():
+            (grid if self.grid_every and step % self.grid_every == 0 else rest).append(ms)
         return {"median_ms": statistics.median(times.values()), "mean_ms": statistics.mean(times.values()),
                 "grid_update_mean_ms": statistics.mean(grid) if grid else math.nan,
                 "other_mean_ms": statistics.mean(rest) if rest else math.nan,

@@ -6,7 +6,8 @@ gradient (a step towards what the prior believes the view should look like), inj
 (`surrogate.py`). The truth is rendered along the camera's own rays, its noise included (the input camera's
 replacement steps move every ray), so that it never asks for a shifted object. It is composited over white, the
 colour the background network then learns. It exists to measure the reconstruction pipeline itself: with a
-perfect prior, how much of the object's 3-D shape comes back? ``--guidance oracle --guidance_scene FAMILY[:SEED]`` selects it.
+perfect prior, how much of the object's 3-D shape comes back? ``--guidance oracle --guidance_scene FAMILY[:SEED]``
+selects it.
 """
 
 from __future__ import annotations

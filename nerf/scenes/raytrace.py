@@ -8,6 +8,7 @@ straight (not premultiplied) RGBA with the hit coverage as alpha; supersampling 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +88,7 @@ def render_rgba(scene: Scene, camera: CameraBatch, supersample: int = 2) -> Tens
     Always in fp32: called inside a mixed-precision training step (the oracle), autocast would give half-precision
     colours and sphere-tracing steps."""
     size, s = camera.height, supersample
-    fine = CameraBatch(camera.poses.float(), size * s, camera.focal * s, camera.directions, camera.theta, camera.phi,
-                       None if camera.ray_offset is None else camera.ray_offset.float())
+    fine = replace(camera, poses=camera.poses.float(), height=size * s, focal=camera.focal * s)  # noise kept
     with torch.autocast(camera.poses.device.type, enabled=False):
         rays_o, rays_d, _ = fine.rays()
         rays_d = F.normalize(rays_d, dim=-1)  # unit rays for sphere tracing (a camera's noise moves them off unit)

@@ -150,8 +150,8 @@ def add_feature_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_cuda_graph", action="store_true",
                    help="run the frozen VAE encoder and UNet eagerly instead of replaying CUDA graphs")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile of the frozen VAE encoder and UNet (inside their CUDA graphs), with the compiled code cached "
-                        "per user. auto: only on CUDA, for runs of at least 1000 steps, and only what an "
-                        "earlier --compile on run cached (nerf/compilation.py)")
+                   help="torch.compile of the frozen VAE encoder and UNet (inside their CUDA graphs), with the "
+                        "compiled code cached per user. auto: only on CUDA, for runs of at least 1000 steps, and only "
+                        "what an earlier --compile on run cached (nerf/compilation.py)")
     p.add_argument("--augment_range_01", action="store_true",
                    help="feed augmented images to the VAE in [0, 1] as the original did (default [-1, 1])")
