@@ -87,3 +87,21 @@ def test_compile_break_even_pairs_each_compiled_variant_with_its_eager_twin():
     # an explicit `--compile off` twin is preferred: under `auto`, a variant may compile what an earlier one cached
     rows += [{"variant": "--compile off", "ms_per_iter": 62.0, "warmup_s": 4.0}]
     assert compile_break_even(rows)["--compile on"]["saved_ms_per_iter"] == 10.0
+
+
+def test_gpu_busy_time_is_the_union_of_kernel_intervals():
+    import random
+
+    from nerf.benchmarks.recon import covered_ms
+
+    rng = random.Random(0)
+    for _ in range(50):
+        intervals = []
+        for _ in range(rng.randint(0, 12)):
+            start = rng.randint(0, 200)
+            intervals.append((float(start), float(start + rng.randint(0, 40))))
+        timeline = [False] * 260  # one slot per microsecond, marked where some interval runs
+        for start, end in intervals:
+            for t in range(int(start), int(end)):
+                timeline[t] = True
+        assert covered_ms(intervals) == sum(timeline) / 1000

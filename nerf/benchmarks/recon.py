@@ -148,16 +148,37 @@ def iteration_times(trainer, steps: int) -> list[float]:
     return times
 
 
+def covered_ms(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals in microseconds, in ms: time the GPU ran at least one kernel."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1000
+
+
 def profile_table(trainer, steps: int) -> str:
+    """The profiler's table of `steps` iterations and, on a GPU, how much of their wall time a kernel was running:
+    a busy share well below 100 % means the loop waits on the host (launches, synchronisations), not the GPU."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    _sync()
+    began = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
             trainer.train_step()
         _sync()
+    wall_ms = 1000 * (time.perf_counter() - began) / steps
     key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=25)
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    kernels = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not kernels:
+        return table
+    busy = covered_ms(kernels) / steps
+    return f"{table}\nGPU busy {busy:.1f} ms of {wall_ms:.1f} ms per iteration ({100 * busy / wall_ms:.0f} %, profiled)"
 
 
 def zero123_flags(flags: str, args: argparse.Namespace) -> str:
