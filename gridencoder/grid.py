@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import cuda
 from .cuda_build import resolve_backend, use_compiled
-from .reference import GRID_TYPES, INTERPOLATIONS, grid_encode, level_offsets
+from .reference import GRID_TYPES, INTERPOLATIONS, grid_encode, grid_encode_stencil, level_offsets
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -76,22 +76,34 @@ class GridEncoder(nn.Module):
 
     def forward(self, inputs: Tensor, bound: float = 1.0) -> Tensor:
         """Encode `inputs` [..., D] in [-bound, bound]; points outside encode to 0. Returns [..., L*C]."""
-        lead = inputs.shape[:-1]
+        u, table = self._prepared(inputs, bound)
+        encode = cuda.grid_encode if use_compiled(self._ext, self._requested, u) else grid_encode
+        out = encode(u, table, self.offsets, *self._config())
+        return out.reshape(*inputs.shape[:-1], self.output_dim)
+
+    def stencil(self, inputs: Tensor, bound: float, step: float) -> Tensor:
+        """Features [7, ..., L*C] of `inputs` [..., 3] and of their six central-difference neighbours at +-`step`
+        (world units) along x, y and z (order: the point, +x, +y, +z, -x, -y, -z; neighbours clamped to the cube).
+
+        The same values as encoding the seven points one by one; on CUDA one fused kernel shares the neighbours'
+        corners with the point's, which makes finite-difference normals cheaper (positions get no gradient there)."""
+        if self.input_dim != 3:
+            raise ValueError(f"the central-difference stencil needs 3-D inputs, the encoder takes {self.input_dim}")
+        u, table = self._prepared(inputs, bound)
+        fused = use_compiled(self._ext, self._requested, u) and not u.requires_grad
+        encode = cuda.grid_encode_stencil if fused else grid_encode_stencil
+        out = encode(u, table, self.offsets, *self._config(), step=step / (2 * bound))
+        return out.reshape(7, *inputs.shape[:-1], self.output_dim)
+
+    def _prepared(self, inputs: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+        """Positions mapped to [0, 1] as [B, D] fp32 (fp64 kept), and the table as the kernels read it."""
         u = ((inputs + bound) / (2 * bound)).reshape(-1, self.input_dim)
         if u.dtype != torch.float64:
             u = u.float()  # positions need fp32 even under autocast
         table = self.embeddings
         if u.is_cuda and self.level_dim % 2 == 0 and torch.is_autocast_enabled("cuda"):
             table = table.half()  # half tables halve the gather traffic; pairs keep the atomics fast
-        encode = cuda.grid_encode if use_compiled(self._ext, self._requested, u) else grid_encode
-        out = encode(
-            u,
-            table,
-            self.offsets,
-            self.per_level_scale,
-            self.base_resolution,
-            self.gridtype,
-            self.align_corners,
-            self.interpolation,
-        )
-        return out.reshape(*lead, self.output_dim)
+        return u, table
+
+    def _config(self) -> tuple:
+        return (self.per_level_scale, self.base_resolution, self.gridtype, self.align_corners, self.interpolation)

@@ -154,3 +154,29 @@ def grid_encode(
         features.append((weights[..., None] * values).sum(dim=1))
     out = torch.cat(features, dim=1) if features else u.new_zeros(batch, 0)
     return torch.where(inside, out, torch.zeros((), dtype=dtype, device=out.device)).to(embeddings.dtype)
+
+
+def stencil_points(inputs: Tensor, step: float) -> Tensor:
+    """The seven points of central differences at each of `inputs` [B, 3] in [0, 1]: the point, then +step along
+    x, y, z and -step along x, y, z, each neighbour clamped to [0, 1] ([7, B, 3]; the point itself is not clamped)."""
+    shifts = torch.eye(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device) * step
+    neighbours = (inputs[None] + torch.cat([shifts, -shifts])[:, None]).clamp(0, 1)
+    return torch.cat([inputs[None], neighbours])
+
+
+def grid_encode_stencil(
+    inputs: Tensor,
+    embeddings: Tensor,
+    offsets: Tensor,
+    per_level_scale: float,
+    base_resolution: int,
+    gridtype: str = "hash",
+    align_corners: bool = False,
+    interpolation: str = "linear",
+    step: float = 0.0,
+) -> Tensor:
+    """`grid_encode` of the seven `stencil_points` of every point of `inputs` [B, 3]: [7, B, L*C]."""
+    points = stencil_points(inputs, step)
+    out = grid_encode(points.reshape(-1, inputs.shape[-1]), embeddings, offsets, per_level_scale, base_resolution,
+                      gridtype, align_corners, interpolation)
+    return out.reshape(points.shape[0], inputs.shape[0], -1)

@@ -13,7 +13,7 @@ from freqencoder import cuda as freq_cuda
 from freqencoder.reference import freq_encode
 from gridencoder import GridEncoder
 from gridencoder import cuda as grid_cuda
-from gridencoder.reference import grid_encode, level_offsets
+from gridencoder.reference import grid_encode, grid_encode_stencil, level_offsets, stencil_points
 from shencoder import cuda as sh_cuda
 from shencoder.reference import sh_encode
 
@@ -112,6 +112,60 @@ def test_realfusion_grid_module_cuda_vs_torch_with_autocast():
     # CPU inputs through the auto backend fall back to the reference
     cpu = GridEncoder(**config)
     assert cpu(x[:8].cpu(), bound=0.75).shape == (8, 32)
+
+
+def stencil_case(channels: int, dtype: torch.dtype, seed: int, batch: int = 4096):
+    u, table, offsets, _ = random_case(3, channels, False, dtype, seed, batch)
+    u[:64, 1], u[64:128, 0] = 0.0005, 0.9998  # neighbours clamped at the faces
+    gen = torch.Generator(device=DEVICE).manual_seed(seed + 1)
+    grad = torch.randn(7, batch, 6 * channels, generator=gen, device=DEVICE).to(dtype)
+    return u, table, offsets, grad
+
+
+@pytest.mark.parametrize("channels", [1, 2, 8])
+@pytest.mark.parametrize("gridtype", ["hash", "tiled"])
+@pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("step", [0.003, 0.04])
+def test_fused_stencil_matches_the_seven_points_encoded_apart(channels, gridtype, interpolation, dtype, step):
+    """The fused kernel against the CUDA encoder on the seven points (forward: the same accumulation) and against
+    the reference (table gradient: the shared corners are summed before their atomic, so only rounding differs)."""
+    u, table, offsets, grad = stencil_case(channels, dtype, seed=channels * 3 + int(step * 1000))
+    config = (1.9, 5, gridtype, False, interpolation)
+    table = table.clone().requires_grad_(True)
+    fused = grid_cuda.grid_encode_stencil(u, table, offsets, *config, step=step)
+    fused.backward(grad)
+    points = stencil_points(u, step).reshape(-1, 3)
+    apart = grid_cuda.grid_encode(points, table.detach(), offsets, *config).reshape(7, len(u), -1)
+    assert fused.shape == (7, len(u), 6 * channels) and fused.dtype == dtype
+    assert_close_to(fused.detach(), apart, 1e-6 if dtype == torch.float32 else 1e-3)
+    truth = table.detach().float().requires_grad_(True)
+    want = grid_encode_stencil(u, truth, offsets, *config, step=step)
+    want.backward(grad.float())
+    assert_close_to(fused.detach(), want.detach(), 1e-5 if dtype == torch.float32 else 1e-2)
+    assert_close_to(table.grad, truth.grad, 1e-5 if dtype == torch.float32 else 1e-2)
+    assert table.grad.abs().max() > 0
+
+
+def test_geometry_finite_difference_normals_cuda_vs_torch_with_autocast():
+    from nerf.field.geometry import DensityGeometry
+
+    torch.manual_seed(0)
+    fast = DensityGeometry(backend="cuda").to(DEVICE)
+    slow = DensityGeometry(backend="torch").to(DEVICE)
+    with torch.no_grad():
+        fast.encoder.embeddings.mul_(100)  # features that shape the density beside the central blob
+    slow.load_state_dict(fast.state_dict())
+    x = (torch.rand(20000, 3, device=DEVICE) * 2 - 1) * 0.74
+    results = []
+    for geometry in (fast, slow):
+        with torch.autocast("cuda", dtype=torch.float16):
+            sigma, albedo, normal = geometry.sample(x, need_normal=True)
+        (sigma.float().mean() + normal.float().square().mul(torch.arange(3, device=DEVICE)).mean()).backward()
+        results.append((sigma.detach(), normal.detach(), geometry.encoder.embeddings.grad))
+    assert_close_to(results[0][0], results[1][0], 1e-2)
+    assert (results[0][1] - results[1][1]).norm(dim=-1).median() < 1e-2
+    assert_close_to(results[0][2], results[1][2], 1e-2)
 
 
 @pytest.mark.parametrize("degree", range(1, 9))

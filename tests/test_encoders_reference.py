@@ -391,3 +391,22 @@ def test_freq_gradcheck_and_module():
     d = torch.randn(2, 5, 3)
     assert enc.output_dim == 39 and enc(d).shape == (2, 5, 39)
     torch.testing.assert_close(enc(d.half()), freq_encode(d.half().float().reshape(-1, 3), 6).view(2, 5, 39))
+
+
+def test_stencil_is_the_point_and_its_six_clamped_neighbours_encoded_one_by_one():
+    from gridencoder.reference import grid_encode_stencil
+
+    gen = torch.Generator().manual_seed(5)
+    offsets = level_offsets(3, 5, 2, 4, 2.1, 10, False)
+    table = torch.randn(offsets[-1], 2, generator=gen, dtype=torch.float64)
+    u = torch.rand(300, 3, generator=gen, dtype=torch.float64)
+    u[:20, 0], u[20:40, 2] = 0.001, 0.9995  # neighbours clamped at the faces
+    u[40:45] = -0.01  # a point outside encodes to 0, its neighbours are clamped inside
+    step = 0.004
+    got = grid_encode_stencil(u, table, torch.tensor(offsets), 2.1, 4, "hash", False, "linear", step)
+    neighbours = [u] + [(u + sign * step * torch.eye(3, dtype=u.dtype)[axis]).clamp(0, 1)
+                        for sign in (1, -1) for axis in range(3)]
+    want = torch.stack([grid_encode(p, table, torch.tensor(offsets), 2.1, 4, "hash") for p in neighbours])
+    assert got.shape == (7, 300, 10)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got[0, 40:45].abs().max() == 0 and got[1:, 40:45].abs().max() > 0

@@ -25,21 +25,28 @@ TINY = ["--iters", "2", "--HW_real", "8", "--HW_synthetic", "8", "--num_rays", "
 
 
 class PointCounter:
-    """Counts the points that go through the grid encoder of a geometry: one field evaluation each."""
+    """Counts the points that go through the grid encoder of a geometry, one field evaluation each (seven for a
+    point of the central-difference stencil: the point and its six neighbours). `calls` holds (points, evaluations)."""
 
     def __init__(self, geometry: DensityGeometry) -> None:
-        self.calls: list[int] = []
-        original = geometry.features
+        self.calls: list[tuple[int, int]] = []
+        encoder = geometry.encoder
+        forward, stencil = encoder.forward, encoder.stencil
 
-        def counted(x: Tensor) -> Tensor:
-            self.calls.append(x.shape[0])
-            return original(x)
+        def counted(x: Tensor, bound: float = 1.0) -> Tensor:
+            self.calls.append((x.shape[0], x.shape[0]))
+            return forward(x, bound)
 
-        geometry.features = counted  # type: ignore[method-assign]
+        def counted_stencil(x: Tensor, bound: float, step: float) -> Tensor:
+            self.calls.append((x.shape[0], 7 * x.shape[0]))
+            return stencil(x, bound, step)
+
+        encoder.forward = counted  # type: ignore[method-assign]
+        encoder.stencil = counted_stencil  # type: ignore[method-assign]
 
     @property
     def total(self) -> int:
-        return sum(self.calls)
+        return sum(evaluations for _, evaluations in self.calls)
 
 
 def small_renderer(normal_type: str) -> Renderer:
@@ -63,9 +70,9 @@ def test_field_evaluations_per_sample_of_a_render_with_normals(normal_type, alig
     renderer = small_renderer(normal_type)
     counter = PointCounter(renderer.field.geometry)
     out = renderer.render(*view_rays(), RenderSettings(shading="lambertian", need_normals=True, align_normals=align))
-    samples = counter.calls[0]  # the first evaluation is the samples' own
+    samples = counter.calls[0][0]  # the first call is the samples' own
     assert samples > 0
-    assert counter.total == per_sample * samples + (6 * min(NORMAL_ALIGN_SAMPLES, samples) if align else 0)
+    assert counter.total == per_sample * samples + (7 * min(NORMAL_ALIGN_SAMPLES, samples) if align else 0)
     assert ("loss_normal_pred" in out) == align
 
 
@@ -149,8 +156,8 @@ def test_normals_are_evaluated_only_by_the_renders_that_use_them(tmp_path, norma
     _, _, shaded = trainer_with_prior(tmp_path / "shaded", ["--normal_type", normal_type, "--albedo"])
     counter = PointCounter(shaded.field.geometry)
     shaded.objective.synthetic_step(1, lambda: 1.0)
-    samples = counter.calls[0]
-    expected = 7 * samples if normal_type == "finite_difference" else samples + 6 * min(NORMAL_ALIGN_SAMPLES, samples)
+    samples = counter.calls[0][0]
+    expected = 7 * samples if normal_type == "finite_difference" else samples + 7 * min(NORMAL_ALIGN_SAMPLES, samples)
     assert counter.total == expected
 
 
@@ -183,7 +190,7 @@ def test_a_cuda_training_render_in_fp16_pays_its_normal_type_s_evaluations(norma
         out = renderer.render(rays_o, rays_d, settings)
         loss = out["image"].mean() + out["loss_orient"] + out.get("loss_normal_pred", 0)
     loss.backward()
-    samples = counter.calls[0]
-    extra = 6 * samples if normal_type == "finite_difference" else 6 * min(NORMAL_ALIGN_SAMPLES, samples)
+    samples = counter.calls[0][0]
+    extra = 6 * samples if normal_type == "finite_difference" else 7 * min(NORMAL_ALIGN_SAMPLES, samples)
     assert counter.total == samples + extra
     assert torch.isfinite(loss) and torch.isfinite(geometry.encoder.embeddings.grad).all()

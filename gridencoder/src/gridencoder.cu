@@ -246,6 +246,150 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The seven points of central differences at a 3-D point: the point itself (tap 0), then +step along x, y, z
+// (taps 1-3) and -step along x, y, z (taps 4-6), each neighbour clamped to [0, 1].
+constexpr int kTaps = 7;
+
+__device__ __forceinline__ void stencil_tap(const float* __restrict__ u, int tap, float step, float (&p)[3]) {
+#pragma unroll
+  for (int d = 0; d < 3; ++d) p[d] = u[d];
+  if (tap == 0) return;
+  const int axis = (tap - 1) % 3;
+  p[axis] = __fadd_rn(p[axis], tap <= 3 ? step : -step);
+#pragma unroll
+  for (int d = 0; d < 3; ++d) p[d] = fminf(fmaxf(p[d], 0.f), 1.f);
+}
+
+// Which of the centre cell's corners `vertex` is (bit d set for the upper vertex along d), or -1 if none.
+__device__ __forceinline__ int centre_corner(const Cell<3>& centre, const uint32_t (&vertex)[3]) {
+  int corner = 0;
+#pragma unroll
+  for (int d = 0; d < 3; ++d) {
+    const uint32_t delta = vertex[d] - centre.base[d];
+    if (delta > 1u) return -1;
+    corner |= static_cast<int>(delta) << d;
+  }
+  return corner;
+}
+
+// Forward of the stencil: outputs [7, B, L*C]. A neighbour within step of the point lies in the point's cell or
+// the next one, so many of its corners are the point's own; those rows are gathered once. Each tap's value is
+// accumulated exactly as grid_forward_kernel accumulates it.
+template <typename scalar_t, int C>
+__global__ void __launch_bounds__(kThreads)
+    stencil_forward_kernel(const float* __restrict__ inputs, const scalar_t* __restrict__ table,
+                           const int32_t* __restrict__ offsets, scalar_t* __restrict__ outputs, uint32_t batch,
+                           uint32_t levels, const __grid_constant__ LevelScales scales, Options opt, float step) {
+  constexpr int D = 3;
+  const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const uint32_t level = blockIdx.y;
+  const float scale = scales.v[level];
+  const uint32_t first = offsets[level];
+  const uint32_t size = offsets[level + 1] - first;
+  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
+  const auto* rows = reinterpret_cast<const Row<scalar_t, C>*>(table) + first;
+  const float* u = inputs + static_cast<size_t>(b) * D;
+
+  Cell<D> centre;
+  const bool inside = locate<D>(u, scale, opt, centre);
+  float centre_rows[1 << D][C];
+  if (inside) {
+#pragma unroll
+    for (int corner = 0; corner < (1 << D); ++corner) {
+      float axis[D];
+      uint32_t vertex[D];
+      corner_weights<D>(centre, corner, axis, vertex);
+      const Row<scalar_t, C> row = rows[table_row<D>(vertex, resolution, size, opt)];
+#pragma unroll
+      for (int ch = 0; ch < C; ++ch) centre_rows[corner][ch] = to_float(row.v[ch]);
+    }
+  }
+  for (int tap = 0; tap < kTaps; ++tap) {
+    float p[D];
+    stencil_tap(u, tap, step, p);
+    Cell<D> cell;
+    float acc[C] = {};
+    if (locate<D>(p, scale, opt, cell)) {
+#pragma unroll
+      for (int corner = 0; corner < (1 << D); ++corner) {
+        float axis[D];
+        uint32_t vertex[D];
+        const float w = corner_weights<D>(cell, corner, axis, vertex);
+        const int shared = inside ? centre_corner(centre, vertex) : -1;
+        if (shared >= 0) {
+#pragma unroll
+          for (int ch = 0; ch < C; ++ch) acc[ch] += w * centre_rows[shared][ch];
+        } else {
+          const Row<scalar_t, C> row = rows[table_row<D>(vertex, resolution, size, opt)];
+#pragma unroll
+          for (int ch = 0; ch < C; ++ch) acc[ch] += w * to_float(row.v[ch]);
+        }
+      }
+    }
+    Row<scalar_t, C> result;
+#pragma unroll
+    for (int ch = 0; ch < C; ++ch) result.v[ch] = from_float<scalar_t>(acc[ch]);
+    reinterpret_cast<Row<scalar_t, C>*>(outputs)[(static_cast<size_t>(tap) * batch + b) * levels + level] = result;
+  }
+}
+
+// Backward of the stencil (table gradient only): the gradients of the taps' corners that are the point's own are
+// summed in registers and scattered with one atomic per corner, the others scattered as they come.
+template <typename scalar_t, int C>
+__global__ void __launch_bounds__(kThreads)
+    stencil_backward_kernel(const scalar_t* __restrict__ grad, const float* __restrict__ inputs,
+                            const int32_t* __restrict__ offsets, scalar_t* __restrict__ grad_table, uint32_t batch,
+                            uint32_t levels, const __grid_constant__ LevelScales scales, Options opt, float step) {
+  constexpr int D = 3;
+  const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const uint32_t level = blockIdx.y;
+  const float scale = scales.v[level];
+  const uint32_t first = offsets[level];
+  const uint32_t size = offsets[level + 1] - first;
+  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
+  const float* u = inputs + static_cast<size_t>(b) * D;
+
+  Cell<D> centre;
+  const bool inside = locate<D>(u, scale, opt, centre);
+  float shared_grad[1 << D][C] = {};
+  for (int tap = 0; tap < kTaps; ++tap) {
+    float p[D];
+    stencil_tap(u, tap, step, p);
+    Cell<D> cell;
+    if (!locate<D>(p, scale, opt, cell)) continue;
+    const Row<scalar_t, C> g_row =
+        reinterpret_cast<const Row<scalar_t, C>*>(grad)[(static_cast<size_t>(tap) * batch + b) * levels + level];
+    float g[C];
+#pragma unroll
+    for (int ch = 0; ch < C; ++ch) g[ch] = to_float(g_row.v[ch]);
+#pragma unroll
+    for (int corner = 0; corner < (1 << D); ++corner) {
+      float axis[D];
+      uint32_t vertex[D];
+      const float w = corner_weights<D>(cell, corner, axis, vertex);
+      const int shared = inside ? centre_corner(centre, vertex) : -1;
+      if (shared >= 0) {
+#pragma unroll
+        for (int ch = 0; ch < C; ++ch) shared_grad[shared][ch] += w * g[ch];
+      } else {
+        const uint32_t row = first + table_row<D>(vertex, resolution, size, opt);
+        scatter_row<C>(grad_table + static_cast<size_t>(row) * C, g, w);
+      }
+    }
+  }
+  if (!inside) return;
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    float axis[D];
+    uint32_t vertex[D];
+    corner_weights<D>(centre, corner, axis, vertex);
+    const uint32_t row = first + table_row<D>(vertex, resolution, size, opt);
+    scatter_row<C>(grad_table + static_cast<size_t>(row) * C, shared_grad[corner], 1.f);
+  }
+}
+
 // Calls f(std::integral_constant<int, D>, std::integral_constant<int, C>) for the supported sizes.
 template <int D, typename F>
 void with_channels(int64_t channels, F&& f) {
@@ -364,4 +508,64 @@ std::tuple<at::Tensor, at::Tensor> grid_encode_backward(const at::Tensor& grad, 
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_table, grad_inputs};
+}
+
+at::Tensor grid_encode_stencil_forward(const at::Tensor& inputs, const at::Tensor& table, const at::Tensor& offsets,
+                                       const std::vector<double>& scales, bool hashed, bool align_corners,
+                                       bool smoothstep, double step) {
+  check_common(inputs, table, offsets, scales);
+  TORCH_CHECK(inputs.size(1) == 3, "grid encoder stencil: inputs must be [B, 3]");
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  const int64_t batch = inputs.size(0);
+  const int64_t levels = offsets.numel() - 1;
+  const int64_t channels = table.size(1);
+  auto outputs = at::empty({kTaps, batch, levels * channels}, table.options());
+  if (batch == 0) return outputs;
+  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const Options opt{hashed, align_corners, smoothstep};
+  const LevelScales packed = pack_scales(scales);
+  with_scalar(table, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    with_channels<3>(channels, [&](auto, auto ch) {
+      stencil_forward_kernel<scalar_t, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+          inputs.data_ptr<float>(), static_cast<const scalar_t*>(table.data_ptr()), offsets.data_ptr<int32_t>(),
+          static_cast<scalar_t*>(outputs.data_ptr()), static_cast<uint32_t>(batch), static_cast<uint32_t>(levels),
+          packed, opt, static_cast<float>(step));
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return outputs;
+}
+
+at::Tensor grid_encode_stencil_backward(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& table,
+                                        const at::Tensor& offsets, const std::vector<double>& scales, bool hashed,
+                                        bool align_corners, bool smoothstep, double step) {
+  check_common(inputs, table, offsets, scales);
+  TORCH_CHECK(inputs.size(1) == 3, "grid encoder stencil: inputs must be [B, 3]");
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  const int64_t batch = inputs.size(0);
+  const int64_t levels = offsets.numel() - 1;
+  const int64_t channels = table.size(1);
+  TORCH_CHECK(grad.is_cuda() && grad.is_contiguous() && grad.scalar_type() == table.scalar_type() &&
+                  grad.dim() == 3 && grad.size(0) == kTaps && grad.size(1) == batch &&
+                  grad.size(2) == levels * channels,
+              "grid encoder stencil: grad must be a contiguous [7, B, L*C] tensor in the table's dtype");
+  auto grad_table = at::zeros_like(table);
+  if (batch == 0) return grad_table;
+  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const Options opt{hashed, align_corners, smoothstep};
+  const LevelScales packed = pack_scales(scales);
+  with_scalar(table, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    with_channels<3>(channels, [&](auto, auto ch) {
+      stencil_backward_kernel<scalar_t, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+          static_cast<const scalar_t*>(grad.data_ptr()), inputs.data_ptr<float>(), offsets.data_ptr<int32_t>(),
+          static_cast<scalar_t*>(grad_table.data_ptr()), static_cast<uint32_t>(batch),
+          static_cast<uint32_t>(levels), packed, opt, static_cast<float>(step));
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_table;
 }

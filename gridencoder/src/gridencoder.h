@@ -17,3 +17,13 @@ std::tuple<at::Tensor, at::Tensor> grid_encode_backward(const at::Tensor& grad, 
                                                               const std::vector<double>& scales, bool hashed,
                                                               bool align_corners, bool smoothstep,
                                                               bool needs_table_grad, bool needs_input_grad);
+
+// The seven-point central-difference stencil of 3-D inputs [B, 3]: the point, then +step along x, y, z and -step
+// along x, y, z (neighbours clamped to [0, 1]). Returns [7, B, L*C]; the backward (grad [7, B, L*C]) returns the
+// table gradient only.
+at::Tensor grid_encode_stencil_forward(const at::Tensor& inputs, const at::Tensor& table, const at::Tensor& offsets,
+                                       const std::vector<double>& scales, bool hashed, bool align_corners,
+                                       bool smoothstep, double step);
+at::Tensor grid_encode_stencil_backward(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& table,
+                                        const at::Tensor& offsets, const std::vector<double>& scales, bool hashed,
+                                        bool align_corners, bool smoothstep, double step);

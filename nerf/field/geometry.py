@@ -9,8 +9,6 @@ Ref-NeRF's predicted normals, tied to the density-gradient normals by a loss in 
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -42,16 +40,18 @@ def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
 
-def finite_difference_normal(sigma: Callable[[Tensor], Tensor], x: Tensor, bound: float,
-                             eps: float = NORMAL_EPS) -> Tensor:
-    """Outward unit normals -grad(sigma)/|grad(sigma)| at x [N, 3] by central differences: the six shifted copies
-    go through `sigma` in one batched call (clamped to the scene cube); a zero gradient gives a zero normal."""
-    offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps
-    offsets = torch.cat([offsets, -offsets])  # +x, +y, +z, -x, -y, -z
-    shifted = (x[None] + offsets[:, None]).clamp(-bound, bound).reshape(-1, 3)
-    values = sigma(shifted).reshape(6, -1)
-    gradient = (values[:3] - values[3:]).T / (2 * eps)
+def central_difference_normal(sigma_taps: Tensor, eps: float = NORMAL_EPS) -> Tensor:
+    """Outward unit normals -grad(sigma)/|grad(sigma)| [N, 3] from the densities [6, N] at +x, +y, +z, -x, -y, -z
+    (steps of `eps`); a zero gradient gives a zero normal."""
+    gradient = (sigma_taps[:3] - sigma_taps[3:]).T / (2 * eps)
     return torch.nan_to_num(safe_normalize(-gradient))
+
+
+def stencil_points(x: Tensor, bound: float, eps: float = NORMAL_EPS) -> Tensor:
+    """x [N, 3] and its six neighbours at +-eps along x, y, z (clamped to the scene cube): [7, N, 3]."""
+    shifts = torch.eye(3, device=x.device, dtype=x.dtype) * eps
+    neighbours = (x[None] + torch.cat([shifts, -shifts])[:, None]).clamp(-bound, bound)
+    return torch.cat([x[None], neighbours])
 
 
 class DensityGeometry(nn.Module):
@@ -78,7 +78,9 @@ class DensityGeometry(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Grid features [N, levels * 2] with the `grid_levels_mask` finest levels zeroed."""
-        features = self.encoder(x, bound=self.bound)
+        return self._masked(self.encoder(x, bound=self.bound))
+
+    def _masked(self, features: Tensor) -> Tensor:
         if self.grid_levels_mask > 0:
             keep = features.shape[-1] - self.grid_levels_mask * 2
             mask = torch.zeros(features.shape[-1], dtype=features.dtype, device=features.device)
@@ -101,22 +103,30 @@ class DensityGeometry(nn.Module):
         return self._density_of(self.features(x), x)
 
     def sample(self, x: Tensor, need_normal: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """sigma [N], albedo [N, 3] and (if `need_normal`) unit normals [N, 3] at x from one grid evaluation (plus
-        six for finite-difference normals)."""
+        """sigma [N], albedo [N, 3] and (if `need_normal`) unit normals [N, 3] at x from one grid evaluation (of
+        the point and its six neighbours for finite-difference normals)."""
+        if need_normal and self.normal_head is None:
+            sigma, albedo = self._stencil_density(x)
+            return sigma[0], albedo[0], central_difference_normal(sigma[1:])
         features = self.features(x)
         out = self._density_of(features, x)
         if not need_normal:
             return out["sigma"], out["albedo"], None
-        if self.normal_head is not None:
-            return out["sigma"], out["albedo"], self._predicted_normal(features)
-        return out["sigma"], out["albedo"], self.gradient_normal(x)
+        return out["sigma"], out["albedo"], self._predicted_normal(features)
+
+    def _stencil_density(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """sigma [7, N] and albedo [7, N, 3] at x and its six central-difference neighbours, from one grid call
+        (fused on CUDA) and one MLP call."""
+        features = self._masked(self.encoder.stencil(x, self.bound, NORMAL_EPS))
+        out = self._density_of(features, stencil_points(x, self.bound))
+        return out["sigma"], out["albedo"]
 
     def _predicted_normal(self, features: Tensor) -> Tensor:
         return safe_normalize(self.normal_head(features).float())
 
     def gradient_normal(self, x: Tensor) -> Tensor:
         """The density-gradient normals [N, 3] at x by central finite differences, whatever `normal_type` is."""
-        return finite_difference_normal(lambda p: self.density(p)["sigma"], x, self.bound)
+        return central_difference_normal(self._stencil_density(x)[0][1:])
 
     def normal(self, x: Tensor) -> Tensor:
         """Outward unit normals [N, 3] at x, by the method `normal_type` names."""
