@@ -12,7 +12,8 @@ import pytest
 import torch
 
 OPS = {
-    "hash grid fwd+bwd", "tiled grid fwd+bwd (--O field)", "SH encoding fwd+bwd", "frequency encoding fwd+bwd",
+    "hash grid fwd+bwd", "tiled grid fwd+bwd (--O field)", "tiled grid, 7-point stencil fwd+bwd",
+    "SH encoding fwd+bwd", "frequency encoding fwd+bwd",
     "march+composite train fwd+bwd", "march+composite inference", "synthetic render fwd+bwd",
     "real-view render fwd+bwd",
 }

@@ -116,7 +116,7 @@ def encoder_pass(encoder: nn.Module, inputs: Tensor, grad: Tensor, autocast: boo
         inputs.grad = None
         with half_autocast(device) if autocast else contextlib.nullcontext():
             out = encoder(inputs)
-        out.backward(grad.to(out.dtype))
+        out.backward(grad.to(out.dtype).reshape(out.shape))
 
     return run
 
@@ -149,6 +149,17 @@ def encoder_cases(device: torch.device, fast: str, sizes: Sizes) -> list[tuple[s
         return GridEncoder(3, levels, 2, base_resolution=16, log2_hashmap_size=table,
                            desired_resolution=2048 * 0.75, gridtype="tiled", backend=backend)
 
+    class Stencil(nn.Module):
+        """The field's encoder on a sample and its six finite-difference neighbours (fused on CUDA)."""
+
+        def __init__(self, backend: str) -> None:
+            super().__init__()
+            self.encoder = tiled_grid(backend)
+            self.output_dim = 7 * self.encoder.output_dim
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.encoder.stencil(x * 0.75, 0.75, 0.01)
+
     half, grid = precision(device), f"{count} pts, {levels} lv x 2"
     return [
         ("hash grid fwd+bwd", f"{grid}, 2^{sizes.hash_log2} table, fp32", pair(hash_grid, points, False)),
@@ -156,6 +167,8 @@ def encoder_cases(device: torch.device, fast: str, sizes: Sizes) -> list[tuple[s
          pair(hash_grid, points, True)),
         ("tiled grid fwd+bwd (--O field)", f"{grid}, 2^{table} table, {half}",
          pair(tiled_grid, points, True)),
+        ("tiled grid, 7-point stencil fwd+bwd", f"{grid} (x7 neighbours at 0.01), 2^{table} table, {half}",
+         pair(Stencil, points, True)),
         ("SH encoding fwd+bwd", f"{count} dirs, degree 4 (input grad)",
          pair(lambda b: SHEncoder(3, 4, backend=b), dirs, False)),
         ("frequency encoding fwd+bwd", f"{count} dirs, degree 6 (background; input grad)",
