@@ -164,17 +164,9 @@ def stencil_points(inputs: Tensor, step: float) -> Tensor:
     return torch.cat([inputs[None], neighbours])
 
 
-def grid_encode_stencil(
-    inputs: Tensor,
-    embeddings: Tensor,
-    offsets: Tensor,
-    per_level_scale: float,
-    base_resolution: int,
-    gridtype: str = "hash",
-    align_corners: bool = False,
-    interpolation: str = "linear",
-    step: float = 0.0,
-) -> Tensor:
+def grid_encode_stencil(inputs: Tensor, embeddings: Tensor, offsets: Tensor, per_level_scale: float,
+                        base_resolution: int, gridtype: str = "hash", align_corners: bool = False,
+                        interpolation: str = "linear", step: float = 0.0) -> Tensor:
     """`grid_encode` of the seven `stencil_points` of every point of `inputs` [B, 3]: [7, B, L*C]."""
     points = stencil_points(inputs, step)
     out = grid_encode(points.reshape(-1, inputs.shape[-1]), embeddings, offsets, per_level_scale, base_resolution,

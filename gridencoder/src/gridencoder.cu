@@ -123,6 +123,21 @@ __device__ __forceinline__ float corner_weights(const Cell<D>& cell, int corner,
   return w;
 }
 
+// Where a level's rows start in the table, how many it has, its scale and the vertices per axis its index uses.
+struct Level {
+  float scale;
+  uint32_t first;
+  uint32_t size;
+  uint32_t resolution;
+};
+
+__device__ __forceinline__ Level level_at(const int32_t* __restrict__ offsets, const LevelScales& scales,
+                                          uint32_t level) {
+  const float scale = scales.v[level];
+  const uint32_t first = offsets[level];
+  return {scale, first, offsets[level + 1] - first, static_cast<uint32_t>(ceilf(scale)) + 1};
+}
+
 template <int C>
 __device__ __forceinline__ void scatter_row(float* dst, const float (&g)[C], float w) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -162,7 +177,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const uint32_t level = blockIdx.y;
-  const float scale = scales.v[level];
+  const auto [scale, first, size, resolution] = level_at(offsets, scales, level);
   auto* out = reinterpret_cast<Row<scalar_t, C>*>(outputs) + (static_cast<size_t>(b) * levels + level);
 
   Cell<D> cell;
@@ -173,9 +188,6 @@ __global__ void __launch_bounds__(kThreads)
     *out = result;
     return;
   }
-  const uint32_t first = offsets[level];
-  const uint32_t size = offsets[level + 1] - first;
-  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
   const auto* rows = reinterpret_cast<const Row<scalar_t, C>*>(table) + first;
 
   float acc[C] = {};
@@ -204,7 +216,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const uint32_t level = blockIdx.y;
-  const float scale = scales.v[level];
+  const auto [scale, first, size, resolution] = level_at(offsets, scales, level);
   Cell<D> cell;
   if (!locate<D>(inputs + static_cast<size_t>(b) * D, scale, opt, cell)) return;
 
@@ -213,9 +225,6 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int ch = 0; ch < C; ++ch) g[ch] = to_float(g_row.v[ch]);
 
-  const uint32_t first = offsets[level];
-  const uint32_t size = offsets[level + 1] - first;
-  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
   float d_input[D] = {};
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
@@ -284,10 +293,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const uint32_t level = blockIdx.y;
-  const float scale = scales.v[level];
-  const uint32_t first = offsets[level];
-  const uint32_t size = offsets[level + 1] - first;
-  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
+  const auto [scale, first, size, resolution] = level_at(offsets, scales, level);
   const auto* rows = reinterpret_cast<const Row<scalar_t, C>*>(table) + first;
   const float* u = inputs + static_cast<size_t>(b) * D;
 
@@ -345,10 +351,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const uint32_t level = blockIdx.y;
-  const float scale = scales.v[level];
-  const uint32_t first = offsets[level];
-  const uint32_t size = offsets[level + 1] - first;
-  const uint32_t resolution = static_cast<uint32_t>(ceilf(scale)) + 1;
+  const auto [scale, first, size, resolution] = level_at(offsets, scales, level);
   const float* u = inputs + static_cast<size_t>(b) * D;
 
   Cell<D> centre;
@@ -447,28 +450,47 @@ LevelScales pack_scales(const std::vector<double>& scales) {
   return packed;
 }
 
+// What every launch takes from its arguments: sizes, one block row per level, the current stream (call it under the
+// inputs' device guard), the grid options and the level scales.
+struct Launch {
+  int64_t batch;
+  int64_t levels;
+  int64_t channels;
+  dim3 blocks;
+  cudaStream_t stream;
+  Options opt;
+  LevelScales scales;
+};
+
+Launch launch_for(const at::Tensor& inputs, const at::Tensor& table, const at::Tensor& offsets,
+                  const std::vector<double>& scales, bool hashed, bool align_corners, bool smoothstep) {
+  const int64_t batch = inputs.size(0);
+  const int64_t levels = offsets.numel() - 1;
+  return {batch,
+          levels,
+          table.size(1),
+          dim3((batch + kThreads - 1) / kThreads, levels),
+          c10::cuda::getCurrentCUDAStream(),
+          Options{hashed, align_corners, smoothstep},
+          pack_scales(scales)};
+}
+
 }  // namespace
 
 at::Tensor grid_encode_forward(const at::Tensor& inputs, const at::Tensor& table, const at::Tensor& offsets,
                                   const std::vector<double>& scales, bool hashed, bool align_corners, bool smoothstep) {
   check_common(inputs, table, offsets, scales);
   const c10::cuda::CUDAGuard guard(inputs.device());
-  const int64_t batch = inputs.size(0);
-  const int64_t levels = offsets.numel() - 1;
-  const int64_t channels = table.size(1);
-  auto outputs = at::empty({batch, levels * channels}, table.options());
-  if (batch == 0) return outputs;
-  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Options opt{hashed, align_corners, smoothstep};
-  const LevelScales packed = pack_scales(scales);
+  const Launch run = launch_for(inputs, table, offsets, scales, hashed, align_corners, smoothstep);
+  auto outputs = at::empty({run.batch, run.levels * run.channels}, table.options());
+  if (run.batch == 0) return outputs;
   with_scalar(table, [&](auto tag) {
     using scalar_t = decltype(tag);
-    with_sizes(inputs.size(1), channels, [&](auto dim, auto ch) {
-      grid_forward_kernel<scalar_t, decltype(dim)::value, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+    with_sizes(inputs.size(1), run.channels, [&](auto dim, auto ch) {
+      grid_forward_kernel<scalar_t, decltype(dim)::value, decltype(ch)::value><<<run.blocks, kThreads, 0, run.stream>>>(
           inputs.data_ptr<float>(), static_cast<const scalar_t*>(table.data_ptr()), offsets.data_ptr<int32_t>(),
-          static_cast<scalar_t*>(outputs.data_ptr()), static_cast<uint32_t>(batch), static_cast<uint32_t>(levels),
-          packed, opt);
+          static_cast<scalar_t*>(outputs.data_ptr()), static_cast<uint32_t>(run.batch),
+          static_cast<uint32_t>(run.levels), run.scales, run.opt);
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -482,28 +504,22 @@ std::tuple<at::Tensor, at::Tensor> grid_encode_backward(const at::Tensor& grad, 
                                                               bool needs_table_grad, bool needs_input_grad) {
   check_common(inputs, table, offsets, scales);
   const c10::cuda::CUDAGuard guard(inputs.device());
-  const int64_t batch = inputs.size(0);
-  const int64_t levels = offsets.numel() - 1;
-  const int64_t channels = table.size(1);
+  const Launch run = launch_for(inputs, table, offsets, scales, hashed, align_corners, smoothstep);
   TORCH_CHECK(grad.is_cuda() && grad.is_contiguous() && grad.scalar_type() == table.scalar_type() &&
-                  grad.dim() == 2 && grad.size(0) == batch && grad.size(1) == levels * channels,
+                  grad.dim() == 2 && grad.size(0) == run.batch && grad.size(1) == run.levels * run.channels,
               "grid encoder: grad must be a contiguous [B, L*C] tensor in the table's dtype");
   auto grad_table = needs_table_grad ? at::zeros_like(table) : at::Tensor();
   auto grad_inputs = needs_input_grad ? at::zeros_like(inputs) : at::Tensor();
-  if (batch == 0 || !(needs_table_grad || needs_input_grad)) return {grad_table, grad_inputs};
-  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Options opt{hashed, align_corners, smoothstep};
-  const LevelScales packed = pack_scales(scales);
+  if (run.batch == 0 || !(needs_table_grad || needs_input_grad)) return {grad_table, grad_inputs};
   with_scalar(table, [&](auto tag) {
     using scalar_t = decltype(tag);
-    with_sizes(inputs.size(1), channels, [&](auto dim, auto ch) {
-      grid_backward_kernel<scalar_t, decltype(dim)::value, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+    with_sizes(inputs.size(1), run.channels, [&](auto dim, auto ch) {
+      grid_backward_kernel<scalar_t, decltype(dim)::value, decltype(ch)::value><<<run.blocks, kThreads, 0, run.stream>>>(
           static_cast<const scalar_t*>(grad.data_ptr()), inputs.data_ptr<float>(),
           static_cast<const scalar_t*>(table.data_ptr()), offsets.data_ptr<int32_t>(),
           needs_table_grad ? static_cast<scalar_t*>(grad_table.data_ptr()) : nullptr,
-          needs_input_grad ? grad_inputs.data_ptr<float>() : nullptr, static_cast<uint32_t>(batch),
-          static_cast<uint32_t>(levels), packed, opt);
+          needs_input_grad ? grad_inputs.data_ptr<float>() : nullptr, static_cast<uint32_t>(run.batch),
+          static_cast<uint32_t>(run.levels), run.scales, run.opt);
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -516,22 +532,16 @@ at::Tensor grid_encode_stencil_forward(const at::Tensor& inputs, const at::Tenso
   check_common(inputs, table, offsets, scales);
   TORCH_CHECK(inputs.size(1) == 3, "grid encoder stencil: inputs must be [B, 3]");
   const c10::cuda::CUDAGuard guard(inputs.device());
-  const int64_t batch = inputs.size(0);
-  const int64_t levels = offsets.numel() - 1;
-  const int64_t channels = table.size(1);
-  auto outputs = at::empty({kTaps, batch, levels * channels}, table.options());
-  if (batch == 0) return outputs;
-  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Options opt{hashed, align_corners, smoothstep};
-  const LevelScales packed = pack_scales(scales);
+  const Launch run = launch_for(inputs, table, offsets, scales, hashed, align_corners, smoothstep);
+  auto outputs = at::empty({kTaps, run.batch, run.levels * run.channels}, table.options());
+  if (run.batch == 0) return outputs;
   with_scalar(table, [&](auto tag) {
     using scalar_t = decltype(tag);
-    with_channels<3>(channels, [&](auto, auto ch) {
-      stencil_forward_kernel<scalar_t, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+    with_channels<3>(run.channels, [&](auto, auto ch) {
+      stencil_forward_kernel<scalar_t, decltype(ch)::value><<<run.blocks, kThreads, 0, run.stream>>>(
           inputs.data_ptr<float>(), static_cast<const scalar_t*>(table.data_ptr()), offsets.data_ptr<int32_t>(),
-          static_cast<scalar_t*>(outputs.data_ptr()), static_cast<uint32_t>(batch), static_cast<uint32_t>(levels),
-          packed, opt, static_cast<float>(step));
+          static_cast<scalar_t*>(outputs.data_ptr()), static_cast<uint32_t>(run.batch),
+          static_cast<uint32_t>(run.levels), run.scales, run.opt, static_cast<float>(step));
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -544,26 +554,20 @@ at::Tensor grid_encode_stencil_backward(const at::Tensor& grad, const at::Tensor
   check_common(inputs, table, offsets, scales);
   TORCH_CHECK(inputs.size(1) == 3, "grid encoder stencil: inputs must be [B, 3]");
   const c10::cuda::CUDAGuard guard(inputs.device());
-  const int64_t batch = inputs.size(0);
-  const int64_t levels = offsets.numel() - 1;
-  const int64_t channels = table.size(1);
+  const Launch run = launch_for(inputs, table, offsets, scales, hashed, align_corners, smoothstep);
   TORCH_CHECK(grad.is_cuda() && grad.is_contiguous() && grad.scalar_type() == table.scalar_type() &&
-                  grad.dim() == 3 && grad.size(0) == kTaps && grad.size(1) == batch &&
-                  grad.size(2) == levels * channels,
+                  grad.dim() == 3 && grad.size(0) == kTaps && grad.size(1) == run.batch &&
+                  grad.size(2) == run.levels * run.channels,
               "grid encoder stencil: grad must be a contiguous [7, B, L*C] tensor in the table's dtype");
   auto grad_table = at::zeros_like(table);
-  if (batch == 0) return grad_table;
-  const dim3 blocks((batch + kThreads - 1) / kThreads, levels);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const Options opt{hashed, align_corners, smoothstep};
-  const LevelScales packed = pack_scales(scales);
+  if (run.batch == 0) return grad_table;
   with_scalar(table, [&](auto tag) {
     using scalar_t = decltype(tag);
-    with_channels<3>(channels, [&](auto, auto ch) {
-      stencil_backward_kernel<scalar_t, decltype(ch)::value><<<blocks, kThreads, 0, stream>>>(
+    with_channels<3>(run.channels, [&](auto, auto ch) {
+      stencil_backward_kernel<scalar_t, decltype(ch)::value><<<run.blocks, kThreads, 0, run.stream>>>(
           static_cast<const scalar_t*>(grad.data_ptr()), inputs.data_ptr<float>(), offsets.data_ptr<int32_t>(),
-          static_cast<scalar_t*>(grad_table.data_ptr()), static_cast<uint32_t>(batch),
-          static_cast<uint32_t>(levels), packed, opt, static_cast<float>(step));
+          static_cast<scalar_t*>(grad_table.data_ptr()), static_cast<uint32_t>(run.batch),
+          static_cast<uint32_t>(run.levels), run.scales, run.opt, static_cast<float>(step));
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
