@@ -94,9 +94,10 @@ class DensityGeometry(nn.Module):
 
     def _density_of(self, features: Tensor, x: Tensor) -> dict[str, Tensor]:
         h = self.mlp(features)
-        sigma = trunc_exp(h[..., 0] + self.blob(x))
-        albedo = torch.sigmoid(h[..., 1:])
-        return {"sigma": sigma, "albedo": albedo}
+        return {"sigma": self._sigma(h, x), "albedo": torch.sigmoid(h[..., 1:])}
+
+    def _sigma(self, h: Tensor, x: Tensor) -> Tensor:
+        return trunc_exp(h[..., 0] + self.blob(x))
 
     def density(self, x: Tensor) -> dict[str, Tensor]:
         """sigma [N] and albedo [N, 3] at points x [N, 3]."""
@@ -107,7 +108,7 @@ class DensityGeometry(nn.Module):
         the point and its six neighbours for finite-difference normals)."""
         if need_normal and self.normal_head is None:
             sigma, albedo = self._stencil_density(x)
-            return sigma[0], albedo[0], central_difference_normal(sigma[1:])
+            return sigma[0], albedo, central_difference_normal(sigma[1:])
         features = self.features(x)
         out = self._density_of(features, x)
         if not need_normal:
@@ -115,11 +116,10 @@ class DensityGeometry(nn.Module):
         return out["sigma"], out["albedo"], self._predicted_normal(features)
 
     def _stencil_density(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """sigma [7, N] and albedo [7, N, 3] at x and its six central-difference neighbours, from one grid call
-        (fused on CUDA) and one MLP call."""
-        features = self._masked(self.encoder.stencil(x, self.bound, NORMAL_EPS))
-        out = self._density_of(features, stencil_points(x, self.bound))
-        return out["sigma"], out["albedo"]
+        """sigma [7, N] at x and its six central-difference neighbours, and albedo [N, 3] at x alone, from one grid
+        call (fused on CUDA) and one MLP call."""
+        h = self.mlp(self._masked(self.encoder.stencil(x, self.bound, NORMAL_EPS)))
+        return self._sigma(h, stencil_points(x, self.bound)), torch.sigmoid(h[0, :, 1:])
 
     def _predicted_normal(self, features: Tensor) -> Tensor:
         return safe_normalize(self.normal_head(features).float())
