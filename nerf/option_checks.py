@@ -83,7 +83,13 @@ def _check_model(opt: Options) -> None:
            f"--lr must be > 0 and --min_lr >= 0, got {train.lr} and {train.min_lr}.")
     _check(render.dt_gamma >= 0 and render.min_near >= 0, "--dt_gamma and --min_near must be >= 0.")
     _check(opt.prior.guidance_scale >= 0, f"--guidance_scale must be >= 0, got {opt.prior.guidance_scale}.")
+    _check_t_range("--t_range", opt.prior.t_range)
     _check(opt.output.mesh_threshold is None or opt.output.mesh_threshold > 0, "--mesh_threshold must be > 0.")
+
+
+def _check_t_range(flag: str, t_range: tuple[float, float]) -> None:
+    lo, hi = t_range
+    _check(0 <= lo < hi <= 1, f"{flag} needs 0 <= min < max <= 1 (fractions of the training steps), got {lo} {hi}.")
 
 
 def _check_zero123(opt: Options) -> None:
@@ -93,9 +99,7 @@ def _check_zero123(opt: Options) -> None:
         return
     _check(bool(prior.zero123_model), f"--guidance {prior.guidance} needs --zero123_model: a hub id (e.g. "
                                       "kxic/zero123-xl) or a local Zero-1-to-3 folder in its diffusers layout.")
-    lo, hi = prior.zero123_t_range
-    _check(0 <= lo < hi <= 1, f"--zero123_t_range needs 0 <= min < max <= 1 (fractions of the training steps), "
-                              f"got {lo} {hi}.")
+    _check_t_range("--zero123_t_range", prior.zero123_t_range)
     _check(prior.zero123_guidance_scale >= 0,
            f"--zero123_guidance_scale must be >= 0, got {prior.zero123_guidance_scale}.")
     _check(not opt.uses("left_handed"), "--legacy left_handed mirrors every render, which Zero-1-to-3's camera "

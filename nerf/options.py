@@ -61,6 +61,9 @@ class PriorOptions:
     word in token_autoinit.txt next to the image."""
     guidance_scale: float = 100.0
     """Classifier-free guidance scale of score distillation."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Timesteps of Stable Diffusion's score distillation, as fractions of its training steps (the original's
+    20..980 of 1000)."""
     dir_text: bool = True
     """View-dependent prompts (front / side / back / overhead / bottom)."""
     suppress_face: Optional[str] = None

@@ -12,7 +12,7 @@ from nerf.errors import UserError
 from nerf.fileio import write_text_atomic
 from nerf.options import GROUPS, Options
 
-TUPLE_FIELDS = ("radius_range", "fovy_range", "zero123_t_range", "legacy")
+TUPLE_FIELDS = ("radius_range", "fovy_range", "t_range", "zero123_t_range", "legacy")
 
 
 def to_dict(opt: Options) -> dict:

@@ -393,7 +393,7 @@ def test_single_prompt_serves_every_direction(parts):
 
 def test_t_covers_the_closed_range(parts):
     stand_in = dataclasses.replace(parts, unet=ZeroUNet(parts.unet.config))
-    guidance = SDSGuidance(stand_in, PROMPTS[:1], min_step=20, max_step=22)
+    guidance = SDSGuidance(stand_in, PROMPTS[:1], t_range=(0.02, 0.0225))
     gen = torch.Generator().manual_seed(0)
     seen = {guidance.sds_gradient(torch.zeros(1, 4, 8, 8), 0, generator=gen)[1] for _ in range(40)}
     assert seen == {20, 21, 22}
@@ -709,3 +709,11 @@ def test_a_prediction_type_sds_cannot_use_is_refused_at_load(tiny_sd_dir, tmp_pa
     with pytest.raises(UserError) as exc:
         load_stable_diffusion(str(with_prediction_type(tiny_sd_dir, tmp_path / "s", "sample")), CPU, fp16=False)
     assert "'sample'" in str(exc.value) and "v_prediction" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_t_range_sets_the_drawn_timesteps_as_zero123_does(parts):
+    """--t_range is a fraction of the schedule's steps: the default is the original's 20..980 of 1000."""
+    assert (SDSGuidance(parts, PROMPTS[:1]).min_step, SDSGuidance(parts, PROMPTS[:1]).max_step) == (20, 980)
+    narrow = SDSGuidance(parts, PROMPTS[:1], t_range=(0.2, 0.6))
+    assert (narrow.min_step, narrow.max_step) == (200, 600)
+    assert (SDSGuidance(parts, PROMPTS[:1], t_range=(0.0, 1.0)).max_step) == len(narrow.alphas_cumprod) - 1

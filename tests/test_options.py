@@ -156,6 +156,8 @@ def test_anneal_from_command_line():
     (["--lr", "inf"], "--lr"),
     (["--seed", "-1"], "--seed"),
     (["--guidance", "oracle"], "--guidance_scene"),
+    (["--t_range", "0.6", "0.2"], "--t_range needs 0 <= min < max <= 1"),
+    (["--t_range", "0.02", "1.5"], "--t_range needs 0 <= min < max <= 1"),
     # tyro's parse errors: condensed to one line, with the nearest flag suggested
     (["--itters", "5"], "Unrecognized options: --itters, 5; did you mean --iters? (--help lists every option)"),
     (["--no_such_option", "1"], "--no_such_option"),

@@ -48,6 +48,12 @@ def sample_latents(moments: Tensor, scaling_factor: float, generator: torch.Gene
     return DiagonalGaussianDistribution(moments).sample(generator) * scaling_factor
 
 
+def timestep_bounds(t_range: tuple[float, float], steps: int) -> tuple[int, int]:
+    """The closed range of training timesteps that score distillation draws from, given as fractions of `steps`
+    (0.02 0.98 of SD's 1000 steps: 20..980)."""
+    return int(t_range[0] * steps), min(int(t_range[1] * steps), steps - 1)
+
+
 def accelerated(fn: Callable[..., Tensor], name: str, *, differentiable: bool, device: torch.device,
                 cuda_graph: bool, compile: str, identity: dict[str, Any]) -> Callable[..., Tensor]:
     """`fn` compiled (`compile` "on" or "if_cached", `nerf.compilation`) and, on CUDA with `cuda_graph`, captured and

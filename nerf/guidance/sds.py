@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from nerf.guidance.frozen_calls import accelerated, half_autocast, posterior_moments, sample_latents
+from nerf.guidance.frozen_calls import (
+    accelerated,
+    half_autocast,
+    posterior_moments,
+    sample_latents,
+    timestep_bounds,
+)
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
     add_learned_token,
@@ -36,8 +42,8 @@ def build(prior: PriorOptions, context: PriorContext) -> SDSGuidance:
     if prompts.vector is not None:
         add_learned_token(parts, prompts.token, prompts.vector)
     log.info("prompt: %s | negative: %s", prompts.text, prompts.negative or "(empty)")
-    guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, cuda_graph=prior.cuda_graph,
-                           compile=context.compile)
+    guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, t_range=prior.t_range,
+                           cuda_graph=prior.cuda_graph, compile=context.compile)
     guidance.prompt, guidance.negative_prompt = prompts.text, prompts.negative
     return guidance
 
@@ -48,8 +54,8 @@ class SDSGuidance:
     term = "sds"
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
-                 min_step: int = 20, max_step: int = 980, cuda_graph: bool = False, compile: str = "off") -> None:
-        """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
+                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off") -> None:
+        """`t_range`: the timesteps drawn, as fractions of the schedule's training steps; `cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
         `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
@@ -58,10 +64,10 @@ class SDSGuidance:
         self.prompt: str | None = None
         self.negative_prompt: str | None = None
         self.guidance_scale = guidance_scale
-        self.min_step, self.max_step = min_step, max_step
         # SD's native resolution: the UNet's latent size times the VAE's downsampling factor (512 for SD 1.5).
         self.image_size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(device=parts.device, dtype=torch.float32)
+        self.min_step, self.max_step = timestep_bounds(t_range, len(self.alphas_cumprod))
         self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
         identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}

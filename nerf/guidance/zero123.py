@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nerf.errors import UserError
-from nerf.guidance.frozen_calls import accelerated, half_autocast, posterior_moments, sample_latents
+from nerf.guidance.frozen_calls import (
+    accelerated,
+    half_autocast,
+    posterior_moments,
+    sample_latents,
+    timestep_bounds,
+)
 from nerf.guidance.surrogate import surrogate_loss
 from nerf.guidance.zero123_model import FLAG, MODEL_FORMS, Zero123Parts, load_zero123
 
@@ -68,7 +74,7 @@ class Zero123Guidance:
         self.reference = view.camera.to(parts.device)
         self.guidance_scale = guidance_scale
         steps = len(parts.alphas_cumprod)
-        self.min_step, self.max_step = int(t_range[0] * steps), min(int(t_range[1] * steps), steps - 1)
+        self.min_step, self.max_step = timestep_bounds(t_range, steps)
         self.image_embedding, self.input_latent = self.encode_input(view)
         identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
