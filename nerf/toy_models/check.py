@@ -6,6 +6,7 @@ each sample against ground-truth renders of that object from that side, of other
     python scripts/check-toy-prior.py [PRIOR] --contexts [--views V] [--device cuda]
     python scripts/check-toy-prior.py --zero123 MODEL [--views V] [--steps S] [--seed S] [--device cuda]
     python scripts/check-toy-prior.py PRIOR --joint ZERO123 [--seed S]
+    python scripts/check-toy-prior.py PRIOR --fidelity --object FAMILY:SEED=WORD [--token EMBEDS] [--views V]
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -35,6 +36,12 @@ at the zero camera and at turned ones. OUT gets zero123.json.
 With --joint, the class prior PRIOR and a toy Zero-1-to-3 are compared as `--guidance sd+zero123` combines them
 (`nerf.toy_models.joint_check`): at renders of another object, each prior's SDS direction towards the true render,
 the angle between the two, their weighted sum's direction and the ratio of their weighted sizes. OUT gets joint.json.
+
+With --fidelity, where score distillation pulls a true render of --object (`nerf.toy_models.fidelity`): the prior's
+one-step estimate of the clean view from a noisy copy, decoded and compared with the truth over the object's pixels
+(PSNR, and the error of the object's mean colour), per --timesteps and --guidance_scales, with the true word, the
+empty prompt and (with --token) the learned token; V (default 8) random training cameras, 2 noise draws each. OUT
+gets fidelity.json.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from nerf.pipeline import training_resolution as model_resolution
 from nerf.fileio import write_text_atomic
 from nerf.scenes.procedural import make_scene
 from nerf.scenes.raytrace import over_background, render_rgba
+from nerf.toy_models import fidelity
 from nerf.visualize import save_png
 from nerf.toy_models.world import (
     captions, class_words, load_world, parse_object, render_object, template_captions, training_cameras)
@@ -70,8 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("outputs/toy-prior-check"))
     p.add_argument("--samples", type=int, default=2, help="samples per word and side")
     p.add_argument("--steps", type=int, default=50, help="inference steps (the pipeline's default)")
-    p.add_argument("--views", type=int, default=240, help="renders per object: the ground truth of the sample check; with --token or --contexts, the "
-                        "views scored, less their input-camera copies (a tenth, at least one)")
+    p.add_argument("--views", type=int, default=None,
+                   help="renders per object (default 240; 8 with --fidelity): the ground truth of the sample check; "
+                        "with --token or --contexts, the views scored, less their input-camera copies (a tenth, at "
+                        "least one); with --fidelity, the true renders scored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token", type=Path, help="learned_embeds file or textual_inversion.py output folder to check")
     p.add_argument("--object", help="the token's object, family:seed=word (with --token)")
@@ -86,8 +96,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--joint", type=Path, metavar="ZERO123",
                    help="with PRIOR: how the SDS directions of PRIOR (class word) and this toy Zero-1-to-3 combine at "
                         "the suite's scales and weights (nerf/toy_models/joint_check.py)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="of --token, --contexts and --zero123")
-    return p.parse_args(argv)
+    p.add_argument("--fidelity", action="store_true",
+                   help="with --object: how much of the object's look SDS keeps at its true renders, by timestep "
+                        "and guidance scale (nerf/toy_models/fidelity.py)")
+    p.add_argument("--timesteps", type=int, nargs="+", default=list(fidelity.TIMESTEPS), help="of --fidelity")
+    p.add_argument("--guidance_scales", type=float, nargs="+", default=list(fidelity.GUIDANCE_SCALES),
+                   help="of --fidelity")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="of --token, --contexts, --zero123 and --fidelity")
+    args = p.parse_args(argv)
+    if args.views is None:
+        args.views = 8 if args.fidelity else 240
+    return args
 
 
 def object_mask(images: Tensor) -> Tensor:
@@ -448,6 +468,33 @@ def check_joint(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_fidelity(args: argparse.Namespace) -> dict:
+    """`nerf.toy_models.fidelity.fidelity_table` for --object (and --token), printed and written to fidelity.json."""
+    from nerf.guidance.stable_diffusion import load_learned_embeds
+
+    if not args.object:
+        raise UserError("--fidelity needs --object family:seed=word (the instance whose true renders are scored).")
+    if args.views < 1 or any(not 0 < t < 1000 for t in args.timesteps):
+        raise UserError("--fidelity needs --views >= 1 and --timesteps in 1..999.")
+    obj = parse_object(args.object)
+    names: dict[str, str | None] = {"true word": obj.word, "empty": None}
+    token = None
+    if args.token is not None:
+        token = load_learned_embeds(str(args.token))
+        names["token"] = token[0]
+    table = fidelity.fidelity_table(args.prior, obj, names, token, args.guidance_scales, args.timesteps,
+                                    views=args.views, seed=args.seed, device=args.device)
+    for name, by_scale in table.items():
+        for scale, row in by_scale.items():
+            print(f"{name}, guidance {scale}: " + " | ".join(
+                f"t={t} {v['psnr']:.1f} dB, colour {v['colour_error']:.3f}" for t, v in row.items()))
+    report = {"prior": str(args.prior), "object": args.object, "token": str(args.token) if token else None,
+              "views": args.views, "table": table}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "fidelity.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -457,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         return check_zero123(args)
     if args.joint is not None:
         return check_joint(args)
+    if args.fidelity:
+        check_fidelity(args)
+        return 0
     if args.contexts:
         report = check_contexts(args)
         for name, row in [*report["per_instance"].items(), ("mean", report["mean"])]:
