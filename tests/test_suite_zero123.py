@@ -85,6 +85,9 @@ def test_the_command_line_refuses_a_mode_without_its_model_in_one_line(models, t
     assert modes == ["prior_free", "toy", "toy_ti", "zero123", "joint", "oracle"]
     _, modes = evaluate.suite_prior(evaluate.parse_args(base))
     assert modes == ["prior_free", "toy", "toy_ti", "oracle"]
+    # prior-free runs alone still reconstruct the prior's held-out instances, as beside the prior's runs
+    prior, modes = evaluate.suite_prior(evaluate.parse_args([*base, "--modes", "prior_free"]))
+    assert modes == ["prior_free"] and prior.scenes(["union"], 1) == [("union", 100)]
 
 
 SHORT = ["--iters", "6", "--num_rays", "256", "--max_steps", "32", "--HW_synthetic", "16", "--eval_interval", "100"]

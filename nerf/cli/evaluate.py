@@ -113,15 +113,16 @@ def settings_from(args: argparse.Namespace) -> EvaluationSettings:
 
 
 def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str]]:
-    """The trained prior (with --guidance toy) and the modes to run (by default the zero123 and joint modes when
-    --toy_zero123 is given); a mode whose model is missing is a one-line error before anything runs."""
+    """The trained prior (with --guidance toy, even for prior-free runs alone: its held-out instances are the
+    scenes) and the modes to run (by default the zero123 and joint modes when --toy_zero123 is given); a mode whose
+    model is missing is a one-line error before anything runs."""
     toy = [mode for mode in PRIOR_MODES if args.toy_zero123 is not None or mode not in ZERO123_MODES]
     default = [*MODES[:1], *toy, *MODES[1:]] if args.guidance == "toy" else list(MODES)
     modes = args.modes or default
     needs_zero123 = [mode for mode in modes if mode in ZERO123_MODES]
     if needs_zero123 and args.toy_zero123 is None:
         raise UserError(f"mode {needs_zero123[0]} needs --toy_zero123 (a folder of scripts/train-toy-zero123.py).")
-    if not any(mode in PRIOR_MODES for mode in modes):
+    if args.guidance != "toy" and not any(mode in PRIOR_MODES for mode in modes):
         return None, modes
     zero123 = None
     if args.toy_zero123 is not None:
