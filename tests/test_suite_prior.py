@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nerf.errors import UserError
-from nerf.evaluation.reconstruct import TOY_PRIOR_WEIGHT, PriorRun, reconstruction_args
+from nerf.evaluation.reconstruct import TOY_LAMBDA_MASK, TOY_PRIOR_WEIGHT, PriorRun, reconstruction_args
 from nerf.evaluation.suite import SuiteTask, TrainedPrior
 from nerf.option_checks import parse
 from nerf.pipeline import PLACEHOLDER, TokenSettings, ensure, learn_token, training_resolution
@@ -70,6 +70,22 @@ def test_a_failing_textual_inversion_stage_says_why(tiny_sd_dir, tmp_path):
     (model / "unet" / "config.json").unlink()
     with pytest.raises(UserError, match="not a readable diffusers model folder"):
         training_resolution(str(model))
+
+
+def test_every_run_with_a_trained_prior_weights_the_input_silhouette_alike_unless_told_otherwise(tmp_path):
+    from nerf.evaluation.suite import task_args
+
+    (tmp_path / "objects.json").write_text(json.dumps({"union:0": "robot"}))
+    prior = TrainedPrior.load(tmp_path)
+
+    def lambda_mask(mode: str, prior_: TrainedPrior | None, main_args: tuple[str, ...] = ()) -> list[float]:
+        task = SuiteTask("union-0", tmp_path, tmp_path / "ws", mode, "reduced", "cpu", 0, 10.0, prior_, main_args)
+        return parse(reconstruction_args(tmp_path, tmp_path / "ws", "prior_free", "reduced", cuda=False,
+                                         extra_args=task_args(task))).objective.lambda_mask
+
+    assert lambda_mask("prior_free", prior) == lambda_mask("toy", prior) == [TOY_LAMBDA_MASK] != [0.5]
+    assert lambda_mask("prior_free", prior, ("--lambda_mask", "0.5")) == [0.5]  # --main_args win
+    assert lambda_mask("prior_free", None) == [0.5]  # without a trained prior: main.py's (the original's) weight
 
 
 def test_a_class_prior_is_evaluated_on_its_held_out_instances(tmp_path):

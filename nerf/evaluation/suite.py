@@ -32,8 +32,8 @@ from nerf import pipeline, workspace_lock
 from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
-from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT, ZERO123_MODES,
-                                         PriorRun, Zero123Run, reconstruct)
+from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_LAMBDA_MASK, TOY_PRIOR_WEIGHT,
+                                         ZERO123_MODES, PriorRun, Zero123Run, reconstruct)
 from nerf.evaluation.report import format_table, lookup
 from nerf.scenes.files import Conventions, write_scene
 from nerf.scenes.procedural import FAMILIES, make_scene
@@ -97,6 +97,7 @@ class TrainedPrior:
     ti_steps: int = 500
     ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
     ti_templates: str = "object"  # textual inversion's captions (TokenSettings.templates)
+    lambda_mask: float = TOY_LAMBDA_MASK  # of every run with this prior, prior-free included (reconstruct.py says why)
     zero123: Zero123Run | None = None  # a toy Zero-1-to-3 of the same world (modes zero123 and joint)
 
     @classmethod
@@ -157,13 +158,20 @@ def learn_scene_token(task: SuiteTask) -> Path:
     return pipeline.ensure(task.prior.token_stage(task))
 
 
+def task_args(task: SuiteTask) -> tuple[str, ...]:
+    """The task's main.py flags beyond its size and mode: with a trained prior, the objective of all its runs, then
+    the user's --main_args (which come later, so they win)."""
+    objective = ("--lambda_mask", str(task.prior.lambda_mask)) if task.prior is not None else ()
+    return (*objective, *task.extra_args)
+
+
 def run_task(task: SuiteTask) -> dict:
     device, spec = torch.device(task.device), SUITE_SIZES[task.size]
     start = time.time()
     scene_key = task.scene.replace("-", ":")
     prior = task.prior.run(task, scene_key) if task.mode in PRIOR_MODES and task.prior is not None else None
     workspace = reconstruct(task.scene_dir, task.workspace, task.mode, spec.train, device, task.seed,
-                            task.oracle_strength, extra_args=task.extra_args, prior=prior)
+                            task.oracle_strength, extra_args=task_args(task), prior=prior)
     seconds = time.time() - start
     report = evaluate_workspace(workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
                                 settings=spec.evaluation, device=device)
