@@ -112,3 +112,16 @@ def test_the_summary_averages_instances_and_seeds_per_family_and_mode():
     lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in summary_table(rows).splitlines()[2:]}
     assert "0.3000" in lines["union", "toy", "2"] and "0.1000" in lines["union", "prior_free", "1"]
     assert "0.9000" in lines["thin", "toy", "1"]
+
+
+def test_a_suite_run_again_in_its_folder_sets_the_earlier_rows_aside(tmp_path):
+    from nerf.evaluation.suite import set_aside
+
+    rows = tmp_path / "rows.jsonl"
+    assert set_aside(rows) is None
+    rows.write_text('{"scene": "union-100"}\n')
+    first = set_aside(rows)
+    rows.write_text('{"scene": "thin-100"}\n')
+    second = set_aside(rows)
+    assert not rows.exists() and first != second
+    assert first.read_text() == '{"scene": "union-100"}\n' and second.read_text() == '{"scene": "thin-100"}\n'

@@ -240,7 +240,7 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
                   for seed in seeds for mode in modes]
     token_tasks = list({token_folder(t): t for t in tasks if t.mode == "toy_ti"}.values())
     finished = work_dir / "rows.jsonl"  # each run's row as it ends: an interrupted suite keeps the finished runs
-    finished.unlink(missing_ok=True)
+    set_aside(finished)
 
     def keep(row: dict) -> dict:
         with finished.open("a", encoding="utf-8") as file:
@@ -267,7 +267,7 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
                 "main_args": list(extra_args)}
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
-                             "lambda_prior": prior.lambda_prior,
+                             "lambda_prior": prior.lambda_prior, "lambda_mask": prior.lambda_mask,
                              "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer,
                              "ti_templates": prior.ti_templates}
         if prior.zero123 is not None:
@@ -275,6 +275,20 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
                                             "guidance_scale": prior.zero123.guidance_scale,
                                             "lambda_prior_zero123": prior.zero123.lambda_prior}
     return {"settings": settings, "rows": rows, "table": suite_table(rows), "summary": summary_table(rows)}
+
+
+def set_aside(rows_file: Path) -> Path | None:
+    """Move an earlier suite's rows out of the way (rows-YYYYmmdd-HHMMSS[-N].jsonl beside it) instead of losing them:
+    a suite run again in its folder starts its rows afresh, and an interrupted one's finished runs stay readable."""
+    if not rows_file.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(rows_file.stat().st_mtime))
+    target, n = rows_file.with_name(f"rows-{stamp}.jsonl"), 1
+    while target.exists():
+        target, n = rows_file.with_name(f"rows-{stamp}-{n}.jsonl"), n + 1
+    rows_file.rename(target)
+    log.info("the earlier suite's rows are now %s", target)
+    return target
 
 
 def run_name(mode: str, seed: int, seeds: Sequence[int]) -> str:
