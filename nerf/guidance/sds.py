@@ -55,8 +55,9 @@ class SDSGuidance:
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
                  t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off") -> None:
-        """`t_range`: the timesteps drawn, as fractions of the schedule's training steps; `cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
-        `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs."""
+        """`t_range`: the timesteps drawn, as fractions of the schedule's training steps; `cuda_graph`: replay the
+        UNet call and the VAE encoder (forward and backward) as CUDA graphs; `compile`: "on", "off" or "if_cached",
+        torch.compile of both (`nerf.compilation`), inside the graphs."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
         self.parts = parts

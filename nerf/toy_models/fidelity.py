@@ -29,13 +29,12 @@ GUIDANCE_SCALES = (1.0, 5.0, 20.0)
 
 
 @torch.no_grad()
-def clean_latents_estimate(guidance: SDSGuidance, latents: Tensor, direction: int, t: int,
-                           generator: torch.Generator) -> Tensor:
+def clean_latents_estimate(guidance: SDSGuidance, latents: Tensor, direction: int, t: int, noise: Tensor) -> Tensor:
     """The prior's estimate of the clean latents from `latents` noised to timestep t, as SDS sees it.
 
     sds_gradient returns g = (1 - abar)(eps_hat - eps) for z_t = sqrt(abar) z + sqrt(1 - abar) eps, and the
     estimate (z_t - sqrt(1 - abar) eps_hat) / sqrt(abar) equals z - g / (sqrt(abar) sqrt(1 - abar))."""
-    grad, _ = guidance.sds_gradient(latents, direction, t=t, generator=generator)
+    grad, _ = guidance.sds_gradient(latents, direction, t=t, noise=noise)
     abar = guidance.alphas_cumprod[t]
     return latents.float() - grad / (abar.sqrt() * (1 - abar).sqrt())
 
@@ -69,6 +68,12 @@ def fidelity_table(prior: Path, obj: ToyObject, names: dict[str, str | None], to
     truth = over_background(rgba).permute(0, 3, 1, 2).to(device)
     masks = rgba[..., 3].to(device) > 0.5
     scale = parts.vae.config.scaling_factor
+    # one posterior draw per view and one noise draw per (t, view, draw), shared by every name and scale, so that
+    # the estimates differ by the text and the scale alone
+    encoder = SDSGuidance(parts, [("", "")])
+    latents = [encoder.encode(truth[k:k + 1], generator) for k in range(views)]
+    noises = {t: [[torch.randn(latents[k].shape, generator=generator).to(device) for _ in range(draws)]
+                  for k in range(views)] for t in timesteps}
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for name, word in names.items():
         prompts = [(text, "") for text in captions(word)] if word else [("", "")]
@@ -77,13 +82,11 @@ def fidelity_table(prior: Path, obj: ToyObject, names: dict[str, str | None], to
             guidance = SDSGuidance(parts, prompts, guidance_scale=guidance_scale)
             row = {}
             for t in timesteps:
-                draws_ = torch.Generator(device=device).manual_seed(seed + t)  # shared by every name and scale
                 scores = []
                 for k in range(views):
-                    latents = guidance.encode(truth[k:k + 1], draws_)
                     direction = int(cams.directions[k]) if word else 0
-                    for _ in range(draws):
-                        clean = clean_latents_estimate(guidance, latents, direction, t, draws_)
+                    for noise in noises[t][k]:
+                        clean = clean_latents_estimate(guidance, latents[k], direction, t, noise)
                         image = (parts.vae.decode(clean.to(parts.dtype) / scale).sample.float() / 2 + 0.5).clamp(0, 1)
                         scores.append(object_fidelity(image[0], truth[k], masks[k]))
                 row[str(t)] = {"psnr": sum(s[0] for s in scores) / len(scores),
