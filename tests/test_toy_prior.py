@@ -173,19 +173,41 @@ def test_renders_folder_gives_views_and_directions(tmp_path):
     assert directions.tolist() == [0, 1, 2]  # front, side, back by azimuth
 
 
-def test_captions_mix_the_three_contexts_in_their_shares():
+def coloured_views(colours: list[tuple[int, int, int]]) -> torch.Tensor:
+    """One 8x8 view per colour pair: the first colour on half the view, the second on a quarter, white elsewhere."""
+    images = torch.full((len(colours), 3, 8, 8), 255, dtype=torch.uint8)
+    for k, (first, second) in enumerate(colours):
+        images[k, :, :4] = torch.tensor(first, dtype=torch.uint8)[:, None, None]
+        images[k, :, 4:6] = torch.tensor(second, dtype=torch.uint8)[:, None, None]
+    return images
+
+
+def test_colour_words_name_the_main_hues_most_frequent_first():
+    red, blue, yellow, grey = (200, 30, 30), (30, 60, 200), (210, 200, 40), (120, 120, 120)
+    assert world.colour_words(coloured_views([(red, blue)])) == ("red", "blue")
+    assert world.colour_words(coloured_views([(blue, yellow)])) == ("blue", "yellow")
+    assert world.colour_words(coloured_views([(red, grey)])) == ("red",)  # grey has no hue
+    assert world.colour_words(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8)) == ()
+    assert world.described("robot", ("red", "blue")) == "red and blue robot"
+
+
+def test_captions_mix_the_three_contexts_and_the_colours_in_their_shares():
     from nerf.toy_models.sd_parts import load_tokenizer, write_tokenizer_files
 
     write_tokenizer_files(folder := Path(__import__("tempfile").mkdtemp()))
     tokenizer = load_tokenizer(folder)
     objects = [world.ToyObject("cup", "primitive", 0), world.ToyObject("chair", "thin", 0),
                world.ToyObject("chair", "thin", 1)]
-    views = world.Views(torch.zeros(6, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]),
-                        torch.tensor([0, 1, 0, 2, 4, 1]))
+    red, blue, green = (200, 30, 30), (30, 60, 200), (40, 190, 60)
+    views = world.Views(coloured_views([(red, blue), (red, blue), (green, green), (green, green), (blue, red),
+                                        (blue, red)]),
+                        torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 2, 4, 1]))
     texts = world.caption_ids(tokenizer, objects, views)
     picked = torch.arange(6).repeat(2000)
     ids = texts.draw(picked, torch.Generator().manual_seed(0))
     decoded = [t.replace(" - ", "-").replace(" ,", ",") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    names = ["red and blue cup", "green chair", "blue and red chair"]
+    name = [names[int(views.objects[i])] for i in picked]
     words = [objects[int(views.objects[i])].word for i in picked]
     prompt = [t.startswith("a high-resolution dslr image of a") for t in decoded]
     empty = [t == "" for t in decoded]
@@ -193,7 +215,9 @@ def test_captions_mix_the_three_contexts_in_their_shares():
     for share, flags in ((world.CAPTION_SHARES["prompt"], prompt), (world.CAPTION_SHARES["empty"], empty),
                          (world.CAPTION_SHARES["template"], template)):
         assert abs(np.mean(flags) - share) < 0.02
-    templates = {t.lower() for w in ("cup", "chair") for t in world.template_captions(w)}
+    with_colours = [name[k] in t for k, t in enumerate(decoded) if not empty[k]]
+    assert abs(np.mean(with_colours) - world.DESCRIBED_SHARE) < 0.02  # each instance's own colours
+    templates = {t.lower() for n in (*names, "cup", "chair") for t in world.template_captions(n)}
     assert all(t in templates and words[k] in t for k, t in enumerate(decoded) if template[k])
     sides = {t.split(", ")[-1] for k, t in enumerate(decoded) if prompt[k] and picked[k] == 4}
     assert sides == {"overhead view"}  # main.py's prompt keeps the view's direction
@@ -270,3 +294,30 @@ def test_resume_refuses_other_settings(script, straight, capsys):
     assert_one_line_error(script, [str(straight), "--resume", "--steps", "3", str(UNET_STEPS)], capsys)
     after = weights(straight)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_contexts_check_names_the_instance_by_its_own_and_by_other_colours():
+    from nerf.toy_models import check
+
+    texts = check.context_texts("robot", ["cake"], torch.tensor([0, 2]), ("red", "blue"))
+    assert texts["prompt/true colours"] == [world.captions("red and blue robot")[d] for d in (0, 2)]
+    other = check.other_colours(("red", "blue"))
+    assert len(other) == 2 and not set(other) & {"red", "blue"} and set(other) <= set(world.HUE_WORDS)
+    assert texts["prompt/other colours"][0] == world.captions(world.described("robot", other))[0]
+    assert "prompt/true colours" not in check.context_texts("robot", ["cake"], torch.tensor([0]))
+
+
+def test_init_starts_from_a_prior_and_trains_it_on(script, resumed, straight, tmp_path, capsys):
+    copy = train(script, tmp_path / "copy", "--init", str(straight), steps=(0, 0))
+    assert_same_weights(straight, copy)  # every weight comes from --init (fp16 on disk both ways)
+    before, _ = resumed  # the VAE phase only: untrained UNet and text encoder
+    tuned = train(script, tmp_path / "tuned", "--init", str(before), steps=(0, UNET_STEPS))
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert all(torch.equal(a, b) for a, b in zip(load_file(before / vae).values(), load_file(tuned / vae).values()))
+    assert heldout_loss(tuned) < 0.8 * heldout_loss(before)
+    assert f"--init {before}" in (tuned / "README.md").read_text()
+    for argv in (["--steps", "3", "5", "--init", str(before), *WORLD],  # --init has no VAE phase
+                 ["--steps", "0", "5", "--init", str(before), "--objects", "primitive:0=cup"],  # another world
+                 ["--steps", "0", "5", "--init", str(tmp_path), *WORLD]):  # not a prior
+        assert_one_line_error(script, [str(tmp_path / "bad"), "--size", "cpu", *argv], capsys)
+        assert not (tmp_path / "bad").exists()

@@ -26,7 +26,9 @@ With --contexts, the prior's held-out instances (objects.json) are checked: the 
 captioned in main.py's context (the prompt with the view's suffix) and in textual inversion's (its object templates),
 each with the class's true word, with every other class's word (mean) and with the empty caption. A prior that knows
 its classes scores the true word clearly below the wrong words in both contexts, and below the empty caption (by
-less: a noisy view mostly shows its class already).
+less: a noisy view mostly shows its class already). In main.py's context the true word also comes with the
+instance's colours (named from its renders) and with other colours: a prior whose text reaches an instance's look
+scores its true colours below the word alone and the other colours above it.
 
 With --zero123, a toy Zero-1-to-3 (scripts/train-toy-zero123.py) is checked instead (`nerf.toy_models.zero123_check`):
 on its held-out instances, the denoising loss of V views with the true and with wrong relative cameras, of the
@@ -65,7 +67,8 @@ from nerf.scenes.raytrace import over_background, render_rgba
 from nerf.toy_models import fidelity
 from nerf.visualize import save_png
 from nerf.toy_models.world import (
-    captions, class_words, load_world, parse_object, render_object, template_captions, training_cameras)
+    HUE_WORDS, captions, class_words, colour_words, described, load_world, parse_object, render_object,
+    template_captions, training_cameras)
 
 REPO = Path(__file__).resolve().parents[2]
 SIDES = {"front": 0, "side": 1, "back": 2, "overhead": 4}  # prompt suffix -> direction bucket (DIRECTION_NAMES)
@@ -332,8 +335,18 @@ def check_token(args: argparse.Namespace) -> dict:
     return report
 
 
-def context_texts(word: str, others: list[str], directions: Tensor) -> dict[str, list[str]]:
-    """Captions of each view by (context, word): main.py's prompt for its side, or template k mod T for view k."""
+def other_colours(colours: tuple[str, ...]) -> tuple[str, ...]:
+    """As many colour words as `colours`, each the one opposite on HUE_WORDS's circle (none of `colours`)."""
+    names = list(HUE_WORDS)
+    free = [n for n in names if n not in colours]
+    opposite = [names[(names.index(c) + len(names) // 2) % len(names)] for c in colours]
+    return tuple(dict.fromkeys(o if o in free else free[0] for o in opposite))
+
+
+def context_texts(word: str, others: list[str], directions: Tensor,
+                  colours: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Captions of each view by (context, word): main.py's prompt for its side, or template k mod T for view k;
+    with `colours`, main.py's prompt also with the word described by them and by other colours."""
     def prompt(w: str) -> list[str]:
         return [captions(w)[int(d)] for d in directions]
 
@@ -345,6 +358,9 @@ def context_texts(word: str, others: list[str], directions: Tensor) -> dict[str,
     for context, make in (("prompt", prompt), ("template", template)):
         texts[f"{context}/true"] = make(word)
         texts.update({f"{context}/wrong:{w}": make(w) for w in others})
+    if colours:
+        texts["prompt/true colours"] = prompt(described(word, colours))
+        texts["prompt/other colours"] = prompt(described(word, other_colours(colours)))
     return texts
 
 
@@ -358,14 +374,18 @@ def check_contexts(args: argparse.Namespace) -> dict:
     for source, word in held_out.items():
         obj = parse_object(f"{source}={word}")
         images, directions = held_out_views(obj, resolution, args.views, args.seed)
-        losses = denoising_losses(args.prior, context_texts(word, [w for w in words if w != word], directions),
-                                  images, args.seed, device=args.device)
+        colours = colour_words(images)
+        losses = denoising_losses(args.prior, context_texts(word, [w for w in words if w != word], directions,
+                                                            colours), images, args.seed, device=args.device)
         row = {"empty": losses["empty"]}
         for context in ("prompt", "template"):
             row[f"{context} true"] = losses[f"{context}/true"]
             row[f"{context} wrong"] = float(np.mean([v for k, v in losses.items() if k.startswith(f"{context}/wrong")]))
+        row.update({f"prompt {name}": losses[f"prompt/{name}"] for name in ("true colours", "other colours")
+                    if colours})
         rows[f"{source}={word}"] = row
-    mean = {key: float(np.mean([row[key] for row in rows.values()])) for key in next(iter(rows.values()))}
+    keys = dict.fromkeys(key for row in rows.values() for key in row)  # colours only where an instance has a hue
+    mean = {key: float(np.mean([row[key] for row in rows.values() if key in row])) for key in keys}
     report = {"prior": str(args.prior), "views": args.views, "per_instance": rows, "mean": mean}
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "contexts.json", json.dumps(report, indent=2) + "\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from nerf.toy_models.sd_parts import (
     clip_text_encoder, load_tokenizer, save_fp16_pipeline, sd15_schedule, write_tokenizer_files)
 from nerf.toy_models.world import (
     DEFAULT_HELD_OUT, DEFAULT_OBJECTS, ToyObject, Views, cached_views, caption_ids, check_words, held_out_objects,
-    parse_objects, parse_renders, write_card)
+    load_world, parse_objects, parse_renders, write_card)
 
 
 @dataclass(frozen=True)
@@ -62,20 +61,25 @@ USAGE = "Train a toy Stable Diffusion that knows a small world of classes of pro
 KL_WEIGHT = 1e-6  # SD's VAE weight of the KL term (per pixel here, as the reconstruction loss)
 EMA_DECAY = 0.999
 CHECKPOINT_EVERY = 1000
-FIELDS = ("objects", "renders", "held_out", "size", "seed", "steps")
+FIELDS = ("objects", "renders", "held_out", "size", "seed", "steps", "init")
 
 
 def default_recipe(given: dict) -> dict:
     """A new toy prior's recipe where an option is not given: the default world at the gpu size, seed 0."""
     size = given.get("size", "gpu")
     default_world = "objects" not in given and "renders" not in given  # the default held-out seeds need it
+    steps = [0 if given.get("init") else SIZES[size].steps[0], SIZES[size].steps[1]]
     return dict(objects=list(DEFAULT_OBJECTS), renders=[], held_out=list(DEFAULT_HELD_OUT) if default_world else [],
-                size=size, seed=0, steps=list(SIZES[size].steps))
+                size=size, seed=0, steps=steps, init=None)
 
 
 def settings(args: argparse.Namespace, stored: dict | None) -> dict:
     """The toy prior's recipe from its command line (`merge_recipe`)."""
     given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    if "init" in given:
+        given["init"] = str(Path(given["init"]).expanduser().resolve())
+        if given.get("steps", [0])[0] != 0:
+            raise UserError(f"--init keeps {args.init}'s VAE, so there is no VAE phase: give --steps 0 N.")
     return merge_recipe(given, stored, default_recipe)
 
 
@@ -87,7 +91,7 @@ def merge_recipe(given: dict, stored: dict | None, defaults: Callable[[dict], di
         recipe = defaults(given)
         recipe.update(given)
     else:
-        recipe = {"held_out": [], **stored}  # checkpoints of earlier versions had no held-out instances
+        recipe = {"held_out": [], "init": None, **stored}  # fields that checkpoints of earlier versions lack
         for key, value in given.items():
             if (value[0] != recipe[key][0]) if key == "steps" else (value != recipe[key]):
                 raise UserError(f"--{key} {value} differs from the run being resumed ({recipe[key]}); leave it out.")
@@ -141,6 +145,38 @@ def build_models(size: Size, tokenizer: Any, seed: int) -> dict[str, torch.nn.Mo
     text_encoder = clip_text_encoder(tokenizer, **size.text)
     unet = toy_unet(size, 4, size.text["width"])
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet}
+
+
+def check_prior(prior: Path, resolution: int, flag: str = "--prior") -> dict[str, dict[str, str]]:
+    """The toy prior's world ({objects, held_out}), after checking that it is a toy Stable Diffusion folder at the
+    size's resolution (its VAE is reused, so the latents must be the same)."""
+    from nerf.pipeline import training_resolution
+
+    needed = ("model_index.json", "vae/config.json", "unet/config.json", "text_encoder/config.json")
+    missing = [name for name in needed if not (prior / name).is_file()]
+    if missing:
+        raise UserError(f"{flag} {prior} is not a toy Stable Diffusion prior (no {missing[0]}); give a folder written "
+                        "by scripts/train-toy-prior.py.")
+    found = training_resolution(str(prior))
+    if found != resolution:
+        raise UserError(f"{flag} {prior} works at {found} px, this size at {resolution} px; train both at one --size.")
+    training_world, held_out = load_world(prior)
+    return {"objects": training_world, "held_out": held_out}
+
+
+def load_prior_weights(models: dict[str, torch.nn.Module], prior: Path) -> None:
+    """Copy a toy prior folder's VAE, text encoder and UNet weights (fp16 on disk) into `models` of the same size."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    loaders = {"vae": AutoencoderKL, "text_encoder": CLIPTextModel, "unet": UNet2DConditionModel}
+    for name, loader in loaders.items():
+        try:
+            weights = loader.from_pretrained(prior, subfolder=name).float().state_dict()
+            models[name].load_state_dict(weights)
+        except (OSError, ValueError, RuntimeError) as exc:  # unreadable, or other widths than this size's
+            raise UserError(f"--init {prior}: its {name} does not fit this --size ({type(exc).__name__}); give a "
+                            "prior trained at the same --size.") from None
 
 
 def offline_tokenizer() -> Any:
@@ -275,8 +311,11 @@ class Run:
         self.scale = 1.0
 
     def build_models(self) -> dict[str, torch.nn.Module]:
-        """The networks at the recipe's size and seed."""
-        return build_models(self.size, self.tokenizer, self.recipe["seed"])
+        """The networks at the recipe's size and seed, with the weights of the --init prior when there is one."""
+        models = build_models(self.size, self.tokenizer, self.recipe["seed"])
+        if self.recipe.get("init"):
+            load_prior_weights(models, Path(self.recipe["init"]))
+        return models
 
     @property
     def latent_side(self) -> int:
@@ -395,13 +434,6 @@ def device_label(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
-def shown_path(path: str) -> str:
-    """`path` relative to the working directory when it lies inside it (a card shows the repository's own
-    examples/... as such), else as given."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
-
-
 def choose_device(name: str | None) -> torch.device:
     """The device asked for (default: CUDA when there is one), with TF32 matmuls on CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -445,6 +477,11 @@ def train(args: argparse.Namespace) -> None:
     held_out = held_out_objects(recipe["held_out"], objects)
     tokenizer = offline_tokenizer()
     check_words(objects, tokenizer)
+    if recipe["init"] and stored is None:
+        world = check_prior(Path(recipe["init"]), SIZES[recipe["size"]].resolution, "--init")
+        if world != {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}:
+            raise UserError(f"--init {recipe['init']} was trained on another world (its objects.json); give exactly "
+                            "its --objects and --held_out.")
     device = choose_device(args.device)
     size = SIZES[recipe["size"]]
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)
@@ -469,6 +506,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", nargs=2, type=int, default=None, metavar=("VAE", "UNET"),
                    help="training steps (default: " + ", ".join(f"{' '.join(map(str, size.steps))} with --size {name}"
                                                       for name, size in SIZES.items()) + ")")
+    p.add_argument("--init", type=Path, default=None, metavar="PRIOR",
+                   help="start from a toy prior of the same world and size: its VAE kept (no VAE phase, --steps 0 N), "
+                        "its UNet and text encoder trained on with this recipe's captions")
     add_run_flags(p)
     return p.parse_args(argv)
 

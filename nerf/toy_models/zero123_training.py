@@ -33,8 +33,8 @@ from nerf.toy_models import training
 from nerf.toy_models.tiny_zero123 import CLIP_MEAN, CLIP_STD, clip_processor, ddim_scheduler, save_parts
 from nerf.toy_models.training import Phase, Run, Size, add_run_flags, encode_views, noisy_latents
 from nerf.toy_models.world import (
-    DEFAULT_HELD_OUT, DEFAULT_OBJECTS, cached_views, check_words, class_rows, held_out_objects, load_world,
-    parse_objects, world_specs, write_world)
+    DEFAULT_HELD_OUT, DEFAULT_OBJECTS, cached_views, check_words, class_rows, held_out_objects,
+    parse_objects, shown_path, world_specs, write_world)
 
 # The VAE of each size is the toy prior's (the two models share it through --prior); the UNet is the toy prior's at
 # 8 input channels, attending to one token (the projected image embedding) instead of 77 text states.
@@ -163,10 +163,10 @@ class Zero123Training(Run):
 def write_zero123_card(run: Zero123Training, done: tuple[int, int]) -> None:
     """README.md: the recipe, the world (training and held-out instances), how to make the model again."""
     recipe, size = run.recipe, run.size
-    vae = (f"the toy prior's (`{training.shown_path(recipe['prior'])}`, frozen)" if recipe["prior"]
+    vae = (f"the toy prior's (`{shown_path(recipe['prior'])}`, frozen)" if recipe["prior"]
            else f"trained here, {done[0]}/{recipe['steps'][0]} steps")
     options = ["--objects", *recipe["objects"], *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),
-               *(["--prior", training.shown_path(recipe["prior"])] if recipe["prior"] else []), "--size", recipe["size"],
+               *(["--prior", shown_path(recipe["prior"])] if recipe["prior"] else []), "--size", recipe["size"],
                "--steps", str(done[1]), "--seed", str(recipe["seed"])]
     text = f"""# Toy Zero-1-to-3 (RealFusion tests)
 
@@ -199,23 +199,6 @@ image-conditioned prior end to end. The held-out instances were never shown to i
     write_text_atomic(run.out / "README.md", text)
 
 
-def check_prior(prior: Path, resolution: int) -> dict[str, dict[str, str]]:
-    """The toy prior's world ({objects, held_out}), after checking that it is a toy Stable Diffusion folder at the
-    size's resolution (its VAE is reused, so the latents must be the same)."""
-    from nerf.pipeline import training_resolution
-
-    needed = ("model_index.json", "vae/config.json", "unet/config.json", "text_encoder/config.json")
-    missing = [name for name in needed if not (prior / name).is_file()]
-    if missing:
-        raise UserError(f"--prior {prior} is not a toy Stable Diffusion prior (no {missing[0]}); give a folder written "
-                        "by scripts/train-toy-prior.py.")
-    found = training_resolution(str(prior))
-    if found != resolution:
-        raise UserError(f"--prior {prior} works at {found} px, this size at {resolution} px; train both at one --size.")
-    training_world, held_out = load_world(prior)
-    return {"objects": training_world, "held_out": held_out}
-
-
 def given_options(args: argparse.Namespace) -> dict:
     """The options given, in the recipe's terms (--steps N is the UNet phase's; the VAE's follows from --prior)."""
     given = {key: getattr(args, key) for key in OPTIONS if getattr(args, key) is not None}
@@ -229,7 +212,7 @@ def recipe_of(args: argparse.Namespace, stored: dict | None) -> dict:
     given = given_options(args)
     if stored is None and "prior" in given and "objects" not in given and "held_out" not in given:
         resolution = SIZES[given.get("size", "gpu")].resolution
-        world = check_prior(Path(given["prior"]), resolution)
+        world = training.check_prior(Path(given["prior"]), resolution)
         given["objects"], given["held_out"] = world_specs(world["objects"], world["held_out"])
     prior = given.get("prior", (stored or {}).get("recipe", {}).get("prior"))
     size = given.get("size", (stored or {}).get("recipe", {}).get("size", "gpu"))
@@ -259,7 +242,7 @@ def train(args: argparse.Namespace) -> None:
     held_out = held_out_objects(recipe["held_out"], objects)
     check_words(objects, training.offline_tokenizer())  # the joint suite runs name them to the toy prior
     if recipe["prior"] and stored is None:
-        world = check_prior(Path(recipe["prior"]), size.resolution)
+        world = training.check_prior(Path(recipe["prior"]), size.resolution)
         mine = {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}
         if world != mine:
             raise UserError(f"--prior {recipe['prior']} was trained on another world (its objects.json); leave "
