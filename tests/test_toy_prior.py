@@ -54,9 +54,10 @@ def straight(script, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resumed(script, tmp_path_factory) -> tuple[Path, Path]:
+def resumed(script, toy_prior, tmp_path_factory) -> tuple[Path, Path]:
     """(the model after the VAE phase only, the same run resumed to PART_STEPS and then to UNET_STEPS)."""
-    out = train(script, tmp_path_factory.mktemp("resumed") / "model", steps=(VAE_STEPS, 0))
+    vae_phase = toy_prior("--size", "cpu", "--device", "cpu", "--steps", str(VAE_STEPS), "0", *WORLD)
+    out = shutil.copytree(vae_phase, tmp_path_factory.mktemp("resumed") / "model")  # the shared model stays as it is
     before = shutil.copytree(out, out.parent / "before", ignore=shutil.ignore_patterns(".cache"))
     train(script, out, "--resume", steps=(VAE_STEPS, PART_STEPS))
     train(script, out, "--resume", steps=(VAE_STEPS, UNET_STEPS))
@@ -202,7 +203,7 @@ def test_captions_mix_the_three_contexts_and_the_colours_in_their_shares():
     views = world.Views(coloured_views([(red, blue), (red, blue), (green, green), (green, green), (blue, red),
                                         (blue, red)]),
                         torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 2, 4, 1]))
-    texts = world.caption_ids(tokenizer, objects, views)
+    texts = world.caption_ids(tokenizer, objects, views, colour_share=0.5)
     picked = torch.arange(6).repeat(2000)
     ids = texts.draw(picked, torch.Generator().manual_seed(0))
     decoded = [t.replace(" - ", "-").replace(" ,", ",") for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -216,7 +217,9 @@ def test_captions_mix_the_three_contexts_and_the_colours_in_their_shares():
                          (world.CAPTION_SHARES["template"], template)):
         assert abs(np.mean(flags) - share) < 0.02
     with_colours = [name[k] in t for k, t in enumerate(decoded) if not empty[k]]
-    assert abs(np.mean(with_colours) - world.DESCRIBED_SHARE) < 0.02  # each instance's own colours
+    assert abs(np.mean(with_colours) - 0.5) < 0.02  # each instance's own colours
+    plain = world.caption_ids(tokenizer, objects, views).draw(picked, torch.Generator().manual_seed(0))
+    assert not any(n in t for n, t in zip(name, tokenizer.batch_decode(plain, skip_special_tokens=True)))
     templates = {t.lower() for n in (*names, "cup", "chair") for t in world.template_captions(n)}
     assert all(t in templates and words[k] in t for k, t in enumerate(decoded) if template[k])
     sides = {t.split(", ")[-1] for k, t in enumerate(decoded) if prompt[k] and picked[k] == 4}
@@ -257,6 +260,7 @@ BAD = {
     "malformed seeds": ["--objects", "primitive:0-x=cup"],
     "nothing to resume": ["--resume"],
     "no objects": ["--objects"],
+    "colour share above 1": ["--colour_share", "1.5"],
 }
 def assert_one_line_error(script, argv: list[str], capsys) -> None:
     capsys.readouterr()
@@ -311,11 +315,12 @@ def test_init_starts_from_a_prior_and_trains_it_on(script, resumed, straight, tm
     copy = train(script, tmp_path / "copy", "--init", str(straight), steps=(0, 0))
     assert_same_weights(straight, copy)  # every weight comes from --init (fp16 on disk both ways)
     before, _ = resumed  # the VAE phase only: untrained UNet and text encoder
-    tuned = train(script, tmp_path / "tuned", "--init", str(before), steps=(0, UNET_STEPS))
+    tuned = train(script, tmp_path / "tuned", "--init", str(before), "--colour_share", "0.5", steps=(0, UNET_STEPS))
     vae = "vae/diffusion_pytorch_model.safetensors"
     assert all(torch.equal(a, b) for a, b in zip(load_file(before / vae).values(), load_file(tuned / vae).values()))
     assert heldout_loss(tuned) < 0.8 * heldout_loss(before)
-    assert f"--init {before}" in (tuned / "README.md").read_text()
+    card = (tuned / "README.md").read_text()
+    assert f"--init {before}" in card and "--colour_share 0.5" in card and "main colours" in card
     for argv in (["--steps", "3", "5", "--init", str(before), *WORLD],  # --init has no VAE phase
                  ["--steps", "0", "5", "--init", str(before), "--objects", "primitive:0=cup"],  # another world
                  ["--steps", "0", "5", "--init", str(tmp_path), *WORLD]):  # not a prior

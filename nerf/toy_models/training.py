@@ -61,7 +61,7 @@ USAGE = "Train a toy Stable Diffusion that knows a small world of classes of pro
 KL_WEIGHT = 1e-6  # SD's VAE weight of the KL term (per pixel here, as the reconstruction loss)
 EMA_DECAY = 0.999
 CHECKPOINT_EVERY = 1000
-FIELDS = ("objects", "renders", "held_out", "size", "seed", "steps", "init")
+FIELDS = ("objects", "renders", "held_out", "size", "seed", "steps", "init", "colour_share")
 
 
 def default_recipe(given: dict) -> dict:
@@ -70,12 +70,14 @@ def default_recipe(given: dict) -> dict:
     default_world = "objects" not in given and "renders" not in given  # the default held-out seeds need it
     steps = [0 if given.get("init") else SIZES[size].steps[0], SIZES[size].steps[1]]
     return dict(objects=list(DEFAULT_OBJECTS), renders=[], held_out=list(DEFAULT_HELD_OUT) if default_world else [],
-                size=size, seed=0, steps=steps, init=None)
+                size=size, seed=0, steps=steps, init=None, colour_share=0.0)
 
 
 def settings(args: argparse.Namespace, stored: dict | None) -> dict:
     """The toy prior's recipe from its command line (`merge_recipe`)."""
     given = {key: getattr(args, key) for key in FIELDS if getattr(args, key) is not None}
+    if not 0 <= given.get("colour_share", 0.0) <= 1:
+        raise UserError(f"--colour_share is a share of captions in [0, 1], got {args.colour_share}.")
     if "init" in given:
         given["init"] = str(Path(given["init"]).expanduser().resolve())
         if given.get("steps", [0])[0] != 0:
@@ -91,7 +93,7 @@ def merge_recipe(given: dict, stored: dict | None, defaults: Callable[[dict], di
         recipe = defaults(given)
         recipe.update(given)
     else:
-        recipe = {"held_out": [], "init": None, **stored}  # fields that checkpoints of earlier versions lack
+        recipe = {"held_out": [], "init": None, "colour_share": 0.0, **stored}  # what older checkpoints lack
         for key, value in given.items():
             if (value[0] != recipe[key][0]) if key == "steps" else (value != recipe[key]):
                 raise UserError(f"--{key} {value} differs from the run being resumed ({recipe[key]}); leave it out.")
@@ -345,7 +347,8 @@ class Run:
         from diffusers import DDPMScheduler
 
         moments, self.scale = encode_views(self.models["vae"], self.images)
-        texts = caption_ids(self.tokenizer, self.objects, self.views).to(self.device)
+        texts = caption_ids(self.tokenizer, self.objects, self.views, self.recipe.get("colour_share", 0.0))
+        texts = texts.to(self.device)
         alphas = DDPMScheduler(**sd15_schedule()).alphas_cumprod.to(self.device)
         steps, batch = len(alphas), self.size.batch[1]
         loss = compiled(lambda *tensors: unet_loss(self.models["text_encoder"], self.models["unet"], alphas,
@@ -509,6 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None, metavar="PRIOR",
                    help="start from a toy prior of the same world and size: its VAE kept (no VAE phase, --steps 0 N), "
                         "its UNet and text encoder trained on with this recipe's captions")
+    p.add_argument("--colour_share", type=float, default=None, metavar="SHARE",
+                   help="share of the prompt and template captions that name the instance's main colours before its "
+                        "word (default 0; see nerf/toy_models/world.py)")
     add_run_flags(p)
     return p.parse_args(argv)
 

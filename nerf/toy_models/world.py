@@ -9,14 +9,14 @@ Views are drawn from the camera distribution main.py samples for the prior (`ran
 defaults) plus, for INPUT_SHARE of a rendered instance's views, the input camera (main.py renders it with the
 front prompt every 10th step). Captions come from three contexts, drawn per training sample with CAPTION_SHARES:
 main.py's prompt with the word and the view's direction suffix, one of textual inversion's object templates with
-the word ("a photo of a {}", ...), and the empty caption (classifier-free guidance). In DESCRIBED_SHARE of the prompt
-and template captions the word comes with the instance's main colours ("a photo of a red and blue robot"), named
-from its views. Images are on white.
+the word ("a photo of a {}", ...), and the empty caption (classifier-free guidance). Images are on white.
 
-Why colours: a prior whose captions only name the class has no text pathway to an instance's look, so no token
-learned by textual inversion can ask it for "this" chair rather than "a" chair (measured: a token learned from 33
-views of a held-out instance came within 1 % of the class word's denoising loss). Stable Diffusion learned such a
-pathway from captions that describe what they show; naming colours gives the toy prior one.
+With a colour share (`--colour_share`, 0 by default), that share of the prompt and template captions names the
+instance's main colours before the word ("a photo of a red and blue robot"), named from its views. Why: a prior
+whose captions only name the class has no text pathway to an instance's look, so no token learned by textual
+inversion can ask it for "this" chair rather than "a" chair (measured: a token learned from 33 views of a held-out
+instance came within 1 % of the class word's denoising loss). Stable Diffusion learned such a pathway from captions
+that describe what they show.
 
 cameras.json of a renders folder: ``{"frames": [{"file": "000.png", "theta": 75, "phi": 0, "radius": 1.8,
 "fovy": 55}, ...]}`` -- polar angle and azimuth in degrees, as `nerf.cameras.fixed_cameras` takes them.
@@ -54,7 +54,6 @@ INPUT_SHARE = 0.1  # share of a rendered object's views taken from the input cam
 # textual inversion learns its token, so the word must matter there too; empty captions train the unconditional
 # branch of classifier-free guidance (SD's 10-20 %).
 CAPTION_SHARES = {"prompt": 0.5, "template": 0.35, "empty": 0.15}
-DESCRIBED_SHARE = 0.5  # of the prompt and template captions: the word with the instance's colours
 # The colour words of the tokenizer's corpus and their hues in degrees; an instance is described by the one or two
 # that cover most of its coloured pixels (a second one when it covers at least SECOND_COLOUR of the first's pixels).
 HUE_WORDS = {"red": 0.0, "orange": 30.0, "yellow": 60.0, "green": 120.0, "blue": 220.0, "purple": 275.0,
@@ -354,18 +353,19 @@ class Captions:
     templates: Tensor
     object_of: Tensor  # [N] index of each view's object
     empty: Tensor
+    colour_share: float = 0.0  # of the prompt and template captions: the word with the instance's colours
 
     def to(self, device: torch.device) -> "Captions":
         return Captions(self.prompt.to(device), self.templates.to(device), self.object_of.to(device),
-                        self.empty.to(device))
+                        self.empty.to(device), self.colour_share)
 
     def draw(self, views: Tensor, generator: torch.Generator) -> Tensor:
         """The caption ids [B, 77] of views [B]: each sample's context drawn with CAPTION_SHARES, the colours with
-        DESCRIBED_SHARE, its template uniformly; the random numbers come from the CPU `generator`, so a resumed
+        `colour_share`, its template uniformly; the random numbers come from the CPU `generator`, so a resumed
         run draws the same."""
         count, device = len(views), views.device
         u = torch.rand(count, generator=generator).to(device)
-        colours = (torch.rand(count, generator=generator) < DESCRIBED_SHARE).long().to(device)
+        colours = (torch.rand(count, generator=generator) < self.colour_share).long().to(device)
         pick = torch.randint(0, self.templates.shape[2], (count,), generator=generator).to(device)
         template = self.templates[self.object_of[views], colours, pick]
         ids = torch.where((u < CAPTION_SHARES["template"])[:, None], template, self.prompt[views, colours])
@@ -377,8 +377,9 @@ def object_colours(objects: list[ToyObject], views: Views, sample: int = 64) -> 
     return [colour_words(views.images[(views.objects == i).nonzero()[:sample, 0]]) for i in range(len(objects))]
 
 
-def caption_ids(tokenizer: Any, objects: list[ToyObject], views: Views) -> Captions:
-    """Every caption of every view, tokenised once."""
+def caption_ids(tokenizer: Any, objects: list[ToyObject], views: Views, colour_share: float = 0.0) -> Captions:
+    """Every caption of every view, tokenised once; `colour_share` of the prompt and template captions name the
+    instance's colours."""
     def encode(texts: list[str]) -> Tensor:
         return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
@@ -388,7 +389,7 @@ def caption_ids(tokenizer: Any, objects: list[ToyObject], views: Views) -> Capti
     prompts = prompts.reshape(len(objects), 2, -1, prompts.shape[1])[views.objects, :, views.directions]
     templates = encode([text for pair in names for name in pair for text in template_captions(name)])
     return Captions(prompts, templates.reshape(len(objects), 2, -1, templates.shape[1]), views.objects,
-                    encode([""])[0])
+                    encode([""])[0], colour_share)
 
 
 def load_world(model: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -409,11 +410,15 @@ def write_card(out: Path, recipe: dict, objects: list[ToyObject], held_out: list
     """README.md: what the model saw, how long it trained, how to make it again, and what it is not for;
     objects.json: every training and held-out instance with its word."""
     rows = class_rows(objects, held_out, views)
-    init = recipe.get("init")
+    init, share = recipe.get("init"), recipe.get("colour_share", 0.0)
+    colours = (f" In {share:.0%} of the prompt and template captions the word comes with the instance's one or two "
+               f"main colours, named from its views (`"
+               f"{template_captions(described(objects[0].word, object_colours(objects, views)[0]))[0]}`)."
+               if share else "")
     options = ["--objects", *recipe["objects"], *(["--renders", *recipe["renders"]] if recipe["renders"] else []),
                *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),
                "--size", recipe["size"], "--steps", *map(str, done), "--seed", str(recipe["seed"]),
-               *(["--init", shown_path(init)] if init else [])]
+               *(["--init", shown_path(init)] if init else []), *(["--colour_share", f"{share:g}"] if share else [])]
     start = (f"from `{shown_path(init)}` (its VAE kept, its UNet and text encoder trained on): UNet and text encoder "
              if init else f"VAE {done[0]}/{recipe['steps'][0]} steps, then UNet and text encoder ")
     shares = ", ".join(f"{name} {share:.0%}" for name, share in CAPTION_SHARES.items())
@@ -432,9 +437,7 @@ method, **not for real photos**.
   {INPUT_SHARE:.0%} of a rendered instance's views, the input camera (front prompt); RGB over a white background.
 - Captions, drawn per training sample ({shares}): main.py's prompt with the word and the view's direction suffix
   (`{captions(objects[0].word)[0]}`); one of textual inversion's {len(OBJECT_TEMPLATES)} object templates with the
-  word (`{template_captions(objects[0].word)[0]}`); the empty caption (classifier-free guidance). In
-  {DESCRIBED_SHARE:.0%} of the prompt and template captions the word comes with the instance's one or two main colours,
-  named from its views (`{template_captions(described(objects[0].word, object_colours(objects, views)[0]))[0]}`).
+  word (`{template_captions(objects[0].word)[0]}`); the empty caption (classifier-free guidance).{colours}
 - Resolution: {shape[0]}x{shape[0]} images, {shape[1]}x{shape[1]}x4 latents (size `{recipe["size"]}`).
 - Training: {start}{done[1]}/{recipe["steps"][1]}
   steps (saved: their EMA), SD 1.5's noise schedule, seed {recipe["seed"]}; {seconds:.0f} s on {device}.
