@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 
 def image_loss(pred_rgb: Tensor, gt_rgb: Tensor, gt_alpha: Tensor) -> Tensor:
@@ -31,5 +30,7 @@ def opacity_loss(weights_sum: Tensor) -> Tensor:
 
 def smooth_2d_loss(normal_image: Tensor, kernel_size: int = 9) -> Tensor:
     """MSE between the composited normal map [B, 3, H, W] and its (detached) Gaussian blur."""
+    from torchvision.transforms.functional import gaussian_blur  # here: importing torchvision takes about 1 s
+
     blurred = gaussian_blur(normal_image.detach(), kernel_size=kernel_size)
     return F.mse_loss(normal_image, blurred)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -37,6 +38,32 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-sd") / "model"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-sd.py"), str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_prior(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """train-toy-prior.py's model for its arguments after the output folder, trained once per session for each list
+    of arguments (test_toy_prior resumes the VAE phase that test_toy_zero123 builds on). Copy a model to train it
+    on. One torch thread, as in those modules: they compare weights with their own runs bit for bit."""
+    import torch
+
+    from nerf.toy_models import training
+
+    models: dict[tuple[str, ...], Path] = {}
+
+    def trained(*argv: str) -> Path:
+        if argv not in models:
+            out = tmp_path_factory.mktemp("toy-prior") / "model"
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                assert training.main([str(out), *argv]) == 0
+            finally:
+                torch.set_num_threads(threads)
+            models[argv] = out
+        return models[argv]
+
+    return trained
 
 
 @pytest.fixture(scope="module")

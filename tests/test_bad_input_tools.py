@@ -181,3 +181,13 @@ def test_a_bad_input_is_one_line_exit_2_and_no_traceback(outcomes, index):
 def test_no_refused_command_created_or_changed_anything(outcomes):
     _, before, after = outcomes
     assert after == before
+
+
+def test_no_tool_imports_torchvision_to_read_its_command_line():
+    """torchvision, with the torch._dynamo it imports, takes about a second to import: the tools' modules leave it to
+    the code that uses it, so that a command line answered in one line (above) does not wait for it."""
+    tools = [REPO / "main.py", *(REPO / "scripts").glob("*.py"), *(REPO / "textual-inversion").glob("*.py")]
+    modules = sorted({m for tool in tools for m in re.findall(r"^from ([\w.]+) import main$", tool.read_text(), re.M)})
+    assert "nerf.cli.train" in modules and "nerf.textual_inversion.train" in modules
+    code = f"import sys, {', '.join(modules)}; assert 'torchvision' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

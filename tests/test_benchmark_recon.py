@@ -6,19 +6,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "--HW_synthetic 16 --HW_real 16 --num_rays 256 --occupancy_grid_size 16 --update_extra_interval 2"
+JOINT = "--guidance sd+zero123"
 
 
-def test_recon_benchmark_reports_every_stage(tiny_sd_dir, tmp_path):
-    out = tmp_path / "recon.json"
+@pytest.fixture(scope="module")
+def bench(tiny_sd_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One benchmark process for the tests below (each would pay for importing torch and loading the model): three
+    variants, the joint one with a tiny Zero-1-to-3, and the complete run through main.main."""
+    from nerf.toy_models.tiny_zero123 import write_model
+
+    root = tmp_path_factory.mktemp("bench-recon")
+    zero123 = write_model(root / "zero123")
+    out = root / "recon.json"
+    tiny_run = f"{SMALL} --iters 5 --HW_vis 8 --mesh_resolution 16 --max_steps 32"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
-         "--warmup", "1", "--steps", "3", "--split_steps", "2", "--variants", "default", "--main_args", SMALL,
-         "--out", str(out)], capture_output=True, text=True, timeout=600)
+         "--zero123_dir", str(zero123), "--warmup", "1", "--steps", "3", "--split_steps", "2",
+         "--variants", f"default,--normal_type pred,{JOINT}", "--main_args", tiny_run, "--full", "--window", "2",
+         "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
-    (row,) = report["rows"]
+    return result, json.loads(out.read_text())
+
+
+def row_of(report: dict, variant: str) -> dict:
+    (row,) = [row for row in report["rows"] if row["variant"] == variant]
+    return row
+
+
+def test_recon_benchmark_reports_every_stage(bench):
+    result, report = bench
+    row = row_of(report, "default")
     assert row["ms_per_iter"] > 0 and row["it_per_s"] > 0
     for stage in ("real_render", "synthetic_render", "vae_encode", "unet", "backward", "optimizer_grid"):
         assert row[f"{stage}_ms"] > 0, stage
@@ -26,17 +47,9 @@ def test_recon_benchmark_reports_every_stage(tiny_sd_dir, tmp_path):
     assert "ms_per_iter" in result.stdout
 
 
-def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_dir, tmp_path):
-    out = tmp_path / "recon.json"
-    tiny_run = f"{SMALL} --iters 5 --HW_vis 8 --mesh_resolution 16 --max_steps 32"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
-         "--warmup", "1", "--steps", "2", "--split_steps", "1", "--variants", "default,--normal_type pred",
-         "--main_args", tiny_run, "--full", "--window", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert [row["variant"] for row in report["rows"]] == ["default", "--normal_type pred"]
+def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
+    result, report = bench
+    assert [row["variant"] for row in report["rows"]] == ["default", "--normal_type pred", JOINT]
     assert all(row["load_s"] > 0 and row["warmup_s"] > 0 for row in report["rows"])
     assert report["settings"]["stable_diffusion_loads"] == 1  # the variants shared one model
     full = report["full_run"]
@@ -54,19 +67,8 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(tiny_sd_
     assert "per iteration: median" in result.stdout
 
 
-def test_recon_benchmark_splits_both_priors_of_a_joint_variant(tiny_sd_dir, tmp_path):
-    from nerf.toy_models.tiny_zero123 import write_model
-
-    zero123 = write_model(tmp_path / "zero123")
-    out = tmp_path / "recon.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
-         "--zero123_dir", str(zero123), "--warmup", "1", "--steps", "2", "--split_steps", "1",
-         "--variants", "--guidance sd+zero123", "--main_args", SMALL, "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["variant"] == "--guidance sd+zero123"
+def test_recon_benchmark_splits_both_priors_of_a_joint_variant(bench):
+    row = row_of(bench[1], JOINT)
     for stage in ("vae_encode", "unet"):  # both priors' encoders and UNets are timed
         assert row[f"{stage}_ms"] > 0, stage
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from nerf.evaluation.reconstruct import reconstruct
 from nerf.scenes.files import Conventions, load_scene, read_rgba_png, write_scene
 from nerf.scenes.procedural import EXTENT, FAMILIES, Part, Scene, make_scene
 from nerf.options import Options
+from tests.two_cores import concurrently
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -249,8 +253,9 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("suite")
     scene_dir = write_scene(make_scene("union", 0), root / "scene", Conventions.from_options(Options()),
                             input_size=64, view_size=32, views=4, mesh_resolution=96)
-    runs = {mode: reconstruct(scene_dir, root / mode, mode, "reduced", torch.device("cpu"), extra_args=TINY)
-            for mode in ("prior_free", "oracle")}
+    prior_free, oracle = (partial(reconstruct, scene_dir, root / mode, mode, "reduced", torch.device("cpu"),
+                                  extra_args=TINY) for mode in ("prior_free", "oracle"))
+    runs = dict(zip(("prior_free", "oracle"), concurrently(prior_free, oracle)))
     return scene_dir, runs
 
 
@@ -270,12 +275,18 @@ def test_evaluate_script_report_compare_and_errors(repo, tiny_runs, tmp_path):
     scene_dir, runs = tiny_runs
     def evaluate(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(repo / "scripts" / "evaluate.py"), *args], capture_output=True,
-                              text=True)
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # run two at a time
 
     common = ["--gt_mesh", str(scene_dir / "mesh.ply"), "--gt_views", str(scene_dir / "views"), "--device", "cpu",
               "--mesh_resolution", "32", "--surface_points", "4000", "--voxel_resolution", "32"]
-    out = tmp_path / "report.json"
-    done = evaluate(str(runs["oracle"]), *common, "--out", str(out))
+    out, compare, folder = tmp_path / "report.json", tmp_path / "compare.json", tmp_path / "not-a-workspace"
+    folder.mkdir()
+    with ThreadPoolExecutor(2) as pool:  # three independent processes, two at a time
+        done, compared, refused = pool.map(lambda args: evaluate(*args), [
+            (str(runs["oracle"]), *common, "--out", str(out)),
+            ("--compare", str(runs["prior_free"]), str(runs["oracle"]), *common, "--no_perceptual", "--out",
+             str(compare)),
+            (str(folder), "--device", "cpu")])
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["step"] == 150 and report["novel_views"]["count"] == 3
@@ -285,15 +296,11 @@ def test_evaluate_script_report_compare_and_errors(repo, tiny_runs, tmp_path):
     for key, notice in (("clip_similarity", "CLIP similarity skipped"), ("lpips", "LPIPS skipped")):
         assert (report["novel_views"][key] is None) == (notice in done.stderr)
     assert "| input PSNR" in done.stdout
-    compare = tmp_path / "compare.json"
-    done = evaluate("--compare", str(runs["prior_free"]), str(runs["oracle"]), *common, "--no_perceptual", "--out",
-                    str(compare))
-    assert done.returncode == 0, done.stderr
-    header = done.stdout.splitlines()[0]
+    assert compared.returncode == 0, compared.stderr
+    header = compared.stdout.splitlines()[0]
     assert str(runs["prior_free"]) in header and str(runs["oracle"]) in header
     assert set(json.loads(compare.read_text())["reports"]) == {str(runs["prior_free"]), str(runs["oracle"])}
-    done = evaluate(str(tmp_path), "--device", "cpu")
-    assert done.returncode == 2 and "not a reconstruction workspace" in done.stderr
+    assert refused.returncode == 2 and "not a reconstruction workspace" in refused.stderr
 
 
 @pytest.mark.slow

@@ -4,12 +4,15 @@ where an uninterrupted one would."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 
 from nerf.cli import train as main_module
 from nerf import workspace_lock
 from nerf.trainer import Trainer
+from tests.two_cores import concurrently
 
 TINY = ["--lambda_prior", "0", "--iters", "5", "--HW_real", "16", "--HW_synthetic", "16", "--num_rays", "128",
         "--occupancy_grid_size", "16", "--max_steps", "32", "--HW_vis", "8", "--no_cuda_ray", "--eval_interval", "1"]
@@ -88,7 +91,6 @@ def test_a_run_interrupted_and_restarted_ends_bit_identical_to_an_uninterrupted_
     rgba[8:24, 8:24] = (40, 90, 200, 255)
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
     args = [*TINY, "--iters", "200", "--image_path", str(tmp_path / "rgba.png")]
-    assert main_module.main([*args, "--workspace", str(tmp_path / "straight")]) == 0
     step = Trainer.train_step
 
     def ctrl_c_at_150(self):
@@ -96,11 +98,17 @@ def test_a_run_interrupted_and_restarted_ends_bit_identical_to_an_uninterrupted_
             raise KeyboardInterrupt
         return step(self)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "train_step", ctrl_c_at_150)
-        assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 130
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "latest.pth")["global_step"] == 100
-    assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 0
+    def interrupted_then_resumed() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "train_step", ctrl_c_at_150)
+            assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 130
+        assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "latest.pth")["global_step"] == 100
+        assert main_module.main([*args, "--workspace", str(tmp_path / "resumed")]) == 0
+
+    # the uninterrupted run in another process meanwhile (a process of its own, so not patched)
+    _, code = concurrently(interrupted_then_resumed,
+                           partial(main_module.main, [*args, "--workspace", str(tmp_path / "straight")]))
+    assert code == 0
     straight, resumed = (load_checkpoint(tmp_path / name / "checkpoints" / "latest.pth")
                          for name in ("straight", "resumed"))
     assert straight["global_step"] == resumed["global_step"] == 200

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -20,6 +21,11 @@ from tests.test_bad_input_tools import message_lines, snapshot
 TINY_RUN = ["--iters", "10", "--HW_synthetic", "16", "--HW_real", "16", "--num_rays", "128", "--HW_vis", "8",
             "--occupancy_grid_size", "16", "--max_steps", "64", "--mesh_resolution", "32", "--eval_interval", "100",
             "--mesh_decimate_target", "0"]
+
+
+def one_thread_env() -> dict[str, str]:
+    """The environment with one OpenMP thread per process: the first two pipelines run at once, one on each core."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def photo(path):
@@ -35,20 +41,32 @@ def pipeline(repo, tiny_sd_dir, image, workspace, *extra, main_args=()):
     command = [sys.executable, str(repo / "scripts" / "reconstruct.py"), str(image), "--workspace", str(workspace),
                "--initializer_token", "cat", "--pretrained_model_name_or_path", str(tiny_sd_dir), "--ti_steps", "2",
                "--ti_resolution", "16", *extra, "--", *TINY_RUN, *main_args]
-    return subprocess.run(command, capture_output=True, text=True)
+    return subprocess.run(command, capture_output=True, text=True, env=one_thread_env())
 
 
 def stages(stderr: str) -> list[str]:
     return [line.split("]")[0][1:] for line in stderr.splitlines() if line.startswith("[")]
 
 
-@pytest.fixture(scope="module")
-def finished(repo, tiny_sd_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def finish(repo, tiny_sd_dir, root):
+    """The pipeline run to its end on `photo`: (the photo, the workspace, the finished process)."""
     image, workspace = photo(root / "photo.png"), root / "ws"
     done = pipeline(repo, tiny_sd_dir, image, workspace)
     assert done.returncode == 0, done.stderr[-2000:]
     return image, workspace, done
+
+
+@pytest.fixture(scope="module")
+def started(repo, tiny_sd_dir, tmp_path_factory):
+    """`finish` and `interrupt_quick_start` at once: both wait on their subprocesses, which take a core each."""
+    with ThreadPoolExecutor(1) as pool:
+        quick = pool.submit(interrupt_quick_start, repo, tiny_sd_dir, tmp_path_factory.mktemp("quick-start"))
+        return finish(repo, tiny_sd_dir, tmp_path_factory.mktemp("pipeline")), quick.result()
+
+
+@pytest.fixture(scope="module")
+def finished(started):
+    return started[0]
 
 
 def test_one_command_writes_every_stage(finished):
@@ -82,18 +100,16 @@ def test_bad_input_is_one_line_and_writes_nothing(repo, tiny_sd_dir, tmp_path):
         assert not (tmp_path / "ws").exists()
 
 
-@pytest.fixture(scope="module")
-def quick_start(repo, tiny_sd_dir, tmp_path_factory):
+def interrupt_quick_start(repo, tiny_sd_dir, root):
     """README's first command with the tiny model, small sizes and endless NeRF training, the hub offline and no
     noun embeddings anywhere; Ctrl-C (SIGINT to its process group, as a terminal sends it) once the NeRF stage
     holds its workspace."""
-    root = tmp_path_factory.mktemp("quick-start")
     ws = root / "outputs" / "coffee_cup"
     example = "examples/natural-images/coffee_cup"
     command = [sys.executable, "scripts/reconstruct.py", f"{example}/image.png", "--mask_path", f"{example}/mask.png",
                "--workspace", str(ws), "--pretrained_model_name_or_path", str(tiny_sd_dir), "--ti_steps", "1",
                "--ti_resolution", "16", "--", "--pose_angle", "45", *TINY_RUN, "--iters", "100000"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(root / "empty-cache")}
+    env = {**one_thread_env(), "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(root / "empty-cache")}
     with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as process:
         deadline = time.monotonic() + 300
@@ -103,6 +119,11 @@ def quick_start(repo, tiny_sd_dir, tmp_path_factory):
         os.killpg(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=300)
     return ws, process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def quick_start(started):
+    return started[1]
 
 
 def test_the_quick_start_gets_past_the_initializer(quick_start):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nerf.toy_models import training, zero123_check, zero123_training
+from nerf.toy_models import zero123_check, zero123_training
 from nerf.toy_models.tiny_zero123 import write_model
+from tests.two_cores import concurrently
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "toy-zero123"
@@ -33,12 +35,9 @@ def train(out: Path, *extra: str, steps: int = STEPS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prior(tmp_path_factory) -> Path:
-    """A toy Stable Diffusion prior after its VAE phase (the UNet is not needed here)."""
-    out = tmp_path_factory.mktemp("prior") / "model"
-    argv = [str(out), "--size", "cpu", "--device", "cpu", "--steps", "20", "0", *WORLD]
-    assert training.main(argv) == 0
-    return out
+def prior(toy_prior) -> Path:
+    """A toy Stable Diffusion prior after its VAE phase (the UNet is not needed here); read, never written."""
+    return toy_prior("--size", "cpu", "--device", "cpu", "--steps", "20", "0", *WORLD)
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +176,11 @@ def test_the_shipped_model_reproduces_the_input_at_the_zero_camera_and_knows_wro
     # 16 (0.00921 against 0.01052), the input view at the zero camera below other cameras on 16 of 16 (0.00668 against
     # 0.00978); one sample per camera is noisy (the zero camera's is the closest on 8 of 16), its mean is not (15.6 dB
     # against 14.3, 13.8 and 15.1). The margins here sit between those and what an untrained model gives.
-    losses = zero123_check.camera_check(SHIPPED, views=8, draws=4, per_class=1)["mean"]
+    check, samples = concurrently(partial(zero123_check.camera_check, SHIPPED, views=8, draws=4, per_class=1),
+                                  partial(zero123_check.sample_check, SHIPPED, steps=50, per_class=1))
+    losses = check["mean"]
     assert losses["true camera"] < 0.98 * losses["wrong camera"], losses
     assert losses["input, zero camera"] < 0.95 * losses["input, other cameras"], losses
-    samples = zero123_check.sample_check(SHIPPED, steps=50, per_class=1)
     mean = {azimuth: np.mean([scores[azimuth] for scores in samples.values()]) for azimuth in ("0", "90", "180", "270")}
     zero = mean.pop("0")
     assert zero > max(mean.values()), (zero, mean)

@@ -31,10 +31,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 from nerf.errors import UserError
+
+# torchvision is imported by the functions that build augmentations: with the torch._dynamo it pulls in it costs
+# about 1 s, and every command-line tool imports this module (for its templates), most of them never augmenting.
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -118,12 +119,17 @@ def center_crop_square(image: Image.Image) -> Image.Image:
 
 def heavy_framing(size: int) -> Callable[[Image.Image], Image.Image]:
     """The first, deterministic step of RealFusion's augmentation: a square of 1.25 x size around the centre."""
+    from torchvision import transforms as T
+
     big = int(1.25 * size)
     return T.Compose([T.Resize(big), T.CenterCrop(big)])
 
 
 def heavy_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
     """The random steps of RealFusion's augmentation, applied to a `heavy_framing` image (PIL in, PIL out)."""
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
     return T.Compose([
         T.RandomApply([
             T.RandomRotation(10, interpolation=InterpolationMode.NEAREST, fill=255),
@@ -150,6 +156,9 @@ def to_pixels(image: Image.Image, range_01: bool) -> torch.Tensor:
 
 def plain_augmentation(size: int) -> Callable[[Image.Image], Image.Image]:
     """The textual-inversion default: bicubic resize to size x size and a random horizontal flip."""
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
     return T.Compose([
         T.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(p=0.5),
