@@ -166,6 +166,14 @@ def check_prior(prior: Path, resolution: int, flag: str = "--prior") -> dict[str
     return {"objects": training_world, "held_out": held_out}
 
 
+def check_same_world(prior: Path, resolution: int, objects: list[ToyObject], held_out: list[ToyObject], flag: str,
+                     fix: str) -> None:
+    """`check_prior`, and that the prior was trained on exactly these training and held-out instances."""
+    mine = {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}
+    if check_prior(prior, resolution, flag) != mine:
+        raise UserError(f"{flag} {prior} was trained on another world (its objects.json); {fix}.")
+
+
 def load_prior_weights(models: dict[str, torch.nn.Module], prior: Path) -> None:
     """Copy a toy prior folder's VAE, text encoder and UNet weights (fp16 on disk) into `models` of the same size."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -481,10 +489,8 @@ def train(args: argparse.Namespace) -> None:
     tokenizer = offline_tokenizer()
     check_words(objects, tokenizer)
     if recipe["init"] and stored is None:
-        world = check_prior(Path(recipe["init"]), SIZES[recipe["size"]].resolution, "--init")
-        if world != {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}:
-            raise UserError(f"--init {recipe['init']} was trained on another world (its objects.json); give exactly "
-                            "its --objects and --held_out.")
+        check_same_world(Path(recipe["init"]), SIZES[recipe["size"]].resolution, objects, held_out, "--init",
+                         "give exactly its --objects and --held_out")
     device = choose_device(args.device)
     size = SIZES[recipe["size"]]
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)

@@ -413,7 +413,7 @@ def write_card(out: Path, recipe: dict, objects: list[ToyObject], held_out: list
     init, share = recipe.get("init"), recipe.get("colour_share", 0.0)
     colours = (f" In {share:.0%} of the prompt and template captions the word comes with the instance's one or two "
                f"main colours, named from its views (`"
-               f"{template_captions(described(objects[0].word, object_colours(objects, views)[0]))[0]}`)."
+               f"{template_captions(described(objects[0].word, object_colours(objects[:1], views)[0]))[0]}`)."
                if share else "")
     options = ["--objects", *recipe["objects"], *(["--renders", *recipe["renders"]] if recipe["renders"] else []),
                *(["--held_out", *recipe["held_out"]] if recipe["held_out"] else []),

@@ -242,11 +242,8 @@ def train(args: argparse.Namespace) -> None:
     held_out = held_out_objects(recipe["held_out"], objects)
     check_words(objects, training.offline_tokenizer())  # the joint suite runs name them to the toy prior
     if recipe["prior"] and stored is None:
-        world = training.check_prior(Path(recipe["prior"]), size.resolution)
-        mine = {"objects": {o.source: o.word for o in objects}, "held_out": {o.source: o.word for o in held_out}}
-        if world != mine:
-            raise UserError(f"--prior {recipe['prior']} was trained on another world (its objects.json); leave "
-                            "--objects and --held_out out to take its world, or give exactly its instances.")
+        training.check_same_world(Path(recipe["prior"]), size.resolution, objects, held_out, "--prior",
+                                  "leave --objects and --held_out out to take its world, or give exactly its instances")
     device = training.choose_device(args.device)
     views = cached_views(args.out, objects, size.resolution, size.views, recipe["seed"], device)
     run = Zero123Training(args.out, recipe, objects, held_out, views, None, device, started,
