@@ -1,6 +1,7 @@
 """The reconstruction benchmark runs the real Trainer loop end to end, its variants in one process, and a complete
 run through main.main (CPU, tiny model, tiny sizes)."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -27,9 +28,9 @@ def bench(tiny_sd_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, d
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
          "--zero123_dir", str(zero123), "--warmup", "1", "--steps", "3", "--split_steps", "2",
          "--variants", f"default,--normal_type pred,{JOINT}", "--main_args", tiny_run, "--full", "--window", "2",
-         "--out", str(out)], capture_output=True, text=True, timeout=900)
+         "--profile", "--trace", str(root / "trace.json.gz"), "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    return result, json.loads(out.read_text())
+    return result, json.loads(out.read_text()), root
 
 
 def row_of(report: dict, variant: str) -> dict:
@@ -38,7 +39,7 @@ def row_of(report: dict, variant: str) -> dict:
 
 
 def test_recon_benchmark_reports_every_stage(bench):
-    result, report = bench
+    result, report, _ = bench
     row = row_of(report, "default")
     assert row["ms_per_iter"] > 0 and row["it_per_s"] > 0
     for stage in ("real_render", "synthetic_render", "vae_encode", "unet", "backward", "optimizer_grid"):
@@ -48,7 +49,7 @@ def test_recon_benchmark_reports_every_stage(bench):
 
 
 def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
-    result, report = bench
+    result, report, _ = bench
     assert [row["variant"] for row in report["rows"]] == ["default", "--normal_type pred", JOINT]
     assert all(row["load_s"] > 0 and row["warmup_s"] > 0 for row in report["rows"])
     assert report["settings"]["stable_diffusion_loads"] == 1  # the variants shared one model
@@ -107,3 +108,12 @@ def test_gpu_busy_time_is_the_union_of_kernel_intervals():
             for t in range(int(start), int(end)):
                 timeline[t] = True
         assert covered_ms(intervals) == sum(timeline) / 1000
+
+
+def test_recon_benchmark_profiles_each_variant_with_a_trace_file(bench):
+    _, report, root = bench
+    for k, row in enumerate(report["rows"]):
+        assert "Self CPU" in row["profile"], row["variant"]  # the profiler's table
+        with gzip.open(root / f"{k}-trace.json.gz", "rt") as trace:
+            events = json.load(trace)["traceEvents"]
+        assert any("train_step" in e.get("name", "") or "aten::" in e.get("name", "") for e in events)

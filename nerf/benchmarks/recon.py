@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="also time a complete default run through main.main")
     parser.add_argument("--window", type=int, default=1000, help="--full: iterations per window of the loop's times")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the steady state")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="with --profile: also write the profiled iterations as a gzipped Chrome trace "
+                             "(chrome://tracing, Perfetto); a variant's index is added to the name")
 
 
 def learned_embedding(folder: Path, width: int) -> Path:
@@ -158,9 +161,10 @@ def covered_ms(intervals: list[tuple[float, float]]) -> float:
     return total / 1000
 
 
-def profile_table(trainer, steps: int) -> str:
+def profile_table(trainer, steps: int, trace: Path | None = None) -> str:
     """The profiler's table of `steps` iterations and, on a GPU, how much of their wall time a kernel was running:
-    a busy share well below 100 % means the loop waits on the host (launches, synchronisations), not the GPU."""
+    a busy share well below 100 % means the loop waits on the host (launches, synchronisations), not the GPU.
+    `trace` also keeps the timeline, where the gaps between kernels show what the host was doing."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -172,6 +176,8 @@ def profile_table(trainer, steps: int) -> str:
             trainer.train_step()
         _sync()
     wall_ms = 1000 * (time.perf_counter() - began) / steps
+    if trace is not None:
+        write_trace(prof, trace)
     key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=25)
     kernels = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
@@ -179,6 +185,20 @@ def profile_table(trainer, steps: int) -> str:
         return table
     busy = covered_ms(kernels) / steps
     return f"{table}\nGPU busy {busy:.1f} ms of {wall_ms:.1f} ms per iteration ({100 * busy / wall_ms:.0f} %, profiled)"
+
+
+def write_trace(prof, path: Path) -> None:
+    """The profiler's Chrome trace, gzipped (the JSON of ten iterations runs to tens of megabytes)."""
+    import gzip
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        with raw.open("rb") as src, gzip.open(Path(tmp) / "trace.json.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        (Path(tmp) / "trace.json.gz").replace(path)
 
 
 def zero123_flags(flags: str, args: argparse.Namespace) -> str:
@@ -192,7 +212,8 @@ def zero123_flags(flags: str, args: argparse.Namespace) -> str:
     return f"{flags} --zero123_model {shlex.quote(str(args.zero123_dir))}"
 
 
-def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: argparse.Namespace,
+                    trace: Path | None = None) -> dict[str, Any]:
     from nerf.build import open_run
     from nerf.option_checks import parse
 
@@ -203,7 +224,7 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
     with open_run(opt) as run:  # the workspace is held while the benchmark trains in it
         _sync()
         load_s = time.perf_counter() - began
-        row = {**measure_trainer(run.trainer, flags, args), "load_s": load_s}
+        row = {**measure_trainer(run.trainer, flags, args, trace), "load_s": load_s}
     del run  # the run's memory (graphs and compiled code included) is returned before the next variant
     gc.collect()
     if torch.cuda.is_available():
@@ -211,7 +232,7 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
     return row
 
 
-def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path | None = None) -> dict[str, Any]:
     """Median iteration time after warm-up, then the split per stage (and a profile if asked)."""
     trainer.renderer.train()
     trainer.renderer.update_occupancy()
@@ -237,7 +258,7 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace) -> dict[str, 
         "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
     }
     if args.profile:
-        row["profile"] = profile_table(trainer, 10)
+        row["profile"] = profile_table(trainer, 10, trace)
         print(row["profile"])
     return row
 
@@ -432,7 +453,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with one_stable_diffusion() as loaded:
             for k, variant in enumerate(v.strip() for v in args.variants.split(",") if v.strip()):
                 flags = "" if variant == "default" else variant
-                rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args))
+                trace = args.trace.with_name(f"{k}-{args.trace.name}") if args.trace and args.profile else None
+                rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args, trace))
                 rows[-1]["variant"] = variant
                 print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
                       f"loading {rows[-1]['load_s']:.1f} s", flush=True)
