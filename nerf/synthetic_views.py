@@ -47,7 +47,7 @@ class SyntheticViews:
         return random_cameras(1, data.HW_synthetic, radius_range=data.radius_range, fovy_range=data.fovy_range,
                               uniform_sphere_rate=data.uniform_sphere_rate, angle_overhead=data.angle_overhead,
                               angle_front=data.angle_front, jitter=data.jitter_pose, left_handed=self.left_handed,
-                              generator=self.generator).to(self.device)
+                              generator=self.generator)
 
     def _input_camera(self) -> CameraBatch:
         real = self.real_camera
@@ -57,6 +57,10 @@ class SyntheticViews:
 
     def view(self, step: int) -> SyntheticView:
         camera = self._random_camera()  # drawn every step, so the random stream does not depend on replacement
+        # Its prompt bucket is read on the host before the camera moves to the device (a read there would wait for
+        # the GPU's queue).
+        direction = int(camera.directions[0]) if self.dir_text else 0
+        camera = camera.to(self.device)
         front = FRONT if self.dir_text else 0
         every = self.replace_every
         if every > 0 and self.legacy_replacement:
@@ -64,7 +68,7 @@ class SyntheticViews:
                 return SyntheticView(camera, front, self.replace_noise)
         elif every > 0 and step % every == 0 and self.real_camera is not None:
             return SyntheticView(self._input_camera(), front, self.replace_noise)
-        return SyntheticView(camera, int(camera.directions[0]) if self.dir_text else 0, 0.0)
+        return SyntheticView(camera, direction, 0.0)
 
     def shading(self, step: int) -> tuple[str, float]:
         """Albedo for the first albedo_iters steps; then albedo 20 %, textureless 40 %, lambertian 40 %."""
