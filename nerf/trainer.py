@@ -212,7 +212,8 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------
     def _log(self, terms: dict[str, Tensor], progress: tqdm) -> None:
-        values = {k: float(v) for k, v in terms.items()}
+        # one device read for all terms (a float() each would wait for the GPU once per term)
+        values = dict(zip(terms, torch.stack([v.float().reshape(()) for v in terms.values()]).tolist()))
         progress.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
         scalars = {f"train/{key}": value for key, value in values.items()}
         # --lr as the schedule sets it now; the grid tables' group runs at 10 times that (Field.param_groups)
