@@ -28,7 +28,7 @@ def bench(tiny_sd_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, d
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "recon", "--model", str(tiny_sd_dir),
          "--zero123_dir", str(zero123), "--warmup", "1", "--steps", "3", "--split_steps", "2",
          "--variants", f"default,--normal_type pred,{JOINT}", "--main_args", tiny_run, "--full", "--window", "2",
-         "--profile", "--trace", str(root / "trace.json.gz"), "--out", str(out)], capture_output=True, text=True, timeout=900)
+         "--trace", str(root / "trace.json.gz"), "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     return result, json.loads(out.read_text()), root
 

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=1000, help="--full: iterations per window of the loop's times")
     parser.add_argument("--profile", action="store_true", help="add a torch.profiler table of the steady state")
     parser.add_argument("--trace", type=Path, default=None,
-                        help="with --profile: also write the profiled iterations as a gzipped Chrome trace "
+                        help="profile (as --profile) and also write the profiled iterations as a gzipped Chrome trace "
                              "(chrome://tracing, Perfetto); a variant's index is added to the name")
 
 
@@ -257,7 +257,7 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
         "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
         "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
     }
-    if args.profile:
+    if args.profile or trace is not None:
         row["profile"] = profile_table(trainer, 10, trace)
         print(row["profile"])
     return row
@@ -453,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with one_stable_diffusion() as loaded:
             for k, variant in enumerate(v.strip() for v in args.variants.split(",") if v.strip()):
                 flags = "" if variant == "default" else variant
-                trace = args.trace.with_name(f"{k}-{args.trace.name}") if args.trace and args.profile else None
+                trace = args.trace.with_name(f"{k}-{args.trace.name}") if args.trace else None
                 rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args, trace))
                 rows[-1]["variant"] = variant
                 print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
