@@ -12,6 +12,7 @@ from nerf.errors import UserError
 from nerf.field import SHADINGS, RadianceField
 from nerf.field.background import Background
 from nerf.field.geometry import NORMAL_EPS, DensityGeometry
+from nerf.field.mlp import mlp
 from nerf.renderer import Renderer, RenderSettings
 
 BOUND = 0.75
@@ -111,6 +112,38 @@ def test_grid_levels_mask_zeroes_the_finest_levels_through_the_field(field: Radi
     masked = field.geometry.features(x)
     torch.testing.assert_close(masked[:, :-2], full[:, :-2])
     assert torch.all(masked[:, -2:] == 0) and torch.any(full[:, -2:] != 0)
+
+
+def _graph_nodes(tensor: Tensor) -> set[str]:
+    seen, stack, names = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack += [child for child, _ in node.next_functions]
+    return names
+
+
+def test_mlp_on_stacked_rows_matches_row_by_row_without_copying_its_activations() -> None:
+    """The stencil's [7, N, C] features through the MLP: the same values and gradients as each [N, C] slice through
+    a copy with out-of-place ReLUs, and a backward without the whole-buffer copies of an in-place op on a view."""
+    torch.manual_seed(0)
+    net = mlp(8, 4, 16, 3)
+    reference = torch.nn.Sequential(*[torch.nn.ReLU() if isinstance(layer, torch.nn.ReLU) else layer for layer in net])
+    x = torch.randn(7, 50, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = net(x)
+    expected = torch.stack([reference(x_ref[k]) for k in range(7)])
+    assert out.shape == (7, 50, 4)
+    torch.testing.assert_close(out, expected)
+    assert not {"CopySlices", "AsStridedBackward0"} & _graph_nodes(out)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), [x, *net.parameters()])
+    grads_ref = torch.autograd.grad((expected * weights).sum(), [x_ref, *reference.parameters()])
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want)
 
 
 def test_param_groups_grid_at_ten_times_the_rate_and_every_parameter_once(field: RadianceField) -> None:
