@@ -23,6 +23,7 @@ from nerf.errors import UserError
 from nerf.scenes.raytrace import render_rgba
 from nerf.scenes.procedural import make_scene
 from nerf.guidance import GUIDANCES, Guidance, PriorContext, build_guidance
+from nerf.guidance.frozen_calls import half_precision_math_attention, posterior_moments, set_memory_layout
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
@@ -469,6 +470,44 @@ def test_sds_with_an_oracle_denoiser_pulls_the_image_to_the_target(parts):
     assert distance() < 0.5 * start
 
 
+def test_channels_last_weights_give_the_same_moments_gradient_and_noise(parts):
+    """The layout lever changes where numbers sit in memory, not the maths: the VAE posterior, its gradient to the
+    image and the UNet's prediction agree with the default layout's (the layout is forced on CPU tensors here)."""
+    size = parts.unet.config.sample_size * 2 ** (len(parts.vae.config.block_out_channels) - 1)
+    image = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    noisy = torch.randn(2, parts.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    states = text_states(parts, ["", "a photo of a cat"])
+
+    def evaluate() -> tuple[torch.Tensor, ...]:
+        x = image.clone().requires_grad_(True)
+        moments = posterior_moments(parts.vae, x, size, torch.float32)
+        (grad,) = torch.autograd.grad((moments * moments.detach().sin()).sum(), x)
+        with torch.no_grad():
+            noise = parts.unet(noisy, torch.tensor([500, 500]), encoder_hidden_states=states).sample
+        return moments.detach(), grad, noise
+
+    convolutions = [m.weight for m in [*parts.vae.modules(), *parts.unet.modules()] if isinstance(m, torch.nn.Conv2d)]
+    default = evaluate()
+    set_memory_layout((parts.vae, parts.unet), torch.device("cuda"), channels_last=True)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convolutions
+               if w.shape[-1] > 1)
+    for got, want in zip(evaluate(), default):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    set_memory_layout((parts.vae, parts.unet), torch.device("cuda"), channels_last=False)
+    assert all(w.is_contiguous() for w in convolutions)
+    set_memory_layout((parts.vae, parts.unet), CPU, channels_last=True)  # channels-last is for CUDA only
+    assert all(w.is_contiguous() for w in convolutions)
+
+
+def test_half_precision_math_attention_is_scoped():
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    with pytest.raises(KeyError):
+        with half_precision_math_attention():
+            assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+            raise KeyError("leaves the context")
+    assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before
+
+
 # ---------------------------------------------------------------- CUDA, half precision
 
 
@@ -518,6 +557,28 @@ def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(tiny_sd_dir, 
 
     assert_replays_match_eager(eager, graphed, call, images, "t")
     assert graphed.predict_noise.graph is not None and graphed.moments.graphed is not None
+
+
+@pytest.mark.gpu
+def test_channels_last_fp16_sds_on_cuda_matches_the_default_layout(tiny_sd_dir):
+    """cuDNN's channels-last kernels against the default layout's, with the VAE's fp16 attention products: the same
+    SDS loss and image gradient up to fp16 rounding."""
+    cuda = torch.device("cuda")
+    parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=True)
+    images = torch.rand(1, 3, 12, 12, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
+
+    def loss_and_grad(channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        guidance = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, channels_last=channels_last)
+        x = images.clone().requires_grad_(True)
+        loss, _ = guidance(x, 1, generator=torch.Generator(cuda).manual_seed(1))
+        loss.backward()
+        return loss.detach(), x.grad
+
+    default, channels_last = loss_and_grad(False), loss_and_grad(True)
+    assert parts.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(channels_last[0], default[0], rtol=2e-2, atol=1e-4)
+    cosine = F.cosine_similarity(channels_last[1].flatten(), default[1].flatten(), dim=0)
+    assert cosine > 0.999, cosine
 
 
 @pytest.mark.gpu

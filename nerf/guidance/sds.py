@@ -16,8 +16,10 @@ import torch
 from nerf.guidance.frozen_calls import (
     accelerated,
     half_autocast,
+    half_precision_math_attention,
     posterior_moments,
     sample_latents,
+    set_memory_layout,
     timestep_bounds,
 )
 from nerf.guidance.stable_diffusion import (
@@ -43,7 +45,7 @@ def build(prior: PriorOptions, context: PriorContext) -> SDSGuidance:
         add_learned_token(parts, prompts.token, prompts.vector)
     log.info("prompt: %s | negative: %s", prompts.text, prompts.negative or "(empty)")
     guidance = SDSGuidance(parts, prompts.pairs, guidance_scale=prior.guidance_scale, t_range=prior.t_range,
-                           cuda_graph=prior.cuda_graph, compile=context.compile)
+                           cuda_graph=prior.cuda_graph, compile=context.compile, channels_last=prior.channels_last)
     guidance.prompt, guidance.negative_prompt = prompts.text, prompts.negative
     return guidance
 
@@ -54,10 +56,12 @@ class SDSGuidance:
     term = "sds"
 
     def __init__(self, parts: StableDiffusionParts, prompts: Sequence[tuple[str, str]], guidance_scale: float = 100.0,
-                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off") -> None:
+                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off",
+                 channels_last: bool = False) -> None:
         """`t_range`: the timesteps drawn, as fractions of the schedule's training steps; `cuda_graph`: replay the
         UNet call and the VAE encoder (forward and backward) as CUDA graphs; `compile`: "on", "off" or "if_cached",
-        torch.compile of both (`nerf.compilation`), inside the graphs."""
+        torch.compile of both (`nerf.compilation`), inside the graphs; `channels_last`: their convolution weights
+        in channels-last layout on CUDA (`set_memory_layout`)."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
         self.parts = parts
@@ -71,7 +75,9 @@ class SDSGuidance:
         self.min_step, self.max_step = timestep_bounds(t_range, len(self.alphas_cumprod))
         self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
-        identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
+        set_memory_layout((parts.vae, parts.unet), parts.device, channels_last)
+        identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
+                    "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
             self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
@@ -94,7 +100,9 @@ class SDSGuidance:
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        return sample_latents(self.moments(image), self.parts.vae.config.scaling_factor, generator)
+        with half_precision_math_attention():  # the VAE's attention products in fp16 (compiled and captured too)
+            moments = self.moments(image)
+        return sample_latents(moments, self.parts.vae.config.scaling_factor, generator)
 
     def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """The noise prediction, fp32, for a batch of noisy latents at timesteps `steps`.

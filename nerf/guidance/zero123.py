@@ -24,8 +24,10 @@ from nerf.errors import UserError
 from nerf.guidance.frozen_calls import (
     accelerated,
     half_autocast,
+    half_precision_math_attention,
     posterior_moments,
     sample_latents,
+    set_memory_layout,
     timestep_bounds,
 )
 from nerf.guidance.surrogate import surrogate_loss
@@ -67,16 +69,20 @@ class Zero123Guidance:
     term = "zero123"
 
     def __init__(self, parts: Zero123Parts, view: RealView, guidance_scale: float = 5.0,
-                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off") -> None:
+                 t_range: tuple[float, float] = (0.02, 0.98), cuda_graph: bool = False, compile: str = "off",
+                 channels_last: bool = False) -> None:
         """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
-        `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs."""
+        `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs;
+        `channels_last`: their convolution weights in channels-last layout on CUDA (`set_memory_layout`)."""
         self.parts = parts
         self.reference = view.camera.to(parts.device)
         self.guidance_scale = guidance_scale
         steps = len(parts.alphas_cumprod)
         self.min_step, self.max_step = timestep_bounds(t_range, steps)
         self.image_embedding, self.input_latent = self.encode_input(view)
-        identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype)}
+        set_memory_layout((parts.vae, parts.unet), parts.device, channels_last)
+        identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
+                    "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[Tensor], Tensor] = accelerated(
             self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
@@ -106,7 +112,9 @@ class Zero123Guidance:
 
     def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        return sample_latents(self.moments(image), self.parts.vae.config.scaling_factor, generator)
+        with half_precision_math_attention():  # the VAE's attention products in fp16 (compiled and captured too)
+            moments = self.moments(image)
+        return sample_latents(moments, self.parts.vae.config.scaling_factor, generator)
 
     def both_branches_eager(self, noisy: Tensor, steps: Tensor, pose: Tensor) -> Tensor:
         """The UNet's noise predictions (fp32), conditional then unconditional, [2B, 4, h, w], for noisy latents
@@ -157,4 +165,5 @@ def build(prior: PriorOptions, context: PriorContext) -> Zero123Guidance:
         raise UserError(f"--guidance {prior.guidance} needs {FLAG}: {MODEL_FORMS}.")
     parts = load_zero123(prior.zero123_model, context.device, fp16=context.fp16)
     return Zero123Guidance(parts, context.view, guidance_scale=prior.zero123_guidance_scale,
-                           t_range=prior.zero123_t_range, cuda_graph=prior.cuda_graph, compile=context.compile)
+                           t_range=prior.zero123_t_range, cuda_graph=prior.cuda_graph, compile=context.compile,
+                           channels_last=prior.channels_last)
