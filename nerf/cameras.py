@@ -58,6 +58,17 @@ def focal_from_fovy(fovy_deg: float | Tensor, height: int) -> float | Tensor:
     return float(focal) if not isinstance(fovy_deg, Tensor) else focal
 
 
+def to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor copied to `device` without waiting for the device's queue.
+
+    A blocking copy from pageable host memory synchronises the CUDA stream: the host waits for all queued GPU work,
+    and then the GPU idles while the host prepares the next launches (five such waits per training iteration drew
+    the cameras and pixels). CUDA stages a non-blocking copy from pageable memory before it returns, so the host
+    tensor may change or go right after; only copies to CUDA are made non-blocking (a device-to-host copy would need
+    a wait before its result is read)."""
+    return tensor.to(device, non_blocking=torch.device(device).type == "cuda")
+
+
 def get_rays(poses: Tensor, focal: float, height: int, width: int, num_rays: int = -1,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Rays through pixel centres of square pinhole cameras.
@@ -73,7 +84,7 @@ def get_rays(poses: Tensor, focal: float, height: int, width: int, num_rays: int
     inds = None
     if num_rays > 0:
         num_rays = min(num_rays, height * width)
-        inds = torch.randint(0, height * width, (num_rays,), generator=generator, device="cpu").to(device)
+        inds = to_device(torch.randint(0, height * width, (num_rays,), generator=generator, device="cpu"), device)
         ii, jj = ii[inds], jj[inds]
     dirs_cam = torch.stack([(ii - width / 2) / focal, (jj - height / 2) / focal, torch.ones_like(ii)], dim=-1)
     dirs_cam = safe_normalize(dirs_cam)
@@ -136,9 +147,9 @@ class CameraBatch:
                        theta=self.theta[start:stop], phi=self.phi[start:stop])
 
     def to(self, device: torch.device | str) -> "CameraBatch":
-        offset = None if self.ray_offset is None else self.ray_offset.to(device)
-        return replace(self, poses=self.poses.to(device), directions=self.directions.to(device),
-                       theta=self.theta.to(device), phi=self.phi.to(device), ray_offset=offset)
+        offset = None if self.ray_offset is None else to_device(self.ray_offset, device)
+        return replace(self, poses=to_device(self.poses, device), directions=to_device(self.directions, device),
+                       theta=to_device(self.theta, device), phi=to_device(self.phi, device), ray_offset=offset)
 
 
 def ray_noise(std: float, device: torch.device | str) -> Tensor | None:

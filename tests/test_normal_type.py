@@ -121,10 +121,10 @@ class CountingPrior:
         return image.mean(), {}
 
 
-def trainer_with_prior(tmp_path: Path, extra: list[str]):
+def trainer_with_prior(tmp_path: Path, extra: list[str], device: torch.device = torch.device("cpu")):
     """main.py's trainer for tiny options, with a stand-in prior so that synthetic steps run."""
     opt = parse([*TINY, "--workspace", str(tmp_path / "ws"), *extra])
-    run = nerf.build.build_run(opt, device=torch.device("cpu"))
+    run = nerf.build.build_run(opt, device=device)
     trainer = nerf.build.build_trainer(opt, renderer=run.renderer, real_view=run.real_view, guidance=CountingPrior(),
                                        frames=run.frames, workspace=run.workspace)
     trainer.renderer.train()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nerf.cameras import to_device
 from nerf.errors import UserError
 from nerf.guidance.frozen_calls import (
     accelerated,
@@ -149,7 +150,7 @@ class Zero123Guidance:
         latents = self.encode(image, generator)
         where = generator.device if generator is not None else latents.device
         t = int(torch.randint(self.min_step, self.max_step + 1, (1,), generator=generator, device=where))
-        noise = torch.randn(latents.shape, generator=generator, device=where).to(latents.device)
+        noise = to_device(torch.randn(latents.shape, generator=generator, device=where), latents.device)
         abar = self.parts.alphas_cumprod[t]
         with torch.no_grad():
             noisy = abar.sqrt() * latents.detach() + (1 - abar).sqrt() * noise
