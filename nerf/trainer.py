@@ -190,7 +190,7 @@ class Trainer:
         Runs every iteration without a loss scaler and every LOG_EVERY iterations with one (a host read per
         iteration would stall the GPU queue), and always before a checkpoint is written.
         """
-        skipped, in_a_row = int(self._skipped), int(self._bad_run)
+        skipped, in_a_row = torch.stack([self._skipped, self._bad_run]).tolist()  # one wait for the GPU, not two
         if skipped > self.skipped_steps:
             log.warning("step %d: %d non-finite iteration(s) skipped so far (%d in a row)",
                         self.global_step, skipped, in_a_row)
