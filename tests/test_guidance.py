@@ -23,7 +23,12 @@ from nerf.errors import UserError
 from nerf.scenes.raytrace import render_rgba
 from nerf.scenes.procedural import make_scene
 from nerf.guidance import GUIDANCES, Guidance, PriorContext, build_guidance
-from nerf.guidance.frozen_calls import half_precision_math_attention, posterior_moments, set_memory_layout
+from nerf.guidance.frozen_calls import (
+    frozen_layouts,
+    half_precision_math_attention,
+    posterior_moments,
+    set_memory_layout,
+)
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import (
     StableDiffusionParts,
@@ -499,6 +504,22 @@ def test_channels_last_weights_give_the_same_moments_gradient_and_noise(parts):
     assert all(w.is_contiguous() for w in convolutions)
 
 
+def test_the_unet_goes_channels_last_at_once_and_the_vae_only_when_compiled(parts):
+    """The measured rule (README "Performance"): channels-last helps the UNet eager and compiled, the VAE encoder only
+    compiled (the layout is forced on CPU tensors here)."""
+    unet_in, vae_in = parts.unet.conv_in.weight, parts.vae.encoder.conv_in.weight
+    vae_layout = frozen_layouts(parts.vae, parts.unet, torch.device("cuda"), channels_last=True)
+    assert parts.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert parts.vae.encoder.conv_in.weight.is_contiguous()
+    vae_layout(True)
+    assert parts.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    vae_layout(False)
+    assert parts.vae.encoder.conv_in.weight.is_contiguous()
+    frozen_layouts(parts.vae, parts.unet, torch.device("cuda"), channels_last=False)(True)
+    assert parts.unet.conv_in.weight.is_contiguous() and parts.vae.encoder.conv_in.weight.is_contiguous()
+    assert torch.equal(parts.unet.conv_in.weight, unet_in) and torch.equal(parts.vae.encoder.conv_in.weight, vae_in)
+
+
 def test_half_precision_math_attention_is_scoped():
     before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
     with pytest.raises(KeyError):
@@ -561,8 +582,8 @@ def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(tiny_sd_dir, 
 
 @pytest.mark.gpu
 def test_channels_last_fp16_sds_on_cuda_matches_the_default_layout(tiny_sd_dir):
-    """cuDNN's channels-last kernels against the default layout's, with the VAE's fp16 attention products: the same
-    SDS loss and image gradient up to fp16 rounding."""
+    """cuDNN's channels-last kernels (the UNet's, eager) against the default layout's, with the VAE's fp16 attention
+    products: the same SDS loss and image gradient up to fp16 rounding."""
     cuda = torch.device("cuda")
     parts = load_stable_diffusion(str(tiny_sd_dir), cuda, fp16=True)
     images = torch.rand(1, 3, 12, 12, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
@@ -575,7 +596,8 @@ def test_channels_last_fp16_sds_on_cuda_matches_the_default_layout(tiny_sd_dir):
         return loss.detach(), x.grad
 
     default, channels_last = loss_and_grad(False), loss_and_grad(True)
-    assert parts.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert parts.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert parts.vae.encoder.conv_in.weight.is_contiguous()  # an eager VAE encoder keeps the default layout
     torch.testing.assert_close(channels_last[0], default[0], rtol=2e-2, atol=1e-4)
     cosine = F.cosine_similarity(channels_last[1].flatten(), default[1].flatten(), dim=0)
     assert cosine > 0.999, cosine

@@ -29,7 +29,8 @@ def synchronisations(fn, *args) -> int:
 @pytest.mark.gpu
 def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
     generator = torch.Generator().manual_seed(0)
-    camera = random_cameras(1, 16, radius_range=(1.0, 1.5), fovy_range=(40.0, 70.0), generator=generator)
+    camera = random_cameras(1, 16, radius_range=(1.0, 1.5), fovy_range=(40.0, 70.0), uniform_sphere_rate=0.0,
+                            angle_overhead=30.0, angle_front=60.0, generator=generator)
     moved: list[CameraBatch] = []
     assert synchronisations(lambda: moved.append(camera.to("cuda"))) == 0
     torch.testing.assert_close(moved[0].poses.cpu(), camera.poses)
@@ -45,8 +46,9 @@ def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
 
 @pytest.mark.gpu
 def test_a_training_iteration_waits_only_for_its_marchers(tmp_path) -> None:
-    _, _, trainer = trainer_with_prior(tmp_path, ["--cuda_ray", "--fp16", "--lambda_prior", "1", "--iters", "50",
-                                                  "--albedo_iters", "0"], device=torch.device("cuda"))
+    # a stand-in prior (no Stable Diffusion): the synthetic view is drawn, marched and rendered with its regularisers
+    _, _, trainer = trainer_with_prior(tmp_path, ["--cuda_ray", "--fp16", "--iters", "50", "--albedo_iters", "0"],
+                                       device=torch.device("cuda"))
     trainer.train_step()  # the first iteration allocates and picks kernels
     steps = 4  # below LOG_EVERY: no divergence check, no grid update (every 16)
     counted = synchronisations(lambda: [trainer.train_step() for _ in range(steps)])

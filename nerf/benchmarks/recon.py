@@ -226,6 +226,9 @@ def measure_variant(model: Path, embeds: Path, workdir: Path, flags: str, args: 
         load_s = time.perf_counter() - began
         row = {**measure_trainer(run.trainer, flags, args, trace), "load_s": load_s}
     del run  # the run's memory (graphs and compiled code included) is returned before the next variant
+    # Each variant compiles afresh (from inductor's cache where it can): compiled frames kept across variants count
+    # towards dynamo's recompilation limit, past which a later variant (e.g. another weight layout) ran eagerly.
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

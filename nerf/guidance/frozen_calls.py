@@ -29,13 +29,29 @@ def half_autocast(dtype: torch.dtype, device: torch.device) -> AbstractContextMa
     return torch.autocast(device_type=device.type, dtype=torch.float16, cache_enabled=False)
 
 
+def frozen_layouts(vae: torch.nn.Module, unet: torch.nn.Module, device: torch.device,
+                   channels_last: bool) -> Callable[[bool], None]:
+    """With `channels_last` on CUDA: the UNet's weights channels-last now, and the VAE's once its encoder is known
+    to run compiled (the returned callback, `accelerated`'s `on_decided`).
+
+    Measured on an H200 (README "Performance"): channels-last speeds up the UNet eager and compiled, and the
+    compiled VAE encoder, but slows the eager VAE encoder, forward and backward (eager group norm has no
+    channels-last kernel, so each of its group norms transposes)."""
+    set_memory_layout((unet,), device, channels_last)
+
+    def vae_layout(compiled: bool) -> None:
+        set_memory_layout((vae,), device, channels_last and compiled)
+
+    return vae_layout
+
+
 def set_memory_layout(modules: Iterable[torch.nn.Module], device: torch.device, channels_last: bool) -> None:
     """The frozen convolutional networks' weights in channels-last layout on CUDA with `channels_last`, else in the
     default layout.
 
-    Channels-last is the layout of cuDNN's fp16 tensor-core convolutions: with default-layout weights every
-    convolution of the VAE encoder and the UNet transposes its input and output (2.8 ms per iteration of an H100's
-    profile). Set at every build, both ways, as the benchmark's variants share one loaded model."""
+    Channels-last is the layout of cuDNN's fp16 tensor-core convolutions: with default-layout weights cuDNN
+    transposes the input and output of every convolution (2.8 ms per compiled iteration in an H100's profile). Set
+    both ways, at every build, as the benchmark's variants share one loaded model."""
     layout = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
     for module in modules:
         module.to(memory_format=layout)
@@ -81,11 +97,15 @@ def timestep_bounds(t_range: tuple[float, float], steps: int) -> tuple[int, int]
 
 
 def accelerated(fn: Callable[..., Tensor], name: str, *, differentiable: bool, device: torch.device,
-                cuda_graph: bool, compile: str, identity: dict[str, Any]) -> Callable[..., Tensor]:
+                cuda_graph: bool, compile: str, identity: dict[str, Any],
+                on_decided: Callable[[bool], None] | None = None) -> Callable[..., Tensor]:
     """`fn` compiled (`compile` "on" or "if_cached", `nerf.compilation`) and, on CUDA with `cuda_graph`, captured and
-    replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call."""
+    replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call. `on_decided(compiled)`
+    learns whether `fn` runs compiled, before its first call runs (at once with `compile` "off")."""
     if compile != "off":
-        fn = Compiled(fn, name, compile, identity)
+        fn = Compiled(fn, name, compile, identity, on_decided)
+    elif on_decided is not None:
+        on_decided(False)
     if cuda_graph and device.type == "cuda":
         fn = GraphedDifferentiable(fn, name) if differentiable else GraphedInference(fn, name)
     return fn

@@ -15,11 +15,11 @@ import torch
 
 from nerf.guidance.frozen_calls import (
     accelerated,
+    frozen_layouts,
     half_autocast,
     half_precision_math_attention,
     posterior_moments,
     sample_latents,
-    set_memory_layout,
     timestep_bounds,
 )
 from nerf.guidance.stable_diffusion import (
@@ -60,8 +60,8 @@ class SDSGuidance:
                  channels_last: bool = False) -> None:
         """`t_range`: the timesteps drawn, as fractions of the schedule's training steps; `cuda_graph`: replay the
         UNet call and the VAE encoder (forward and backward) as CUDA graphs; `compile`: "on", "off" or "if_cached",
-        torch.compile of both (`nerf.compilation`), inside the graphs; `channels_last`: their convolution weights
-        in channels-last layout on CUDA (`set_memory_layout`)."""
+        torch.compile of both (`nerf.compilation`), inside the graphs; `channels_last`: channels-last convolution
+        weights on CUDA where they are faster (`frozen_layouts`)."""
         if not prompts:
             raise ValueError("SDSGuidance needs at least one (positive, negative) prompt pair")
         self.parts = parts
@@ -75,12 +75,12 @@ class SDSGuidance:
         self.min_step, self.max_step = timestep_bounds(t_range, len(self.alphas_cumprod))
         self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
-        set_memory_layout((parts.vae, parts.unet), parts.device, channels_last)
+        vae_layout = frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
         identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
-            self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
+            self.encode_moments, "VAE encoder", differentiable=True, on_decided=vae_layout, **speed_ups)
         self.predict_noise: Callable[..., torch.Tensor] = accelerated(
             self.predict_noise_eager, "UNet", differentiable=False, **speed_ups)
 
