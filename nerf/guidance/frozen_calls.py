@@ -75,7 +75,7 @@ def posterior_moments(vae: Any, image: Tensor, size: int, dtype: torch.dtype) ->
     """The VAE posterior's [mean, logvar] (at least fp32) of [B, 3, h, w] images in [0, 1], resized to `size`."""
     x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
     # The VAE's one attention layer has a single 512-wide head: the fused attention kernels are slow at that width
-    # (their backward above all), plain matrix products are not (in fp16: `encode_moments`).
+    # (their backward above all), plain matrix products are not (in fp16: `encode_latents`).
     with half_autocast(dtype, x.device), sdpa_kernel(SDPBackend.MATH):
         moments = vae.encoder(x * 2 - 1)
         if vae.quant_conv is not None:
@@ -83,11 +83,15 @@ def posterior_moments(vae: Any, image: Tensor, size: int, dtype: torch.dtype) ->
     return moments.to(torch.promote_types(moments.dtype, torch.float32))
 
 
-def sample_latents(moments: Tensor, scaling_factor: float, generator: torch.Generator | None = None) -> Tensor:
-    """Scaled latents drawn from the posterior given by `moments` (the one random draw of the encoding)."""
+def encode_latents(moments: Callable[[Tensor], Tensor], image: Tensor, scaling_factor: float,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Scaled latents of `image` drawn from the VAE posterior that `moments` (a prior's accelerated
+    `posterior_moments`) computes with its attention products in fp16; the one random draw of the encoding."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    return DiagonalGaussianDistribution(moments).sample(generator) * scaling_factor
+    with half_precision_math_attention():  # around the call, so that compiled and captured code see it too
+        posterior = moments(image)
+    return DiagonalGaussianDistribution(posterior).sample(generator) * scaling_factor
 
 
 def timestep_bounds(t_range: tuple[float, float], steps: int) -> tuple[int, int]:

@@ -15,11 +15,10 @@ import torch
 
 from nerf.guidance.frozen_calls import (
     accelerated,
+    encode_latents,
     frozen_layouts,
     half_autocast,
-    half_precision_math_attention,
     posterior_moments,
-    sample_latents,
     timestep_bounds,
 )
 from nerf.guidance.stable_diffusion import (
@@ -100,9 +99,7 @@ class SDSGuidance:
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        with half_precision_math_attention():  # the VAE's attention products in fp16 (compiled and captured too)
-            moments = self.moments(image)
-        return sample_latents(moments, self.parts.vae.config.scaling_factor, generator)
+        return encode_latents(self.moments, image, self.parts.vae.config.scaling_factor, generator)
 
     def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """The noise prediction, fp32, for a batch of noisy latents at timesteps `steps`.

@@ -24,11 +24,10 @@ from nerf.cameras import to_device
 from nerf.errors import UserError
 from nerf.guidance.frozen_calls import (
     accelerated,
+    encode_latents,
     frozen_layouts,
     half_autocast,
-    half_precision_math_attention,
     posterior_moments,
-    sample_latents,
     timestep_bounds,
 )
 from nerf.guidance.surrogate import surrogate_loss
@@ -113,9 +112,7 @@ class Zero123Guidance:
 
     def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
-        with half_precision_math_attention():  # the VAE's attention products in fp16 (compiled and captured too)
-            moments = self.moments(image)
-        return sample_latents(moments, self.parts.vae.config.scaling_factor, generator)
+        return encode_latents(self.moments, image, self.parts.vae.config.scaling_factor, generator)
 
     def both_branches_eager(self, noisy: Tensor, steps: Tensor, pose: Tensor) -> Tensor:
         """The UNet's noise predictions (fp32), conditional then unconditional, [2B, 4, h, w], for noisy latents
