@@ -84,16 +84,12 @@ def marker_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
 class Compiled:
     """`fn` through torch.compile (static shapes) when `mode` says so, else `fn` itself; see the module's rule."""
 
-    def __init__(self, fn: Callable[..., Any], name: str, mode: str, identity: dict[str, Any],
-                 on_decided: Callable[[bool], None] | None = None) -> None:
-        """`identity`: what makes the compiled code this model's (configuration, precision), for the marker;
-        `on_decided(compiled)`: called before the first call runs, and again with False if compilation fails, so
-        that the caller can prepare what suits compiled or eager code (e.g. the weights' memory layout)."""
+    def __init__(self, fn: Callable[..., Any], name: str, mode: str, identity: dict[str, Any]) -> None:
+        """`identity`: what makes the compiled code this model's (configuration, precision), for the marker."""
         self.fn = fn
         self.name = name
         self.mode = mode
         self.identity = identity
-        self.on_decided = on_decided
         self.compiled: Callable[..., Any] | None = None
         self.marker: Path | None = None  # written after the first compiled call, then None
         self.decided = mode == "off"
@@ -105,15 +101,10 @@ class Compiled:
         if self.mode == "if_cached" and not marker.is_file():
             log.info("--compile auto: the %s runs eagerly (no compiled code cached for it; --compile on compiles "
                      "and caches it)", self.name)
-        else:
-            enable_persistent_caches()
-            self.compiled = torch.compile(self.fn, dynamic=False)
-            self.marker = marker
-        self._tell(self.compiled is not None)
-
-    def _tell(self, compiled: bool) -> None:
-        if self.on_decided is not None:
-            self.on_decided(compiled)
+            return
+        enable_persistent_caches()
+        self.compiled = torch.compile(self.fn, dynamic=False)
+        self.marker = marker
 
     def __call__(self, *args: Any) -> Any:
         if not self.decided:
@@ -126,7 +117,6 @@ class Compiled:
             self.compiled, self.failed = None, True
             log.warning("torch.compile of the %s failed (%s: %s); running it eagerly. --compile off skips the "
                         "attempt.", self.name, type(exc).__name__, str(exc).strip().splitlines()[0][:200])
-            self._tell(False)
             return self.fn(*args)
         if self.marker is not None:
             if not self.marker.is_file():

@@ -96,28 +96,6 @@ def test_if_cached_compiles_only_what_an_earlier_compiled_run_left_a_marker_for(
     assert len(compiled) == 2  # another shape or model is not in the cache
 
 
-def test_the_caller_learns_before_the_first_call_whether_it_runs_compiled(monkeypatch) -> None:
-    """`on_decided` (how the VAE picks its memory layout): False without cached code under auto, True when compiled,
-    then False once a compilation fails and the function falls back to eager."""
-    told: list[bool] = []
-    recording_compile(monkeypatch)
-    x = torch.ones(3)
-    Compiled(double, "doubler", "if_cached", {"model": 1}, told.append)(x)
-    Compiled(double, "doubler", "on", {"model": 1}, told.append)(x)
-    assert told == [False, True]
-
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no compiler for the test")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    failing = Compiled(double, "doubler", "on", {"model": 1}, told.append)
-    failing(x)
-    failing(x)
-    assert told == [False, True, True, False]
-
-
 def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog) -> None:
     def broken(fn, **kwargs):
         def run(*args):

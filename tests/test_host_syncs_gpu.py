@@ -14,8 +14,8 @@ from tests.test_normal_type import trainer_with_prior
 MARCHER_READS = 2  # the input view's and the synthetic view's sample counts (force_all_rays)
 
 
-def synchronisations(fn, *args) -> int:
-    """How many times `fn` made the host wait for the GPU (PyTorch's sync debug mode warns at each)."""
+def synchronisations(fn, *args) -> list[str]:
+    """Where `fn` made the host wait for the GPU: the warnings of PyTorch's sync debug mode, one per wait."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -23,7 +23,7 @@ def synchronisations(fn, *args) -> int:
             fn(*args)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(w.message) for w in caught)
+    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchronizing" in str(w.message)]
 
 
 @pytest.mark.gpu
@@ -31,11 +31,13 @@ def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
     generator = torch.Generator().manual_seed(0)
     camera = random_cameras(1, 16, radius_range=(1.0, 1.5), fovy_range=(40.0, 70.0), uniform_sphere_rate=0.0,
                             angle_overhead=30.0, angle_front=60.0, generator=generator)
+    camera.to("cuda")  # the process's first copies to the GPU set up CUDA's host staging
+    torch.cuda.synchronize()
     moved: list[CameraBatch] = []
-    assert synchronisations(lambda: moved.append(camera.to("cuda"))) == 0
+    assert synchronisations(lambda: moved.append(camera.to("cuda"))) == []
     torch.testing.assert_close(moved[0].poses.cpu(), camera.poses)
     state = generator.get_state()
-    assert synchronisations(lambda: get_rays(moved[0].poses, camera.focal, 16, 16, 32, generator)) == 0
+    assert synchronisations(lambda: get_rays(moved[0].poses, camera.focal, 16, 16, 32, generator)) == []
     generator.set_state(state)
     on_host = get_rays(camera.poses, camera.focal, 16, 16, 32, generator)
     generator.set_state(state)
@@ -51,5 +53,5 @@ def test_a_training_iteration_waits_only_for_its_marchers(tmp_path) -> None:
                                        device=torch.device("cuda"))
     trainer.train_step()  # the first iteration allocates and picks kernels
     steps = 4  # below LOG_EVERY: no divergence check, no grid update (every 16)
-    counted = synchronisations(lambda: [trainer.train_step() for _ in range(steps)])
-    assert counted <= MARCHER_READS * steps, counted
+    waits = synchronisations(lambda: [trainer.train_step() for _ in range(steps)])
+    assert len(waits) <= MARCHER_READS * steps, waits

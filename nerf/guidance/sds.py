@@ -74,12 +74,12 @@ class SDSGuidance:
         self.min_step, self.max_step = timestep_bounds(t_range, len(self.alphas_cumprod))
         self.prediction_type = parts.scheduler.config.get("prediction_type", "epsilon")
         self.text_embeddings = self.encode_prompts(prompts)
-        vae_layout = frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
+        frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
         identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
-            self.encode_moments, "VAE encoder", differentiable=True, on_decided=vae_layout, **speed_ups)
+            self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
         self.predict_noise: Callable[..., torch.Tensor] = accelerated(
             self.predict_noise_eager, "UNet", differentiable=False, **speed_ups)
 

@@ -73,19 +73,19 @@ class Zero123Guidance:
                  channels_last: bool = False) -> None:
         """`cuda_graph`: replay the UNet call and the VAE encoder (forward and backward) as CUDA graphs;
         `compile`: "on", "off" or "if_cached", torch.compile of both (`nerf.compilation`), inside the graphs;
-        `channels_last`: channels-last convolution weights on CUDA where they are faster (`frozen_layouts`)."""
+        `channels_last`: the UNet's convolution weights channels-last on CUDA (`frozen_layouts`)."""
         self.parts = parts
         self.reference = view.camera.to(parts.device)
         self.guidance_scale = guidance_scale
         steps = len(parts.alphas_cumprod)
         self.min_step, self.max_step = timestep_bounds(t_range, steps)
         self.image_embedding, self.input_latent = self.encode_input(view)
-        vae_layout = frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
+        frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
         identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[Tensor], Tensor] = accelerated(
-            self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, on_decided=vae_layout, **speed_ups)
+            self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
         self.both_branches: Callable[[Tensor, Tensor, Tensor], Tensor] = accelerated(
             self.both_branches_eager, "Zero-1-to-3 UNet", differentiable=False, **speed_ups)
 
