@@ -23,6 +23,11 @@ from nerf.field.shading import needs_normals, textureless
 T_THRESH = 1e-4
 ALIGN = 128
 GRID_DECAY = 0.95
+# Sample buffers are padded onto a ladder of sizes, SIZES_PER_DOUBLING between consecutive powers of two (at most
+# 1/16 more rows): the field's matrix products then meet a few shapes again and again, and cuBLAS's per-shape choice
+# of algorithm is cached. With the marcher's exact sizes every iteration brought new shapes, and each product's choice
+# held the host 0.1-0.3 ms before its launch (an H100 trace: about 28 products per iteration).
+SIZES_PER_DOUBLING = 16
 # Samples drawn per render for the predicted-normal loss: its density-gradient target costs six field evaluations
 # per drawn sample, a fixed budget instead of six per sample of the render.
 NORMAL_ALIGN_SAMPLES = 4096
@@ -167,7 +172,7 @@ class Renderer(nn.Module):
         nears, fars = self._march_bounds(rays_o, rays_d)
         xyzs, dirs, deltas, rays = self.ops.march_rays_train(
             rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=settings.perturb, align=ALIGN,
-            force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps)
+            force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps, buffer_rows=ladder_rows)
         sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                            need_normals=settings.uses_normals or settings.need_smooth)
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
@@ -267,6 +272,13 @@ def _normal_images(normals: Tensor | None, light_d: Tensor, settings: RenderSett
         colours[key] = normals if key == "normal_image" else textureless(None, normals, light_d,
                                                                          settings.textureless_ratio)
     return colours
+
+
+def ladder_rows(rows: int) -> int:
+    """The smallest size >= `rows` on the sample buffers' ladder: a multiple of ALIGN and of 1/SIZES_PER_DOUBLING of
+    the power of two below `rows`."""
+    granule = max(ALIGN, (1 << max(rows - 1, 1).bit_length()) // (2 * SIZES_PER_DOUBLING))
+    return -(-rows // granule) * granule
 
 
 def _pad_rows(values: Tensor, rows: int) -> Tensor:

@@ -134,7 +134,8 @@ class CudaOps:
     def march_rays_train(self, rays_o: Tensor, rays_d: Tensor, bound: float, density_bitfield: Tensor, C: int,
                          H: int, nears: Tensor, fars: Tensor, step_counter: Tensor | None = None,
                          mean_count: int = -1, perturb: bool = False, align: int = -1, force_all_rays: bool = False,
-                         dt_gamma: float = 0.0, max_steps: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                         dt_gamma: float = 0.0, max_steps: int = 1024,
+                         buffer_rows: Callable[[int], int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         rays_o, rays_d, nears, fars = _float32(rays_o, rays_d, nears, fars)
         bitfield = density_bitfield.to(rays_o.device).contiguous()
         n, device = rays_o.shape[0], rays_o.device
@@ -156,6 +157,8 @@ class CudaOps:
         size = capacity
         if force_all_rays or mean_count <= 0:
             size = min(capacity, round_up(int(step_counter[0]), align))
+            if buffer_rows is not None:
+                size = buffer_rows(size)
         xyzs = torch.zeros(size, 3, device=device)
         dirs = torch.zeros(size, 3, device=device)
         deltas = torch.zeros(size, 2, device=device)

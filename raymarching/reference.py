@@ -8,6 +8,8 @@ rays (all rays advance together).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -202,11 +204,13 @@ def _start_jitter(t: Tensor, perturb: bool, dt_gamma: float, dt_min: float, dt_m
 def march_rays_train(rays_o: Tensor, rays_d: Tensor, bound: float, density_bitfield: Tensor, C: int, H: int,
                      nears: Tensor, fars: Tensor, step_counter: Tensor | None = None, mean_count: int = -1,
                      perturb: bool = False, align: int = -1, force_all_rays: bool = False, dt_gamma: float = 0.0,
-                     max_steps: int = 1024) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     max_steps: int = 1024, buffer_rows: Callable[[int], int] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Samples in occupied cells for every ray: xyzs [M,3], dirs [M,3], deltas [M,2] = (dt, distance from the
     previous sample's end), rays [N,3] int32 = (ray index, first row, sample count). Rows are in ray order;
     padding rows are zero. A ray whose samples do not fit the buffer keeps its row but gets no samples
-    (detectable as ``offset + count > len(xyzs)``)."""
+    (detectable as ``offset + count > len(xyzs)``). `buffer_rows(rows)`: the buffer's size for `rows` rows of
+    samples and alignment, when a caller wants more padding rows (e.g. sizes that repeat)."""
     rays_o, rays_d, nears, fars = _float32(rays_o, rays_d, nears, fars)
     n, device = rays_o.shape[0], rays_o.device
     dt_min, dt_max = step_bounds(C, H, max_steps)
@@ -224,6 +228,8 @@ def march_rays_train(rays_o: Tensor, rays_d: Tensor, bound: float, density_bitfi
     size = capacity
     if force_all_rays or mean_count <= 0:
         size = min(capacity, round_up(int(step_counter[0]), align))
+        if buffer_rows is not None:
+            size = buffer_rows(size)
     fits = (counts > 0) & (offsets + counts <= capacity)
     keep = fits[ray]
     rows = (offsets[ray] + _rank_in_ray(ray, counts))[keep]

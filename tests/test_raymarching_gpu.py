@@ -119,6 +119,21 @@ def test_march_rays_train_matches_the_reference(ops, C, H, bound, dt_gamma, frac
     assert not got[0][int(counter_got[0]):].any()
 
 
+def test_march_rays_train_buffer_rows_only_adds_zero_rows(ops):
+    bitfield = random_bitfield(1, 128, 0.3, seed=1)
+    rays_o, rays_d = rays_towards_box(1024, 2, 0.75)
+    aabb = torch.tensor([-0.75] * 3 + [0.75] * 3, device=DEVICE)
+    nears, fars = ref.near_far_from_aabb(rays_o, rays_d, aabb)
+    exact = ops.march_rays_train(rays_o, rays_d, 0.75, bitfield, 1, 128, nears, fars, align=128, force_all_rays=True)
+    padded = ops.march_rays_train(rays_o, rays_d, 0.75, bitfield, 1, 128, nears, fars, align=128,
+                                  force_all_rays=True, buffer_rows=lambda rows: rows + 1000)
+    rows = exact[0].shape[0]
+    assert padded[0].shape[0] == rows + 1000
+    for got, want in zip(padded[:3], exact[:3]):
+        assert torch.equal(got[:rows], want) and not got[rows:].any()
+    assert torch.equal(padded[3], exact[3])
+
+
 def test_march_rays_train_fixed_buffer_drops_the_same_rays(ops):
     bitfield = random_bitfield(1, 128, 0.5, seed=4)
     rays_o, rays_d = rays_towards_box(2048, 5, 0.75)
