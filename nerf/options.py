@@ -82,7 +82,8 @@ class PriorOptions:
     faster); falls back to eager execution with a warning if capture fails."""
     channels_last: bool = True
     """On CUDA, channels-last convolution weights (cuDNN's layout for fp16 tensor cores: same maths, no layout
-    transposes) for the frozen UNet, and for the VAE encoder when it runs compiled (eager, it is slower so)."""
+    transposes) for the frozen UNet; the VAE encoder keeps the default layout (measured slower in channels-last,
+    eager and compiled)."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile of Stable Diffusion's UNet call and VAE encoder (inside the CUDA graphs when both are on), with
     the compiled code cached per user ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/realfusion/inductor). on: compile
