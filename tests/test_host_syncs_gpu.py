@@ -31,7 +31,7 @@ def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
     generator = torch.Generator().manual_seed(0)
     camera = random_cameras(1, 16, radius_range=(1.0, 1.5), fovy_range=(40.0, 70.0), uniform_sphere_rate=0.0,
                             angle_overhead=30.0, angle_front=60.0, generator=generator)
-    camera.to("cuda")  # the process's first copies to the GPU set up CUDA's host staging
+    camera.to("cuda")  # steady-state moves are the point: the process's first may set up CUDA state (one waited)
     torch.cuda.synchronize()
     moved: list[CameraBatch] = []
     assert synchronisations(lambda: moved.append(camera.to("cuda"))) == []
