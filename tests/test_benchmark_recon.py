@@ -61,6 +61,10 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
     assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
     assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
+    stages = [full[f"mesh_{stage}_s"] for stage in ("sample_grid", "extract_surface", "decimate", "unwrap",
+                                                    "bake_albedo")]
+    assert all(spent > 0 for spent in stages) and sum(stages) < full["mesh_s"]
+    assert "  mesh export: sample_grid" in result.stdout
     split = full["iterations"]  # iterations 1-4 stamped without synchronising (5 ends the loop: no next stamp)
     assert split["grid_update_every"] == 2
     assert split["grid_update_mean_ms"] > 0 and split["other_mean_ms"] > 0 and split["median_ms"] > 0

@@ -357,7 +357,8 @@ class PhaseClock:
 
 def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A complete default run (model loading, training, validations, videos, mesh) through main.main."""
-    from nerf import build, outputs
+    from nerf import build, mesh, outputs
+    from nerf.benchmarks.mesh import STAGES as MESH_STAGES
     from nerf.cli import train as realfusion
     from nerf.option_checks import parse
     from nerf.trainer import Trainer
@@ -371,7 +372,8 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
                   (Trainer, "save", clock.phase("checkpoint_s", Trainer.save, excluded=True)),
                   (outputs, "render_videos", clock.phase("videos_s", outputs.render_videos)),
                   (outputs, "save_video", clock.phase("video_encoding_s", outputs.save_video)),
-                  (outputs, "export_mesh", clock.phase("mesh_s", outputs.export_mesh))]):
+                  (outputs, "export_mesh", clock.phase("mesh_s", outputs.export_mesh)),
+                  *((mesh, stage, clock.phase(f"mesh_{stage}_s", getattr(mesh, stage))) for stage in MESH_STAGES)]):
         _sync()
         began = time.perf_counter()
         code = realfusion.main(argv)
@@ -393,6 +395,11 @@ def report_full(full: dict[str, Any]) -> str:
              f"{full.get('validate_s', 0):.1f} s, checkpoints {full.get('checkpoint_s', 0):.1f} s, six videos "
              f"{full.get('videos_s', 0):.1f} s (encoding {full.get('video_encoding_s', 0):.1f} s), mesh export "
              f"{full.get('mesh_s', 0):.1f} s"]
+    stages = {key[len("mesh_"):-len("_s")]: value for key, value in full.items()
+              if key.startswith("mesh_") and key != "mesh_s"}
+    if stages:
+        lines.append("  mesh export: " + ", ".join(f"{stage} {spent:.2f} s" for stage, spent in stages.items())
+                     + f", files and the rest {full.get('mesh_s', 0) - sum(stages.values()):.2f} s")
     lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration (median "
               f"{w['median_ms']:.1f})" for w in full["windows"]]
     split = full.get("iterations")
