@@ -16,7 +16,7 @@ from torch import Tensor
 
 from raymarching import reference
 from raymarching.cuda_build import use_compiled
-from raymarching.reference import round_up, step_bounds
+from raymarching.reference import round_up, step_bounds, train_buffer_rows
 
 F = TypeVar("F", bound=Callable)
 
@@ -151,14 +151,7 @@ class CudaOps:
         rays = torch.stack([torch.arange(n, device=device), offsets, counts], -1).to(torch.int32).contiguous()
         step_counter[0] += counts.sum().to(step_counter.dtype)
         step_counter[1] += n
-        capacity = n * max_steps
-        if not force_all_rays and mean_count > 0:
-            capacity = round_up(mean_count, align)
-        size = capacity
-        if force_all_rays or mean_count <= 0:
-            size = min(capacity, round_up(int(step_counter[0]), align))
-            if buffer_rows is not None:
-                size = buffer_rows(size)
+        _, size = train_buffer_rows(n, step_counter, mean_count, align, force_all_rays, max_steps, buffer_rows)
         xyzs = torch.zeros(size, 3, device=device)
         dirs = torch.zeros(size, 3, device=device)
         deltas = torch.zeros(size, 2, device=device)

@@ -195,6 +195,18 @@ def _rank_in_ray(ray: Tensor, counts: Tensor) -> Tensor:
     return torch.arange(ray.numel(), device=ray.device) - starts[ray]
 
 
+def train_buffer_rows(rays: int, step_counter: Tensor, mean_count: int, align: int, force_all_rays: bool,
+                      max_steps: int, buffer_rows: Callable[[int], int] | None) -> tuple[int, int]:
+    """(capacity, rows) of a training march's sample buffer, both backends: the original's buffer sized by
+    `mean_count` (no read of the counter), else every sample the counter holds, aligned, then `buffer_rows` of that
+    if given."""
+    capacity = rays * max_steps
+    if not force_all_rays and mean_count > 0:
+        return round_up(mean_count, align), round_up(mean_count, align)
+    size = min(capacity, round_up(int(step_counter[0]), align))
+    return capacity, size if buffer_rows is None else buffer_rows(size)
+
+
 def _start_jitter(t: Tensor, perturb: bool, dt_gamma: float, dt_min: float, dt_max: float) -> Tensor:
     noise = torch.rand_like(t) if perturb else torch.zeros_like(t)
     return t + _clamp_dt(t, dt_gamma, dt_min, dt_max) * noise
@@ -222,14 +234,7 @@ def march_rays_train(rays_o: Tensor, rays_d: Tensor, bound: float, density_bitfi
     offsets = int(step_counter[0]) + torch.cumsum(counts, 0) - counts
     step_counter[0] += int(counts.sum())
     step_counter[1] += n
-    capacity = n * max_steps
-    if not force_all_rays and mean_count > 0:
-        capacity = round_up(mean_count, align)
-    size = capacity
-    if force_all_rays or mean_count <= 0:
-        size = min(capacity, round_up(int(step_counter[0]), align))
-        if buffer_rows is not None:
-            size = buffer_rows(size)
+    capacity, size = train_buffer_rows(n, step_counter, mean_count, align, force_all_rays, max_steps, buffer_rows)
     fits = (counts > 0) & (offsets + counts <= capacity)
     keep = fits[ray]
     rows = (offsets[ray] + _rank_in_ray(ray, counts))[keep]
