@@ -23,7 +23,7 @@ def synchronisations(fn, *args) -> list[str]:
             fn(*args)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "synchronizing" in str(w.message)]
+    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "called a synchronizing" in str(w.message)]
 
 
 @pytest.mark.gpu
@@ -31,8 +31,6 @@ def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
     generator = torch.Generator().manual_seed(0)
     camera = random_cameras(1, 16, radius_range=(1.0, 1.5), fovy_range=(40.0, 70.0), uniform_sphere_rate=0.0,
                             angle_overhead=30.0, angle_front=60.0, generator=generator)
-    camera.to("cuda")  # steady-state moves are the point: the process's first may set up CUDA state (one waited)
-    torch.cuda.synchronize()
     moved: list[CameraBatch] = []
     assert synchronisations(lambda: moved.append(camera.to("cuda"))) == []
     torch.testing.assert_close(moved[0].poses.cpu(), camera.poses)
