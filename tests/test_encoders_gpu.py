@@ -114,10 +114,16 @@ def test_realfusion_grid_module_cuda_vs_torch_with_autocast():
     assert cpu(x[:8].cpu(), bound=0.75).shape == (8, 32)
 
 
-def stencil_case(channels: int, dtype: torch.dtype, seed: int, batch: int = 4096):
+def stencil_case(channels: int, dtype: torch.dtype, seed: int, batch: int = 4096, along_rays: bool = False):
     u, table, offsets, _ = random_case(3, channels, False, dtype, seed, batch)
-    u[:64, 1], u[64:128, 0] = 0.0005, 0.9998  # neighbours clamped at the faces
     gen = torch.Generator(device=DEVICE).manual_seed(seed + 1)
+    if along_rays:  # as the marcher orders training samples: ray after ray, so that neighbours share cells
+        rays = -(-batch // 128)
+        origins = torch.rand(rays, 1, 3, generator=gen, device=DEVICE) * 0.2 + 0.4
+        directions = torch.nn.functional.normalize(torch.randn(rays, 1, 3, generator=gen, device=DEVICE), dim=-1)
+        t = torch.linspace(0.0, 0.35, 128, device=DEVICE).view(1, -1, 1)
+        u = (origins + t * directions).reshape(-1, 3)[:batch].clamp(0.0, 1.0)
+    u[:64, 1], u[64:128, 0] = 0.0005, 0.9998  # neighbours clamped at the faces
     grad = torch.randn(7, batch, 6 * channels, generator=gen, device=DEVICE).to(dtype)
     return u, table, offsets, grad
 
@@ -127,10 +133,14 @@ def stencil_case(channels: int, dtype: torch.dtype, seed: int, batch: int = 4096
 @pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("step", [0.003, 0.04])
-def test_fused_stencil_matches_the_seven_points_encoded_apart(channels, gridtype, interpolation, dtype, step):
+@pytest.mark.parametrize("along_rays", [False, True])
+def test_fused_stencil_matches_the_seven_points_encoded_apart(channels, gridtype, interpolation, dtype, step,
+                                                               along_rays):
     """The fused kernel against the CUDA encoder on the seven points (forward: the same accumulation) and against
-    the reference (table gradient: the shared corners are summed before their atomic, so only rounding differs)."""
-    u, table, offsets, grad = stencil_case(channels, dtype, seed=channels * 3 + int(step * 1000))
+    the reference (table gradient: the shared corners are summed over the point and over runs of points in one
+    cell before their atomic, so only rounding differs). Points along rays make those runs long."""
+    u, table, offsets, grad = stencil_case(channels, dtype, seed=channels * 3 + int(step * 1000),
+                                           batch=4096 - 7 * along_rays, along_rays=along_rays)
     config = (1.9, 5, gridtype, False, interpolation)
     table = table.clone().requires_grad_(True)
     fused = grid_cuda.grid_encode_stencil(u, table, offsets, *config, step=step)

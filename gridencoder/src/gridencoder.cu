@@ -340,24 +340,54 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Sums g over each run of consecutive lanes of the warp that name the same row and tells whether this lane heads
+// its run, i.e. holds the run's sum and scatters it. Training samples arrive ray by ray, so at the coarse levels
+// whole runs of lanes share a corner, and their atomics would otherwise queue on one address. Every lane of the warp
+// must call it (it shuffles across the full warp).
+template <int C>
+__device__ __forceinline__ bool sum_runs(uint32_t row, float (&g)[C]) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const unsigned lane = threadIdx.x & 31u;
+  const uint32_t before = __shfl_up_sync(kAll, row, 1);
+  const bool head = lane == 0 || before != row;
+  const unsigned heads = __ballot_sync(kAll, head);
+  if (heads == kAll) return true;  // the same for the whole warp: no run longer than one lane
+  const int run = __popc(heads & (kAll >> (31u - lane)));
+#pragma unroll
+  for (unsigned offset = 1; offset < 32; offset <<= 1) {
+    const int later_run = __shfl_down_sync(kAll, run, offset);
+    float later[C];
+#pragma unroll
+    for (int ch = 0; ch < C; ++ch) later[ch] = __shfl_down_sync(kAll, g[ch], offset);
+    if (lane + offset < 32 && later_run == run) {
+#pragma unroll
+      for (int ch = 0; ch < C; ++ch) g[ch] += later[ch];
+    }
+  }
+  return head;
+}
+
 // Backward of the stencil (table gradient only): the gradients of the taps' corners that are the point's own are
-// summed in registers and scattered with one atomic per corner, the others scattered as they come.
+// summed in registers, then over the warp's runs of points in the same cell, and scattered with one atomic per run
+// and corner; the other corners are scattered as they come. Lanes past the batch stay to take part in the sums.
 template <typename scalar_t, int C>
 __global__ void __launch_bounds__(kThreads)
     stencil_backward_kernel(const scalar_t* __restrict__ grad, const float* __restrict__ inputs,
                             const int32_t* __restrict__ offsets, scalar_t* __restrict__ grad_table, uint32_t batch,
                             uint32_t levels, const __grid_constant__ LevelScales scales, Options opt, float step) {
+  static_assert(kThreads % 32 == 0, "sum_runs needs whole warps");
   constexpr int D = 3;
+  constexpr uint32_t kNoRow = 0xffffffffu;
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
-  if (b >= batch) return;
+  const bool in_batch = b < batch;
   const uint32_t level = blockIdx.y;
   const auto [scale, first, size, resolution] = level_at(offsets, scales, level);
-  const float* u = inputs + static_cast<size_t>(b) * D;
+  const float* u = inputs + static_cast<size_t>(in_batch ? b : 0) * D;
 
   Cell<D> centre;
-  const bool inside = locate<D>(u, scale, opt, centre);
+  const bool inside = in_batch && locate<D>(u, scale, opt, centre);
   float shared_grad[1 << D][C] = {};
-  for (int tap = 0; tap < kTaps; ++tap) {
+  for (int tap = 0; in_batch && tap < kTaps; ++tap) {
     float p[D];
     stencil_tap(u, tap, step, p);
     Cell<D> cell;
@@ -382,14 +412,18 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (!inside) return;
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
-    float axis[D];
-    uint32_t vertex[D];
-    corner_weights<D>(centre, corner, axis, vertex);
-    const uint32_t row = first + table_row<D>(vertex, resolution, size, opt);
-    scatter_row<C>(grad_table + static_cast<size_t>(row) * C, shared_grad[corner], 1.f);
+    uint32_t row = kNoRow;
+    if (inside) {
+      float axis[D];
+      uint32_t vertex[D];
+      corner_weights<D>(centre, corner, axis, vertex);
+      row = first + table_row<D>(vertex, resolution, size, opt);
+    }
+    if (sum_runs<C>(row, shared_grad[corner]) && inside) {
+      scatter_row<C>(grad_table + static_cast<size_t>(row) * C, shared_grad[corner], 1.f);
+    }
   }
 }
 
