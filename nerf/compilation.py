@@ -15,6 +15,12 @@ by a compilation it cannot earn back.
 With the CUDA graphs of ``--cuda_graph`` the compiled function is what the graph captures and replays (the graph
 removes the launch cost, compilation the kernels' count and memory traffic; the README measures both together).
 A compilation that fails warns once and the function runs eagerly.
+
+A warm cache still spends seconds at the first call: dynamo traces the function again in every process. PyTorch's
+experimental DynamoCache (`TORCH_CACHING_PRECOMPILE=1`) also keeps the traced frames, but it writes them only when
+asked (`torch.compiler.save_cache_artifacts`); under that variable a compiled function asks once, after its first
+compiled call, so that the next process skips the tracing too. Off by default: an experiment of PyTorch's, keyed by
+the function's name and line alone (its guards decide whether a stored frame fits another model).
 """
 
 from __future__ import annotations
@@ -125,4 +131,19 @@ class Compiled:
                                                           default=str) + "\n")
                 log.info("compiled the %s (cached in %s)", self.name, cache_dir())
             self.marker = None
+            save_traced_frames(self.name)
         return out
+
+
+def save_traced_frames(name: str) -> None:
+    """Write dynamo's traced frames to its DynamoCache when `TORCH_CACHING_PRECOMPILE=1` (see the module's note);
+    a failure costs only the saving: the next process traces again."""
+    import torch._dynamo.config as dynamo_config
+
+    if not dynamo_config.caching_precompile:
+        return
+    try:
+        torch.compiler.save_cache_artifacts()
+    except Exception as exc:  # an experimental cache: never let it break a run
+        log.warning("could not save the traced %s for later runs (%s: %s)", name, type(exc).__name__,
+                    str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")

@@ -4,7 +4,10 @@ distillation against the eager one (tiny random Stable Diffusion; CPU, and on a 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +196,43 @@ def test_compiled_networks_inside_the_cuda_graphs_give_the_eager_loss(tiny_sd_di
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-2 if fp16 else 1e-3, atol=1e-5)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-2, atol=1e-2 * grad_e.abs().max().item())
+
+
+TRACED_RUN = """
+import sys, torch
+from torch._dynamo.utils import counters
+from nerf.compilation import Compiled
+
+class Doubler:
+    def __init__(self):
+        self.linear = torch.nn.Linear(4, 4)
+        torch.nn.init.constant_(self.linear.weight, 0.5)
+        torch.nn.init.constant_(self.linear.bias, 0.25)
+
+    def call(self, x):
+        return torch.nn.functional.gelu(self.linear(x)) * 2
+
+doubler = Doubler()
+x = torch.arange(8.0).reshape(2, 4)
+with torch.no_grad():
+    out = Compiled(doubler.call, "doubler", "on", {})(x)
+    torch.testing.assert_close(out, doubler.call(x))
+print(counters["stats"]["unique_graphs"], counters["dynamo_cache"]["dynamo_cache_hit"])
+"""
+
+
+def test_traced_frames_outlive_the_process_only_under_torch_s_precompile_variable(own_cache) -> None:
+    """Without TORCH_CACHING_PRECOMPILE nothing is saved and a process traces; with it the first process saves its
+    traced frame and the next one loads it instead of tracing, with the eager result."""
+    def run(precompile: bool) -> tuple[int, int]:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(own_cache),
+               "TORCH_CACHING_PRECOMPILE": str(int(precompile))}
+        done = subprocess.run([sys.executable, "-c", TRACED_RUN], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        traced, hits = map(int, done.stdout.split()[-2:])
+        return traced, hits
+
+    assert run(precompile=False) == (1, 0) and not (own_cache / "dynamo").exists()
+    assert run(precompile=True) == (1, 0) and any((own_cache / "dynamo").iterdir())
+    assert run(precompile=True) == (0, 1)
