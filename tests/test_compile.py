@@ -221,18 +221,31 @@ print(counters["stats"]["unique_graphs"], counters["dynamo_cache"]["dynamo_cache
 """
 
 
-def test_traced_frames_outlive_the_process_only_under_torch_s_precompile_variable(own_cache) -> None:
-    """Without TORCH_CACHING_PRECOMPILE nothing is saved and a process traces; with it the first process saves its
-    traced frame and the next one loads it instead of tracing, with the eager result."""
-    def run(precompile: bool) -> tuple[int, int]:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(own_cache),
-               "TORCH_CACHING_PRECOMPILE": str(int(precompile))}
+def test_traced_frames_are_saved_only_under_torch_s_precompile_variable(monkeypatch) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    compiled = recording_compile(monkeypatch)
+    saved: list = []
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: saved.append(1))
+    for precompile in (False, True):
+        monkeypatch.setattr(dynamo_config, "caching_precompile", precompile)
+        wrapped = Compiled(double, "doubler", "on", {"precompile": precompile})
+        wrapped(torch.ones(2))
+        wrapped(torch.ones(2))
+        assert len(saved) == int(precompile)  # once, after the first compiled call
+    assert len(compiled) == 2
+
+
+def test_a_second_process_loads_the_saved_frames_instead_of_tracing(own_cache) -> None:
+    """Under TORCH_CACHING_PRECOMPILE=1 the first process traces and saves its frame, the next one loads it (no
+    trace) and gives the eager result."""
+    def run() -> tuple[int, int]:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(own_cache), "TORCH_CACHING_PRECOMPILE": "1"}
         done = subprocess.run([sys.executable, "-c", TRACED_RUN], env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         traced, hits = map(int, done.stdout.split()[-2:])
         return traced, hits
 
-    assert run(precompile=False) == (1, 0) and not (own_cache / "dynamo").exists()
-    assert run(precompile=True) == (1, 0) and any((own_cache / "dynamo").iterdir())
-    assert run(precompile=True) == (0, 1)
+    assert run() == (1, 0) and any((own_cache / "dynamo").iterdir())
+    assert run() == (0, 1)
