@@ -70,6 +70,10 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
     assert split["grid_update_mean_ms"] > 0 and split["other_mean_ms"] > 0 and split["median_ms"] > 0
     assert min(split["grid_update_mean_ms"], split["other_mean_ms"]) <= split["mean_ms"]
     assert "per iteration: median" in result.stdout
+    slowest = [ms for _, ms in split["slowest"]]
+    assert slowest == sorted(slowest, reverse=True) and slowest[0] >= split["mean_ms"] >= slowest[-1]
+    assert 0 < len(slowest) <= 4 and all(1 <= step <= 4 for step, _ in split["slowest"])
+    assert "  slowest iterations: #" in result.stdout
 
 
 def test_recon_benchmark_splits_both_priors_of_a_joint_variant(bench):

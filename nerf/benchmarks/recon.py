@@ -266,6 +266,9 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
     return row
 
 
+SLOWEST_SHOWN = 8  # the full run's slowest iterations listed by number
+
+
 class PhaseClock:
     """Synchronised wall time of named phases, and the training loop's time by windows of iterations (minus the
     validations and checkpoints inside each window).
@@ -342,7 +345,8 @@ class PhaseClock:
         return found
 
     def iteration_split(self) -> dict[str, float]:
-        """Median and mean of the per-iteration times, and the mean with and without an occupancy-grid update."""
+        """Median and mean of the per-iteration times, the mean with and without an occupancy-grid update, and the
+        slowest iterations (where one-time costs such as loading compiled code land)."""
         times = self.iteration_times()
         if not times:
             return {}
@@ -352,7 +356,8 @@ class PhaseClock:
         return {"median_ms": statistics.median(times.values()), "mean_ms": statistics.mean(times.values()),
                 "grid_update_mean_ms": statistics.mean(grid) if grid else math.nan,
                 "other_mean_ms": statistics.mean(rest) if rest else math.nan,
-                "grid_update_every": self.grid_every}
+                "grid_update_every": self.grid_every,
+                "slowest": sorted(times.items(), key=lambda item: -item[1])[:SLOWEST_SHOWN]}
 
 
 def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -407,6 +412,7 @@ def report_full(full: dict[str, Any]) -> str:
         lines.append(f"  per iteration: median {split['median_ms']:.1f} ms, mean {split['mean_ms']:.1f}; with an "
                      f"occupancy-grid update (every {split['grid_update_every']}) {split['grid_update_mean_ms']:.1f} "
                      f"ms, without {split['other_mean_ms']:.1f} ms")
+        lines.append("  slowest iterations: " + ", ".join(f"#{step} {ms:.0f} ms" for step, ms in split["slowest"]))
     return "\n".join(lines)
 
 
