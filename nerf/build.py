@@ -61,7 +61,8 @@ def build_renderer(opt: Options, device: torch.device) -> Renderer:
     background = Background(backend=backend) if field_opt.bg_radius > 0 else None
     renderer = Renderer(RadianceField(geometry, background), bound=render.bound,
                         density_thresh=render.density_thresh, min_near=render.min_near, dt_gamma=render.dt_gamma,
-                        max_steps=render.max_steps, grid_size=render.occupancy_grid_size, backend=backend)
+                        max_steps=render.max_steps, grid_size=render.occupancy_grid_size, backend=backend,
+                        ray_stream=render.ray_stream)
     return renderer.to(device)
 
 

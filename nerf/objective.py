@@ -61,6 +61,18 @@ def _image(values: Tensor, size: int) -> Tensor:
     return values.reshape(1, size, size, -1).permute(0, 3, 1, 2).contiguous()
 
 
+def _jittered_rays(rays_o: Tensor, rays_d: Tensor, std: float) -> tuple[Tensor, Tensor]:
+    """The rays moved by one `ray_noise` offset of `std`."""
+    return offset_rays(rays_o, rays_d, ray_noise(std, rays_o.device))
+
+
+def _jittered_camera_rays(camera: CameraBatch, std: float) -> tuple[CameraBatch, Tensor, Tensor]:
+    """The camera with one `ray_noise` offset of `std`, and its rays."""
+    camera = replace(camera, ray_offset=ray_noise(std, camera.poses.device))
+    rays_o, rays_d, _ = camera.rays()
+    return camera, rays_o, rays_d
+
+
 class Objective:
     """Synthetic step (prior + regularisers) and input-view step, weighted and summed."""
 
@@ -99,12 +111,13 @@ class Objective:
         loss, real_terms, terms, synthetic = torch.zeros((), device=device), {}, {}, None
         options = self.options
         use_real = self.use_real and step >= options.real_iters and step % options.real_every == 0
-        pixels = self.real_view.sample(self.num_rays, self.generator) if use_real else None
+        draw = self.renderer.on_ray_stream  # rays are drawn and marched on the ray stream (`--ray_stream`)
+        pixels = draw(self.real_view.sample, self.num_rays, self.generator) if use_real else None
         # The prior's camera and shading are drawn on the host before the input view renders: its marcher waits for
         # the GPU, and a draw after that wait left the GPU idle (0.9 ms per iteration on an H100); drawn here, it
         # overlaps the previous iteration's GPU work. The generator's order is unchanged (the input view's render
         # draws nothing from it).
-        view, shading = (self.views.view(step), self.views.shading(step)) if self.use_prior else (None, None)
+        view, shading = (draw(self.views.view, step), self.views.shading(step)) if self.use_prior else (None, None)
         # The input view first: its marcher's sample-count read then waits only for its own short render, and the
         # backward's launches overlap the prior's long frozen-network calls (-3 to -5 ms per iteration on an H100).
         if pixels is not None:
@@ -119,9 +132,8 @@ class Objective:
                        shading: tuple[str, float] | None = None) -> StepLoss:
         """The prior's terms and the regularisers on a synthetic view; `view` and `shading` are drawn unless given."""
         w = self.lambdas
-        view = view if view is not None else self.views.view(step)
-        camera = replace(view.camera, ray_offset=ray_noise(view.ray_noise, view.camera.poses.device))
-        rays_o, rays_d, _ = camera.rays()
+        view = view if view is not None else self.renderer.on_ray_stream(self.views.view, step)
+        camera, rays_o, rays_d = self.renderer.on_ray_stream(_jittered_camera_rays, view.camera, view.ray_noise)
         shading, ratio = shading if shading is not None else self.views.shading(step)
         need_normals = shading != "albedo" or w("orient", step) > 0 or w("smooth_2d", step) > 0
         settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,
@@ -158,9 +170,11 @@ class Objective:
         """The input-view terms on `pixels` (rays_o, rays_d, RGBA of `RealView.sample`), drawn unless given."""
         options = self.options
         assert self.real_view is not None
-        rays_o, rays_d, target = pixels if pixels is not None else self.real_view.sample(self.num_rays, self.generator)
+        rays_o, rays_d, target = (pixels if pixels is not None
+                                  else self.renderer.on_ray_stream(self.real_view.sample, self.num_rays, self.generator))
         anneal = (1 - step / self.iters) if options.noise_real_camera_annealing else 1.0
-        rays_o, rays_d = offset_rays(rays_o, rays_d, ray_noise(options.noise_real_camera * anneal, rays_o.device))
+        rays_o, rays_d = self.renderer.on_ray_stream(_jittered_rays, rays_o, rays_d,
+                                                     options.noise_real_camera * anneal)
         out = self.renderer.render(rays_o, rays_d, RenderSettings(shading="albedo", ratio=1.0, perturb=True))
         terms = self.real_terms(out, target, step)
         return StepLoss(sum(terms.values(), torch.zeros((), device=rays_o.device)), terms)

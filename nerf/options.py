@@ -159,6 +159,9 @@ class RenderOptions:
     max_ray_batch: int = 4096
     """Rays per chunk of validation and test renders with the PyTorch marcher (the CUDA marcher renders whole
     frames)."""
+    ray_stream: bool = False
+    """On CUDA, draw and march the training rays on a second stream, so that the marchers' sample-count reads wait
+    for the march alone instead of the previous iteration's backward (same samples; nerf/ray_stream.py)."""
 
 
 @dataclasses.dataclass

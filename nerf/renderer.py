@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,9 @@ import raymarching
 from nerf.cameras import safe_normalize
 from nerf.field import Field
 from nerf.field.shading import needs_normals, textureless
+from nerf.ray_stream import RayStream
+
+T = TypeVar("T")
 
 T_THRESH = 1e-4
 ALIGN = 128
@@ -65,7 +69,8 @@ class Renderer(nn.Module):
     """
 
     def __init__(self, field: Field, bound: float, density_thresh: float = 10.0, min_near: float = 0.1,
-                 dt_gamma: float = 0.0, max_steps: int = 512, grid_size: int = 128, backend: str = "auto") -> None:
+                 dt_gamma: float = 0.0, max_steps: int = 512, grid_size: int = 128, backend: str = "auto",
+                 ray_stream: bool = False) -> None:
         super().__init__()
         self.field = field
         self.bound = bound
@@ -82,6 +87,7 @@ class Renderer(nn.Module):
         self.register_buffer("density_bitfield", torch.zeros(self.cascade * grid_size**3 // 8, dtype=torch.uint8))
         self.register_buffer("mean_density", torch.zeros(()))
         self.register_buffer("grid_updates", torch.zeros((), dtype=torch.long))
+        self.ray_stream = RayStream(enabled=ray_stream)
 
     # --- occupancy grid -------------------------------------------------------
     @torch.no_grad()
@@ -104,6 +110,7 @@ class Renderer(nn.Module):
         self.grid_updates += 1
         threshold = min(float(self.mean_density), self.density_thresh)
         self.ops.packbits(self.density_grid, threshold, self.density_bitfield)
+        self.ray_stream.grid_changed(device)
 
     @property
     def occupancy_threshold(self) -> float:
@@ -165,14 +172,28 @@ class Renderer(nn.Module):
     def _march_bounds(self, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor]:
         return self.ops.near_far_from_aabb(rays_o, rays_d, self.aabb, self.min_near)
 
+    def on_ray_stream(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` on the ray stream of the renderer's device (`nerf.ray_stream`): for drawing and marching the
+        training rays."""
+        return self.ray_stream.run(self.density_bitfield.device, fn, *args, **kwargs)
+
+    def _march_train(self, rays_o: Tensor, rays_d: Tensor, perturb: bool) -> tuple[Tensor, ...]:
+        """A training march of every ray: nears, and the samples' positions, directions, steps and ray rows."""
+        nears, fars = self._march_bounds(rays_o, rays_d)
+        xyzs, dirs, deltas, rays = self.ops.march_rays_train(
+            rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=perturb, align=ALIGN,
+            force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps, buffer_rows=ladder_rows)
+        return nears, xyzs, dirs, deltas, rays
+
     def _render_all_samples(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor,
                             settings: RenderSettings) -> tuple[dict, Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
         """Every sample of every ray from one march and one field call, composited per ray: the outputs, and the
-        samples' positions, directions, steps and densities (for the training losses)."""
-        nears, fars = self._march_bounds(rays_o, rays_d)
-        xyzs, dirs, deltas, rays = self.ops.march_rays_train(
-            rays_o, rays_d, **self._grid_arguments(), nears=nears, fars=fars, perturb=settings.perturb, align=ALIGN,
-            force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps, buffer_rows=ladder_rows)
+        samples' positions, directions, steps and densities (for the training losses). In training the march runs
+        on the ray stream."""
+        if self.training:
+            nears, xyzs, dirs, deltas, rays = self.on_ray_stream(self._march_train, rays_o, rays_d, settings.perturb)
+        else:
+            nears, xyzs, dirs, deltas, rays = self._march_train(rays_o, rays_d, settings.perturb)
         sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                            need_normals=settings.uses_normals or settings.need_smooth)
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)

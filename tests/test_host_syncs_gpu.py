@@ -45,10 +45,12 @@ def test_cameras_and_pixels_reach_the_gpu_without_a_wait() -> None:
 
 
 @pytest.mark.gpu
-def test_a_training_iteration_waits_only_for_its_marchers(tmp_path) -> None:
+@pytest.mark.parametrize("ray_stream", [False, True])
+def test_a_training_iteration_waits_only_for_its_marchers(tmp_path, ray_stream) -> None:
     # a stand-in prior (no Stable Diffusion): the synthetic view is drawn, marched and rendered with its regularisers
-    _, _, trainer = trainer_with_prior(tmp_path, ["--cuda_ray", "--fp16", "--iters", "50", "--albedo_iters", "0"],
-                                       device=torch.device("cuda"))
+    flags = ["--cuda_ray", "--fp16", "--iters", "50", "--albedo_iters", "0", *(["--ray_stream"] if ray_stream else [])]
+    _, _, trainer = trainer_with_prior(tmp_path, flags, device=torch.device("cuda"))
+    assert trainer.renderer.ray_stream.enabled == ray_stream
     trainer.train_step()  # the first iteration allocates and picks kernels
     steps = 4  # below LOG_EVERY: no divergence check, no grid update (every 16)
     waits = synchronisations(lambda: [trainer.train_step() for _ in range(steps)])
