@@ -42,6 +42,11 @@ def tensors_in(value: Any) -> Iterator[Tensor]:
             yield from tensors_in(getattr(value, field.name))
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """"cuda" as the "cuda:N" it means now, so that both name one stream."""
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+
+
 class RayStream:
     """Runs functions that draw or march training rays on a side stream of their CUDA device, when `enabled`;
     anywhere else (disabled, on the CPU) it simply calls them."""
@@ -57,7 +62,7 @@ class RayStream:
         if self.enabled and device.type == "cuda":
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(device))
-            self._grid_changed[device] = event
+            self._grid_changed[_indexed(device)] = event
 
     def drew(self, tensor: Tensor) -> bool:
         """Whether `tensor` is, or is a view of, a live tensor that a call returned (made on the side stream)."""
@@ -68,6 +73,7 @@ class RayStream:
         """`fn(*args, **kwargs)` on the side stream of `device`, ordered after what it needs (see the module)."""
         if not self.enabled or device.type != "cuda":
             return fn(*args, **kwargs)
+        device = _indexed(device)
         main = torch.cuda.current_stream(device)
         side = self._streams.get(device)
         if side is None:

@@ -39,6 +39,7 @@ def test_a_march_on_the_ray_stream_reads_its_count_while_the_main_stream_is_busy
     on_main = renderer._march_train(rays_o, rays_d, False)
     drawn_o, drawn_d = renderer.on_ray_stream(lambda: (rays_o.clone(), rays_d.clone()))
     assert renderer.ray_stream.drew(drawn_o[:5]) and not renderer.ray_stream.drew(rays_o)  # views count, others not
+    renderer.on_ray_stream(renderer._march_train, drawn_o, drawn_d, False)  # the ray stream's memory pool warms up
     torch.cuda.synchronize()
     done = busy_main_stream()
     marched = renderer.on_ray_stream(renderer._march_train, drawn_o, drawn_d, False)
@@ -54,7 +55,7 @@ def test_it_waits_for_a_grid_update_and_for_rays_from_the_main_stream(tmp_path) 
     torch.cuda.synchronize()
     done = busy_main_stream()
     renderer.density_bitfield.zero_()  # an empty grid, written after the busy kernel
-    renderer.ray_stream.grid_changed(CUDA)
+    renderer.ray_stream.grid_changed(CUDA)  # "cuda" names the same device as the renderer's "cuda:0"
     nears, xyzs, dirs, deltas, rays = renderer.on_ray_stream(renderer._march_train, drawn_o, drawn_d, False)
     assert done.query() and int(rays[:, 2].sum()) == 0  # it waited, and saw the new grid: no samples
     renderer.density_bitfield.fill_(255)
