@@ -76,13 +76,14 @@ class RayStream:
         device = _indexed(device)
         main = torch.cuda.current_stream(device)
         side = self._streams.get(device)
+        grid_changed = self._grid_changed.pop(device, None)
         if side is None:
             side = self._streams[device] = torch.cuda.Stream(device, priority=-1)
             side.wait_stream(main)
         elif not all(self.drew(t) for t in tensors_in((args, kwargs)) if t.is_cuda):
-            side.wait_stream(main)
-        elif device in self._grid_changed:
-            side.wait_event(self._grid_changed.pop(device))
+            side.wait_stream(main)  # which includes any grid update
+        elif grid_changed is not None:
+            side.wait_event(grid_changed)
         with torch.cuda.stream(side):
             out = fn(*args, **kwargs)
         main.wait_stream(side)
