@@ -19,8 +19,9 @@ A compilation that fails warns once and the function runs eagerly.
 A warm cache still spends seconds at the first call: dynamo traces the function again in every process. PyTorch's
 experimental DynamoCache (`TORCH_CACHING_PRECOMPILE=1`) also keeps the traced frames, but it writes them only when
 asked (`torch.compiler.save_cache_artifacts`); under that variable a compiled function asks once, after its first
-compiled call, so that the next process skips the tracing too. Off by default: an experiment of PyTorch's, keyed by
-the function's name and line alone (its guards decide whether a stored frame fits another model).
+compiled call, so that the next process skips the tracing too (only for a process that traced something the cache
+did not hold). Off by default: an experiment of PyTorch's, keyed by the function's name and line alone (its guards
+decide whether a stored frame fits another model); a function compiled with its backward is traced again anyway.
 """
 
 from __future__ import annotations
@@ -136,11 +137,13 @@ class Compiled:
 
 
 def save_traced_frames(name: str) -> None:
-    """Write dynamo's traced frames to its DynamoCache when `TORCH_CACHING_PRECOMPILE=1` (see the module's note);
-    a failure costs only the saving: the next process traces again."""
+    """Write dynamo's traced frames to its DynamoCache when `TORCH_CACHING_PRECOMPILE=1` (see the module's note)
+    and this process traced a function the cache did not hold; a failure costs only the saving: the next process
+    traces again."""
     import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
 
-    if not dynamo_config.caching_precompile:
+    if not dynamo_config.caching_precompile or not counters["dynamo_cache"]["dynamo_cache_miss"]:
         return
     try:
         torch.compiler.save_cache_artifacts()

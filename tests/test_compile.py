@@ -223,17 +223,21 @@ print(counters["stats"]["unique_graphs"], counters["dynamo_cache"]["dynamo_cache
 
 def test_traced_frames_are_saved_only_under_torch_s_precompile_variable(monkeypatch) -> None:
     import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
 
     compiled = recording_compile(monkeypatch)
     saved: list = []
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: saved.append(1))
+    monkeypatch.setitem(counters["dynamo_cache"], "dynamo_cache_miss", 1)  # this process traced something new
     for precompile in (False, True):
         monkeypatch.setattr(dynamo_config, "caching_precompile", precompile)
         wrapped = Compiled(double, "doubler", "on", {"precompile": precompile})
         wrapped(torch.ones(2))
         wrapped(torch.ones(2))
         assert len(saved) == int(precompile)  # once, after the first compiled call
-    assert len(compiled) == 2
+    monkeypatch.setitem(counters["dynamo_cache"], "dynamo_cache_miss", 0)  # everything came from the cache
+    Compiled(double, "doubler", "on", {"precompile": "loaded"})(torch.ones(2))
+    assert len(saved) == 1 and len(compiled) == 3
 
 
 def test_a_second_process_loads_the_saved_frames_instead_of_tracing(own_cache) -> None:
