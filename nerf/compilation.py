@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from nerf.errors import reason
 from nerf.fileio import write_text_atomic
 
 log = logging.getLogger("realfusion")
@@ -123,7 +124,7 @@ class Compiled:
         except Exception as exc:  # compiler or toolchain failure: the eager function is the same maths
             self.compiled, self.failed = None, True
             log.warning("torch.compile of the %s failed (%s: %s); running it eagerly. --compile off skips the "
-                        "attempt.", self.name, type(exc).__name__, str(exc).strip().splitlines()[0][:200])
+                        "attempt.", self.name, type(exc).__name__, reason(exc))
             return self.fn(*args)
         if self.marker is not None:
             if not self.marker.is_file():
@@ -148,5 +149,4 @@ def save_traced_frames(name: str) -> None:
     try:
         torch.compiler.save_cache_artifacts()
     except Exception as exc:  # an experimental cache: never let it break a run
-        log.warning("could not save the traced %s for later runs (%s: %s)", name, type(exc).__name__,
-                    str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
+        log.warning("could not save the traced %s for later runs (%s: %s)", name, type(exc).__name__, reason(exc))

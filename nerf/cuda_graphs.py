@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from nerf.errors import reason
+
 log = logging.getLogger("realfusion")
 WARMUP_CALLS = 3  # eager calls on a side stream before capture: lets cuDNN/cuBLAS pick and cache kernels
 
@@ -43,7 +45,7 @@ class _Replayable:
     def _give_up(self, exc: Exception) -> None:
         self.failed = True
         log.warning("CUDA graph capture of the %s failed (%s: %s); running it eagerly (slower). "
-                    "--no_cuda_graph skips the attempt.", self.name, type(exc).__name__, str(exc).splitlines()[0])
+                    "--no_cuda_graph skips the attempt.", self.name, type(exc).__name__, reason(exc))
 
 
 class GraphedInference(_Replayable):

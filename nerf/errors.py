@@ -23,6 +23,13 @@ NO_ROOM = {errno.ENOSPC: ("the disk is full", "free some space"),
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+def reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception as a short clause for a one-line message: its first non-empty line, else its type's name
+    (some exceptions, e.g. a bare `AssertionError`, carry no message at all)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input or configuration: the message names the problem and the fix, on one line."""
 

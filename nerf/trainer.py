@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nerf import outputs
 from nerf.checkpoint import LATEST, save_checkpoint
 from nerf.data import RealView
-from nerf.errors import UserError
+from nerf.errors import UserError, reason
 from nerf.objective import Objective
 from nerf.optim import EMA, lr_lambda, make_optimizer
 from nerf.options import ITERS_PER_EPOCH, TrainOptions
@@ -118,7 +118,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             differing = model_options_differing(state.get("options"), self.record)
             why = (f"it was trained with {', '.join(differing)}" if differing
-                   else str(exc).splitlines()[0].strip().rstrip(":"))
+                   else reason(exc).rstrip(":"))
             raise UserError(f"checkpoint {source} does not match this model ({why}); use the options it was trained "
                             "with or --ckpt scratch.") from None
         self.field.grid_levels_mask = int(state["grid_levels_mask"])

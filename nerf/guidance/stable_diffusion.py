@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nerf.cameras import direction_prompts
-from nerf.errors import UserError
+from nerf.errors import UserError, reason
 from nerf.initializer_file import RESULT_FILE, read_initializer
 from nerf.options import DEFAULT_MODEL
 
@@ -96,8 +96,7 @@ def load_stable_diffusion(name_or_path: str, device: torch.device, fp16: bool,
     try:
         pipe = loader(source, **common)
     except (OSError, ValueError) as exc:  # hub offline / not cached / not found, unreadable or foreign files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load Stable Diffusion model '{name}' ({reason});{hint} "
+        raise UserError(f"cannot load Stable Diffusion model '{name}' ({reason(exc)});{hint} "
                         f"set {flag} to {MODEL_FORMS}.") from exc
 
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")

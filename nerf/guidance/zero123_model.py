@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nerf.errors import UserError
+from nerf.errors import UserError, reason
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -66,8 +66,7 @@ def model_folder(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except (OSError, ValueError) as exc:  # offline and not cached, no such repository, refused
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot fetch Zero-1-to-3 model '{name}' ({reason}); set {FLAG} to {MODEL_FORMS}.") from exc
+        raise UserError(f"cannot fetch Zero-1-to-3 model '{name}' ({reason(exc)}); set {FLAG} to {MODEL_FORMS}.") from exc
 
 
 def read_config(file: Path) -> dict[str, Any]:
@@ -161,8 +160,7 @@ def load_zero123(name_or_path: str, device: torch.device, fp16: bool) -> Zero123
         encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load Zero-1-to-3 model '{name_or_path}' ({reason}); set {FLAG} to "
+        raise UserError(f"cannot load Zero-1-to-3 model '{name_or_path}' ({reason(exc)}); set {FLAG} to "
                         f"{MODEL_FORMS}.") from exc
     projection = load_projection(folder / "cc_projection", projection_config)
     clip_size, clip_mean, clip_std = clip_input(processor, folder / "feature_extractor" / "preprocessor_config.json")

@@ -18,7 +18,7 @@ import torch
 
 from nerf.compilation import Compiled
 from nerf.guidance.frozen_calls import accelerated
-from nerf.errors import UserError
+from nerf.errors import UserError, reason
 from nerf.guidance.stable_diffusion import StableDiffusionParts, load_stable_diffusion, register_token
 
 
@@ -118,8 +118,7 @@ class FrozenNetworks:
                     warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
                     self.denoiser = (shapes, torch.cuda.make_graphed_callables(self.unet_call, sample))
             except (RuntimeError, AssertionError) as exc:
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                print(f"note: CUDA graph capture of the UNet failed ({reason}); running it eagerly (slower). "
+                print(f"note: CUDA graph capture of the UNet failed ({reason(exc)}); running it eagerly (slower). "
                       f"--no_cuda_graph skips the attempt.")
                 self.graphs = False
         if self.denoiser is not None and self.denoiser[0] == shapes:
