@@ -20,7 +20,7 @@ from nerf.data import RealView
 from nerf.guidance import Guidance, prior_members
 from nerf.guidance.joint import JointGuidance
 from nerf.options import FP16_INITIAL_LOSS_SCALE, ObjectiveOptions
-from nerf.renderer import Renderer, RenderSettings
+from nerf.renderer import Renderer, RenderSettings, flat_rays
 from nerf.synthetic_views import SyntheticView, SyntheticViews
 
 TERMS = ("prior", "prior_zero123", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d",
@@ -62,15 +62,15 @@ def _image(values: Tensor, size: int) -> Tensor:
 
 
 def _jittered_rays(rays_o: Tensor, rays_d: Tensor, std: float) -> tuple[Tensor, Tensor]:
-    """The rays moved by one `ray_noise` offset of `std`."""
-    return offset_rays(rays_o, rays_d, ray_noise(std, rays_o.device))
+    """The rays moved by one `ray_noise` offset of `std`, flat (`flat_rays`: made where this runs)."""
+    return flat_rays(*offset_rays(rays_o, rays_d, ray_noise(std, rays_o.device)))
 
 
 def _jittered_camera_rays(camera: CameraBatch, std: float) -> tuple[CameraBatch, Tensor, Tensor]:
-    """The camera with one `ray_noise` offset of `std`, and its rays."""
+    """The camera with one `ray_noise` offset of `std`, and its rays, flat (`flat_rays`: made where this runs)."""
     camera = replace(camera, ray_offset=ray_noise(std, camera.poses.device))
     rays_o, rays_d, _ = camera.rays()
-    return camera, rays_o, rays_d
+    return camera, *flat_rays(rays_o, rays_d)
 
 
 class Objective:
@@ -176,7 +176,7 @@ class Objective:
         rays_o, rays_d = self.renderer.on_ray_stream(_jittered_rays, rays_o, rays_d,
                                                      options.noise_real_camera * anneal)
         out = self.renderer.render(rays_o, rays_d, RenderSettings(shading="albedo", ratio=1.0, perturb=True))
-        terms = self.real_terms(out, target, step)
+        terms = self.real_terms(out, target.reshape(-1, 4), step)  # flat, as the rays are
         return StepLoss(sum(terms.values(), torch.zeros((), device=rays_o.device)), terms)
 
     def real_terms(self, out: dict[str, Tensor], target: Tensor, step: int) -> dict[str, Tensor]:

@@ -141,8 +141,7 @@ class Renderer(nn.Module):
         and, in training mode, the orientation/smoothness losses."""
         settings = settings or RenderSettings()
         prefix = rays_o.shape[:-1]
-        rays_o = rays_o.reshape(-1, 3).float().contiguous()
-        rays_d = rays_d.reshape(-1, 3).float().contiguous()
+        rays_o, rays_d = flat_rays(rays_o, rays_d)
         light_d = self._light(settings, rays_o)
         if self.training:
             out = self._render_train(rays_o, rays_d, light_d, settings)
@@ -278,6 +277,13 @@ class Renderer(nn.Module):
             alive = alive[alive >= 0]
             step += n_step
         return {"image": image, "depth": depth, "weights_sum": weights_sum, **extra_images}
+
+
+def flat_rays(rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor]:
+    """Rays [..., 3] as the marchers take them: [N, 3], float32, contiguous. Rays already in that form come back
+    as they are, so a caller can make the copy elsewhere, e.g. on the ray stream: a camera's origins are one
+    broadcast vector, and their copy made on the main stream would make the ray stream wait for it."""
+    return rays_o.reshape(-1, 3).float().contiguous(), rays_d.reshape(-1, 3).float().contiguous()
 
 
 def _normal_image_keys(settings: RenderSettings) -> list[str]:

@@ -83,4 +83,4 @@ def test_the_prior_gets_the_camera_whose_rays_the_field_rendered():
     prior_camera = seen["camera"]
     assert prior_camera.ray_offset is not None and prior_camera.ray_offset.abs().max() > 0
     rays_o, rays_d, _ = prior_camera.rays()
-    assert torch.equal(rays_o, seen["rays"][0]) and torch.equal(rays_d, seen["rays"][1])
+    assert torch.equal(rays_o.reshape(-1, 3), seen["rays"][0]) and torch.equal(rays_d.reshape(-1, 3), seen["rays"][1])

@@ -10,6 +10,7 @@ import torch
 from nerf.build import build_renderer
 from nerf.option_checks import parse
 from nerf.ray_stream import RayStream, tensors_in
+from tests.test_normal_type import trainer_with_prior
 
 
 @dataclass
@@ -38,3 +39,27 @@ def test_the_option_reaches_the_renderer(tmp_path) -> None:
     common = ["--workspace", str(tmp_path / "ws"), "--occupancy_grid_size", "8"]
     assert not build_renderer(parse(common), torch.device("cpu")).ray_stream.enabled  # off by default
     assert build_renderer(parse([*common, "--ray_stream"]), torch.device("cpu")).ray_stream.enabled
+
+
+def test_in_training_every_call_takes_only_tensors_that_earlier_calls_returned(tmp_path, monkeypatch) -> None:
+    """The bookkeeping that decides the ray stream's waits, followed through training steps on the CPU (no streams
+    there, the same tensors): a call given a tensor that no earlier call returned waits for the whole main stream,
+    i.e. the previous iteration's backward, and the ray stream gains nothing (as with a camera's broadcast origins
+    made contiguous on the main stream)."""
+    foreign: list[tuple[str, list[tuple[int, ...]]]] = []
+
+    def run(self, device, fn, *args, **kwargs):
+        foreign.append((fn.__name__, [tuple(t.shape) for t in tensors_in((args, kwargs)) if not self.drew(t)]))
+        out = fn(*args, **kwargs)
+        for tensor in tensors_in(out):
+            self._remember(tensor)
+        return out
+
+    monkeypatch.setattr(RayStream, "run", run)
+    _, _, trainer = trainer_with_prior(tmp_path, ["--ray_stream", "--albedo_iters", "0", "--update_extra_interval",
+                                                  "2", "--noise_real_camera", "0.001"])
+    for _ in range(4):
+        trainer.train_step()
+    called = {name for name, _ in foreign}
+    assert {"sample", "view", "_jittered_rays", "_jittered_camera_rays", "_march_train"} <= called
+    assert [(name, shapes) for name, shapes in foreign if shapes] == []
