@@ -12,6 +12,7 @@ from tests.test_normal_type import trainer_with_prior
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
+STEPS = 6  # training steps compared with and without the ray stream
 BUSY_CYCLES = 1 << 30  # about half a second of a spinning kernel on the main stream
 
 
@@ -73,13 +74,17 @@ def test_training_with_the_ray_stream_gives_the_same_losses(tmp_path) -> None:
         torch.cuda.manual_seed(0)
         _, _, trainer = trainer_with_prior(tmp_path / str(ray_stream), [*flags, *(["--ray_stream"] * ray_stream)],
                                            device=CUDA)
-        terms = [trainer.train_step() for _ in range(6)]
+        terms = [trainer.train_step() for _ in range(STEPS)]
         torch.cuda.synchronize()
+        largest_lr = max(group["lr"] for group in trainer.optimizer.param_groups)
         runs.append((terms, [p.detach().clone() for p in trainer.field.parameters()]))
     (terms_a, params_a), (terms_b, params_b) = runs
     for step_a, step_b in zip(terms_a, terms_b, strict=True):
         assert step_a.keys() == step_b.keys()
         for name in step_a:  # the hash grid's atomics add in any order: rounding, nothing more
             torch.testing.assert_close(step_b[name].float(), step_a[name].float(), rtol=2e-2, atol=1e-4)
+    # Adam moves a weight by up to about lr per step whatever its gradient's size, so a weight whose gradient is
+    # rounding noise may end up to 2 lr per step apart; such weights must stay rare.
     for a, b in zip(params_a, params_b, strict=True):
-        torch.testing.assert_close(b.float(), a.float(), rtol=2e-2, atol=1e-3)
+        apart = ~torch.isclose(b.float(), a.float(), rtol=2e-2, atol=1e-3)
+        assert apart.float().mean() < 1e-3 and (b.float() - a.float()).abs().max() <= 2 * largest_lr * STEPS
