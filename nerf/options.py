@@ -161,7 +161,8 @@ class RenderOptions:
     frames)."""
     ray_stream: bool = False
     """On CUDA, draw and march the training rays on a second stream, so that the marchers' sample-count reads wait
-    for the march alone instead of the previous iteration's backward (same samples; nerf/ray_stream.py)."""
+    for the march alone instead of the previous iteration's backward (same samples; nerf/ray_stream.py). Slower on
+    the H100 measured (the host bounds the iteration; README, Performance)."""
 
 
 @dataclasses.dataclass
