@@ -48,6 +48,9 @@ class ArgumentParser(argparse.ArgumentParser):
                        for match in difflib.get_close_matches(word.split("=")[0], known, n=1)]
             if guesses:
                 message += f"; did you mean {' or '.join(dict.fromkeys(guesses))}?"
+        elif message.endswith(": expected one argument"):  # argparse reads a lone value such as '--flag' as an option
+            option = message.removeprefix("argument ").split(":")[0].split("/")[-1]
+            message += f"; write a value that starts with '-' after '=' ({option}=VALUE)"
         raise UserError(f"{self.prog}: {message.rstrip('.')} ({self.prog} --help lists every option).")
 
     def option_names(self) -> list[str]:

@@ -54,6 +54,7 @@ CASES = [
     ("scripts/train-toy-zero123.py", ["{new}", "--prior", "{empty}"], "not a toy Stable Diffusion prior"),
     ("scripts/make-tiny-sd.py", ["{file}"], "is a file"),
     ("scripts/benchmark.py", ["nosuch"], "invalid choice"),
+    ("scripts/benchmark.py", ["recon", "--main_args", "--ray_stream"], "after '=' (--main_args=VALUE)"),
     ("scripts/make-examples.py", ["--nosuch"], "unrecognized arguments"),
     # options that would be silently ignored or fail far from the command line
     ("main.py", ["--lambda_mask", "-1", "--workspace", "{new}"], "--lambda_mask is a loss weight and must be >= 0"),
