@@ -18,6 +18,7 @@ allocator does not hand its memory back to the side stream while main-stream ker
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -69,6 +70,11 @@ class RayStream:
         ref = self._drawn.get(tensor.untyped_storage().data_ptr())
         return ref is not None and ref() is not None
 
+    def undrawn(self, value: Any) -> list[Tensor]:
+        """The tensors of `value` that no call returned: as call arguments, they make the call wait for the main
+        stream."""
+        return [tensor for tensor in tensors_in(value) if not self.drew(tensor)]
+
     def run(self, device: torch.device, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on the side stream of `device`, ordered after what it needs (see the module)."""
         if not self.enabled or device.type != "cuda":
@@ -80,7 +86,7 @@ class RayStream:
         if side is None:
             side = self._streams[device] = torch.cuda.Stream(device, priority=-1)
             side.wait_stream(main)
-        elif not all(self.drew(t) for t in tensors_in((args, kwargs)) if t.is_cuda):
+        elif any(tensor.is_cuda for tensor in self.undrawn((args, kwargs))):
             side.wait_stream(main)  # which includes any grid update
         elif grid_changed is not None:
             side.wait_event(grid_changed)
@@ -90,14 +96,15 @@ class RayStream:
         for tensor in tensors_in(out):
             if tensor.is_cuda:
                 tensor.record_stream(main)
-                self._remember(tensor)
+        self.remember(out)
         return out
 
-    def _remember(self, tensor: Tensor) -> None:
-        key = tensor.untyped_storage().data_ptr()
+    def remember(self, value: Any) -> None:
+        """Count the tensors of `value` as drawn (while they live)."""
+        for tensor in tensors_in(value):
+            key = tensor.untyped_storage().data_ptr()
+            self._drawn[key] = weakref.ref(tensor, functools.partial(self._forget, key))
 
-        def forget(ref: weakref.ref) -> None:
-            if self._drawn.get(key) is ref:
-                del self._drawn[key]
-
-        self._drawn[key] = weakref.ref(tensor, forget)
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        if self._drawn.get(key) is ref:
+            del self._drawn[key]
