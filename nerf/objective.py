@@ -20,7 +20,7 @@ from nerf.data import RealView
 from nerf.guidance import Guidance, prior_members
 from nerf.guidance.joint import JointGuidance
 from nerf.options import FP16_INITIAL_LOSS_SCALE, ObjectiveOptions
-from nerf.renderer import Renderer, RenderSettings, flat_rays
+from nerf.renderer import Marched, Renderer, RenderSettings, flat_rays
 from nerf.synthetic_views import SyntheticView, SyntheticViews
 
 TERMS = ("prior", "prior_zero123", "image", "mask", "entropy", "opacity", "orient", "smooth", "smooth_2d",
@@ -47,6 +47,18 @@ class SyntheticRender:
 
     out: dict[str, Tensor]
     camera: CameraBatch
+
+
+@dataclass
+class MarchedView:
+    """A view's rays marched and its render settings, waiting to be shaded: the prior's view with its draw and
+    jittered camera, or the input view's pixels with their RGBA target."""
+
+    rays: Marched
+    settings: RenderSettings
+    view: SyntheticView | None = None
+    camera: CameraBatch | None = None
+    target: Tensor | None = None
 
 
 @dataclass
@@ -106,31 +118,42 @@ class Objective:
         return not (self.use_prior or self.use_real)
 
     def __call__(self, step: int, loss_scale: Callable[[], float] = lambda: 1.0) -> StepLoss:
-        """The weighted loss of iteration `step`; `loss_scale` is read only for the legacy unscaled prior."""
+        """The weighted loss of iteration `step`; `loss_scale` is read only for the legacy unscaled prior.
+
+        The input view's step and then the prior's, in the draws' order, but the work is queued in another: both
+        views are marched first (each march reads its sample count on the host, a wait for the GPU's queue), then
+        the prior's view is shaded and scored, then the input view. The input view's render is thousands of small
+        launches for little GPU work: after a march's wait the GPU idled through them (3-4 ms per iteration on an
+        H100); queued behind the prior's long frozen-network calls they cost no GPU time. Every random draw comes
+        in the same order as two separate steps (neither shading draws from a stream the other uses before it), so
+        the losses are those of `real_step` followed by `synthetic_step`."""
         device = self.renderer.density_grid.device
         loss, real_terms, terms, synthetic = torch.zeros((), device=device), {}, {}, None
         options = self.options
         use_real = self.use_real and step >= options.real_iters and step % options.real_every == 0
         draw = self.renderer.on_ray_stream  # rays are drawn and marched on the ray stream (`--ray_stream`)
         pixels = draw(self.real_view.sample, self.num_rays, self.generator) if use_real else None
-        # The prior's camera and shading are drawn on the host before the input view renders: its marcher waits for
-        # the GPU, and a draw after that wait left the GPU idle (0.9 ms per iteration on an H100); drawn here, it
-        # overlaps the previous iteration's GPU work. The generator's order is unchanged (the input view's render
-        # draws nothing from it).
+        # The prior's camera and shading are drawn on the host before anything waits for the GPU: drawn after a
+        # march's wait, they left the GPU idle (0.9 ms per iteration on an H100).
         view, shading = (draw(self.views.view, step), self.views.shading(step)) if self.use_prior else (None, None)
-        # The input view first: its marcher's sample-count read then waits only for its own short render, and the
-        # backward's launches overlap the prior's long frozen-network calls (-3 to -5 ms per iteration on an H100).
-        if pixels is not None:
-            real_loss = self.real_step(step, pixels)
+        real = self.march_real(step, pixels) if pixels is not None else None
+        prior = self.march_synthetic(step, view, shading) if self.use_prior else None
+        synthetic_loss = self.shade_synthetic(step, loss_scale, prior) if prior is not None else None
+        if real is not None:
+            real_loss = self.shade_real(step, real)
             loss, real_terms = loss + real_loss.loss, real_loss.terms
-        if self.use_prior:
-            synthetic_loss = self.synthetic_step(step, loss_scale, view, shading)
+        if synthetic_loss is not None:
             loss, terms, synthetic = loss + synthetic_loss.loss, synthetic_loss.terms, synthetic_loss.synthetic
         return StepLoss(loss, {**terms, **real_terms}, synthetic)
 
     def synthetic_step(self, step: int, loss_scale: Callable[[], float], view: SyntheticView | None = None,
                        shading: tuple[str, float] | None = None) -> StepLoss:
         """The prior's terms and the regularisers on a synthetic view; `view` and `shading` are drawn unless given."""
+        return self.shade_synthetic(step, loss_scale, self.march_synthetic(step, view, shading))
+
+    def march_synthetic(self, step: int, view: SyntheticView | None = None,
+                        shading: tuple[str, float] | None = None) -> MarchedView:
+        """The first half of `synthetic_step`: the view, its jittered camera and settings, marched."""
         w = self.lambdas
         view = view if view is not None else self.renderer.on_ray_stream(self.views.view, step)
         camera, rays_o, rays_d = self.renderer.on_ray_stream(_jittered_camera_rays, view.camera, view.ray_noise)
@@ -139,17 +162,23 @@ class Objective:
         settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,
                                   need_smooth=w("smooth", step) > 0,
                                   align_normals=self.predicted_normals and need_normals and w("normal_pred", step) > 0)
-        out = self.renderer.render(rays_o, rays_d, settings)
-        size = view.camera.height
+        return MarchedView(self.renderer.march(rays_o, rays_d, settings), settings, view, camera)
+
+    def shade_synthetic(self, step: int, loss_scale: Callable[[], float], marched: MarchedView) -> StepLoss:
+        """The second half of `synthetic_step`: the render, the priors' terms and the regularisers."""
+        w = self.lambdas
+        out = self.renderer.shade(marched.rays, marched.settings)
+        size = marched.view.camera.height
+        camera = marched.camera
         terms: dict[str, Tensor] = {}
         for guidance, weight in self.priors:  # every prior on the same render
             if w(weight, step) > 0:
-                prior, _ = guidance(_image(out["image"], size), view.direction, camera=camera)
+                prior, _ = guidance(_image(out["image"], size), marched.view.direction, camera=camera)
                 if self.unscaled_prior:  # the original's: the weight follows the live fp16 loss scale
                     prior = prior * FP16_INITIAL_LOSS_SCALE / loss_scale()
                 terms[guidance.term] = w(weight, step) * prior
         terms.update(self.regularisers(out, size, step))
-        loss = sum(terms.values(), torch.zeros((), device=rays_o.device))
+        loss = sum(terms.values(), torch.zeros((), device=out["image"].device))
         return StepLoss(loss, terms, SyntheticRender(out, camera))
 
     def regularisers(self, out: dict[str, Tensor], size: int, step: int) -> dict[str, Tensor]:
@@ -168,16 +197,25 @@ class Objective:
 
     def real_step(self, step: int, pixels: tuple[Tensor, Tensor, Tensor] | None = None) -> StepLoss:
         """The input-view terms on `pixels` (rays_o, rays_d, RGBA of `RealView.sample`), drawn unless given."""
-        options = self.options
+        return self.shade_real(step, self.march_real(step, pixels))
+
+    def march_real(self, step: int, pixels: tuple[Tensor, Tensor, Tensor] | None = None) -> MarchedView:
+        """The first half of `real_step`: the pixels' rays, jittered and marched; the target rides along."""
+        options, draw = self.options, self.renderer.on_ray_stream
         assert self.real_view is not None
         rays_o, rays_d, target = (pixels if pixels is not None
-                                  else self.renderer.on_ray_stream(self.real_view.sample, self.num_rays, self.generator))
+                                  else draw(self.real_view.sample, self.num_rays, self.generator))
         anneal = (1 - step / self.iters) if options.noise_real_camera_annealing else 1.0
-        rays_o, rays_d = self.renderer.on_ray_stream(_jittered_rays, rays_o, rays_d,
-                                                     options.noise_real_camera * anneal)
-        out = self.renderer.render(rays_o, rays_d, RenderSettings(shading="albedo", ratio=1.0, perturb=True))
-        terms = self.real_terms(out, target.reshape(-1, 4), step)  # flat, as the rays are
-        return StepLoss(sum(terms.values(), torch.zeros((), device=rays_o.device)), terms)
+        rays_o, rays_d = draw(_jittered_rays, rays_o, rays_d, options.noise_real_camera * anneal)
+        settings = RenderSettings(shading="albedo", ratio=1.0, perturb=True)
+        return MarchedView(self.renderer.march(rays_o, rays_d, settings), settings, target=target)
+
+    def shade_real(self, step: int, marched: MarchedView) -> StepLoss:
+        """The second half of `real_step`: the render and the weighted input-view terms."""
+        assert marched.target is not None
+        out = self.renderer.shade(marched.rays, marched.settings)
+        terms = self.real_terms(out, marched.target.reshape(-1, 4), step)  # flat, as the rays are
+        return StepLoss(sum(terms.values(), torch.zeros((), device=out["image"].device)), terms)
 
     def real_terms(self, out: dict[str, Tensor], target: Tensor, step: int) -> dict[str, Tensor]:
         """The weighted input-view terms of a render of pixels whose RGBA is `target` [..., 4]."""

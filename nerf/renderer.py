@@ -37,6 +37,10 @@ SIZES_PER_DOUBLING = 16
 NORMAL_ALIGN_SAMPLES = 4096
 
 
+# A training march's output: the rays' nears, and the samples' positions, directions, steps and ray rows.
+Samples = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
 @dataclass
 class RenderSettings:
     """How a batch of rays is rendered: shading model, light and extras."""
@@ -60,6 +64,17 @@ class RenderSettings:
     def uses_normals(self) -> bool:
         """Whether the samples' normals are composited into an image (normals or the textureless pass)."""
         return self.need_normals or self.textureless_ratio is not None
+
+
+@dataclass
+class Marched:
+    """Training rays marched, not yet shaded (`Renderer.march`): the rays' batch shape, their flat directions (for
+    the background), their light and the march's samples."""
+
+    prefix: torch.Size
+    rays_d: Tensor
+    light_d: Tensor
+    samples: Samples
 
 
 class Renderer(nn.Module):
@@ -140,19 +155,40 @@ class Renderer(nn.Module):
         """Render rays [..., 3]: image [..., 3], depth [...], weights_sum [...], normal_image [..., 3] (if asked)
         and, in training mode, the orientation/smoothness losses."""
         settings = settings or RenderSettings()
+        if self.training:
+            return self.shade(self.march(rays_o, rays_d, settings), settings)
         prefix = rays_o.shape[:-1]
         rays_o, rays_d = flat_rays(rays_o, rays_d)
         light_d = self._light(settings, rays_o)
-        if self.training:
-            out = self._render_train(rays_o, rays_d, light_d, settings)
-        else:
-            # Chunks bound the reference marcher's memory; the CUDA marcher takes a whole frame at once (as
-            # the original did), which needs far fewer launches per frame.
-            chunk = max_ray_batch if max_ray_batch and self.ops.name == "torch" else rays_o.shape[0]
-            parts = [self._render_eval(rays_o[i:i + chunk], rays_d[i:i + chunk],
-                                       light_d[i:i + chunk] if light_d.dim() == 2 else light_d, settings)
-                     for i in range(0, rays_o.shape[0], chunk)]
-            out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        # Chunks bound the reference marcher's memory; the CUDA marcher takes a whole frame at once (as the original
+        # did), which needs far fewer launches per frame.
+        chunk = max_ray_batch if max_ray_batch and self.ops.name == "torch" else rays_o.shape[0]
+        parts = [self._render_eval(rays_o[i:i + chunk], rays_d[i:i + chunk],
+                                   light_d[i:i + chunk] if light_d.dim() == 2 else light_d, settings)
+                 for i in range(0, rays_o.shape[0], chunk)]
+        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        return self._with_background(out, rays_d, settings, prefix)
+
+    def march(self, rays_o: Tensor, rays_d: Tensor, settings: RenderSettings) -> Marched:
+        """The first half of a training render: the rays' light drawn and their samples marched (on the ray
+        stream), nothing shaded yet. The march reads its sample count on the host, a wait for the GPU's queue; a
+        caller with several views marches them all first, so that their shading and losses queue without a wait
+        in between (`render` is `shade(march(...))`)."""
+        prefix = rays_o.shape[:-1]
+        rays_o, rays_d = flat_rays(rays_o, rays_d)
+        light_d = self._light(settings, rays_o)
+        samples = self.on_ray_stream(self._march_train, rays_o, rays_d, settings.perturb)
+        return Marched(prefix, rays_d, light_d, samples)
+
+    def shade(self, marched: Marched, settings: RenderSettings) -> dict[str, Tensor]:
+        """The second half of a training render (`march`): the field on the samples, composited, and the training
+        losses of `settings`."""
+        out = self._render_train(marched.samples, marched.light_d, settings)
+        return self._with_background(out, marched.rays_d, settings, marched.prefix)
+
+    def _with_background(self, out: dict[str, Tensor], rays_d: Tensor, settings: RenderSettings,
+                         prefix: torch.Size) -> dict[str, Tensor]:
+        """Composited rays over the background, shaped as the rays were given."""
         bg = self._background(rays_d, settings)
         for key in ("image", "textureless_image"):
             if key in out:
@@ -176,7 +212,7 @@ class Renderer(nn.Module):
         training rays."""
         return self.ray_stream.run(self.density_bitfield.device, fn, *args, **kwargs)
 
-    def _march_train(self, rays_o: Tensor, rays_d: Tensor, perturb: bool) -> tuple[Tensor, ...]:
+    def _march_train(self, rays_o: Tensor, rays_d: Tensor, perturb: bool) -> Samples:
         """A training march of every ray: nears, and the samples' positions, directions, steps and ray rows."""
         nears, fars = self._march_bounds(rays_o, rays_d)
         xyzs, dirs, deltas, rays = self.ops.march_rays_train(
@@ -184,15 +220,11 @@ class Renderer(nn.Module):
             force_all_rays=True, dt_gamma=self.dt_gamma, max_steps=self.max_steps, buffer_rows=ladder_rows)
         return nears, xyzs, dirs, deltas, rays
 
-    def _render_all_samples(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor,
+    def _render_all_samples(self, samples: Samples, light_d: Tensor,
                             settings: RenderSettings) -> tuple[dict, Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
-        """Every sample of every ray from one march and one field call, composited per ray: the outputs, and the
-        samples' positions, directions, steps and densities (for the training losses). In training the march runs
-        on the ray stream."""
-        if self.training:
-            nears, xyzs, dirs, deltas, rays = self.on_ray_stream(self._march_train, rays_o, rays_d, settings.perturb)
-        else:
-            nears, xyzs, dirs, deltas, rays = self._march_train(rays_o, rays_d, settings.perturb)
+        """Every sample of every ray (one march's `samples`) in one field call, composited per ray: the outputs, and
+        the samples' positions, directions, steps and densities (for the training losses)."""
+        nears, xyzs, dirs, deltas, rays = samples
         sigmas, rgbs, normals = self.field(xyzs, dirs, light_d, settings.ratio, settings.shading,
                                            need_normals=settings.uses_normals or settings.need_smooth)
         weights_sum, depth, image = self.ops.composite_rays_train(sigmas, rgbs, deltas, rays, T_THRESH)
@@ -205,8 +237,8 @@ class Renderer(nn.Module):
             out[key] = self.ops.composite_rays_train(sigmas, colours, deltas, rays, T_THRESH)[2]
         return out, xyzs, dirs, deltas, (sigmas, normals)
 
-    def _render_train(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:
-        out, xyzs, dirs, deltas, (sigmas, normals) = self._render_all_samples(rays_o, rays_d, light_d, settings)
+    def _render_train(self, samples: Samples, light_d: Tensor, settings: RenderSettings) -> dict:
+        out, xyzs, dirs, deltas, (sigmas, normals) = self._render_all_samples(samples, light_d, settings)
         real = deltas[:, 0] > 0  # padding rows of the sample buffer have zero step
         if settings.need_normals:
             occupancy = (1 - torch.exp(-sigmas)).detach()
@@ -241,7 +273,7 @@ class Renderer(nn.Module):
         per step, so they march and shade every sample at once (`_render_all_samples`): the same samples and
         the same compositing, some samples behind an opaque surface shaded for nothing."""
         if self.ops.name == "torch":
-            return self._render_all_samples(rays_o, rays_d, light_d, settings)[0]
+            return self._render_all_samples(self._march_train(rays_o, rays_d, settings.perturb), light_d, settings)[0]
         return self._render_infer(rays_o, rays_d, light_d, settings)
 
     def _render_infer(self, rays_o: Tensor, rays_d: Tensor, light_d: Tensor, settings: RenderSettings) -> dict:

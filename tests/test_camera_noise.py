@@ -70,13 +70,13 @@ def test_the_prior_gets_the_camera_whose_rays_the_field_rendered():
     opt = parse(["--no_cuda_ray", "--occupancy_grid_size", "16", "--lambda_orient", "0", "--lambda_smooth_2d", "0",
                  "--lambda_entropy", "0"])
     renderer = build_renderer(opt, CPU)
-    render = renderer.render
+    march = renderer.march
 
-    def recording_render(rays_o, rays_d, settings, **kwargs):
+    def recording_march(rays_o, rays_d, settings):
         seen["rays"] = rays_o, rays_d
-        return render(rays_o, rays_d, settings, **kwargs)
+        return march(rays_o, rays_d, settings)
 
-    renderer.render = recording_render
+    renderer.march = recording_march
     objective = Objective(opt.objective, iters=10, renderer=renderer, views=Views(), real_view=None,
                           guidance=RecordingPrior(), num_rays=16, generator=torch.Generator().manual_seed(0))
     objective(1)

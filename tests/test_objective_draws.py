@@ -1,11 +1,18 @@
-"""An iteration's loss equals its input-view step followed by its synthetic step: drawing the prior's camera and
-shading ahead of the input view's render (host work moved off the GPU's critical path) keeps every random draw."""
+"""An iteration's loss and gradients equal its input-view step followed by its synthetic step: drawing the prior's
+camera and shading ahead of the input view's render, and marching both views before shading either (host work and
+waits moved off the GPU's critical path), keep every random draw."""
 
 from __future__ import annotations
 
 import torch
 
 from tests.test_normal_type import trainer_with_prior
+
+
+def _gradients(trainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    params = [(name, p) for name, p in trainer.renderer.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    return {name: g for (name, _), g in zip(params, grads) if g is not None}
 
 
 def test_an_iteration_is_its_input_view_step_then_its_synthetic_step(tmp_path) -> None:
@@ -23,3 +30,8 @@ def test_an_iteration_is_its_input_view_step_then_its_synthetic_step(tmp_path) -
         for name, value in {**real.terms, **synthetic.terms}.items():
             assert torch.equal(together.terms[name], value), name
         assert torch.equal(together.loss, real.loss + synthetic.loss)
+        apart, joint = _gradients(trainer, real.loss + synthetic.loss), _gradients(trainer, together.loss)
+        assert apart.keys() == joint.keys() and any(g.abs().sum() > 0 for g in joint.values())
+        for name, grad in joint.items():  # the two views' shares may add up in another order: rounding only
+            torch.testing.assert_close(grad, apart[name], rtol=1e-5, atol=1e-6 * float(apart[name].abs().max()) + 1e-12,
+                                       msg=name)

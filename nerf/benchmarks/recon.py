@@ -116,10 +116,14 @@ def instrumented(trainer) -> Iterator[StageTimer]:
             return fn(*args, **kwargs)
         return run
 
+    def render_stage() -> str:
+        return f"{phase['name']}_render"
+
     renderer, scaler, objective = trainer.renderer, trainer.scaler, trainer.objective
-    patches = [(objective, "real_step", in_phase("real", objective.real_step)),
-               (objective, "synthetic_step", in_phase("synthetic", objective.synthetic_step)),
-               (renderer, "render", timer.wrap(renderer.render, lambda: f"{phase['name']}_render")),
+    patches = [*[(objective, f"{half}_{view}", in_phase(view, getattr(objective, f"{half}_{view}")))
+                 for view in ("real", "synthetic") for half in ("march", "shade")],
+               (renderer, "march", timer.wrap(renderer.march, render_stage)),
+               (renderer, "shade", timer.wrap(renderer.shade, render_stage)),
                (renderer, "update_occupancy", timer.wrap(renderer.update_occupancy, "optimizer_grid")),
                (scaler, "step", timer.wrap(scaler.step, "optimizer_grid")),
                (scaler, "update", timer.wrap(scaler.update, "optimizer_grid")),
