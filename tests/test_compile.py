@@ -151,11 +151,18 @@ def cpu_parts(tiny_sd_dir):
 
 @pytest.mark.slow
 def test_compile_on_gives_the_eager_loss_on_the_cpu(cpu_parts) -> None:
+    """... and every compiled graph is one that AOT autograd can cache: a graph it bypasses (e.g. one that traced
+    an attention-backend context) is traced and partitioned again in every process."""
+    from torch._dynamo.utils import counters
+
     parts = cpu_parts
     eager = sds_losses(SDSGuidance(parts, PROMPTS, guidance_scale=7.5), CPU)
     compiled_guidance = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="on")
+    counters["aot_autograd"].clear()
     compiled = sds_losses(compiled_guidance, CPU)
     assert not compiled_guidance.moments.failed and not compiled_guidance.predict_noise.failed
+    aot = counters["aot_autograd"]
+    assert aot["total"] >= 2 and aot["autograd_cache_bypass"] == 0, dict(aot)
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())

@@ -55,24 +55,28 @@ def set_memory_layout(modules: Iterable[torch.nn.Module], device: torch.device, 
 
 @contextmanager
 def half_precision_math_attention() -> Iterator[None]:
-    """PyTorch's math attention computes fp16 products in fp16 inside this context (by default it casts them to
-    fp32: 2.1 ms of fp32 matrix products per iteration for the VAE's 4096-token attention on an H100).
+    """Attention by PyTorch's math kernel, with fp16 products computed in fp16 (by default it casts them to fp32:
+    2.1 ms of fp32 matrix products per iteration for the VAE's 4096-token attention on an H100).
 
-    fp16 products with an fp32 softmax are what Stable Diffusion's VAE ran with in the original."""
+    The VAE's one attention layer has a single 512-wide head: the fused attention kernels are slow at that width
+    (their backward above all), plain matrix products are not. fp16 products with an fp32 softmax are what Stable
+    Diffusion's VAE ran with in the original. Entered around a call of the VAE encoder, never inside a compiled
+    function: a backend choice traced by dynamo keeps AOT autograd from caching the graph, so every process traced
+    and partitioned the VAE's forward and backward again (1.5 s of a warm start on the CPU)."""
     allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
     torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
 
 
 def posterior_moments(vae: Any, image: Tensor, size: int, dtype: torch.dtype) -> Tensor:
-    """The VAE posterior's [mean, logvar] (at least fp32) of [B, 3, h, w] images in [0, 1], resized to `size`."""
+    """The VAE posterior's [mean, logvar] (at least fp32) of [B, 3, h, w] images in [0, 1], resized to `size`; called
+    inside `half_precision_math_attention` (`encode_latents`)."""
     x = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-    # The VAE's one attention layer has a single 512-wide head: the fused attention kernels are slow at that width
-    # (their backward above all), plain matrix products are not (in fp16: `encode_latents`).
-    with half_autocast(dtype, x.device), sdpa_kernel(SDPBackend.MATH):
+    with half_autocast(dtype, x.device):
         moments = vae.encoder(x * 2 - 1)
         if vae.quant_conv is not None:
             moments = vae.quant_conv(moments)
