@@ -46,6 +46,9 @@ def test_recon_benchmark_reports_every_stage(bench):
         assert row[f"{stage}_ms"] > 0, stage
     assert report["info"]["card"] == "cpu"
     assert "ms_per_iter" in result.stdout
+    # both views' sample buffers: at least the marchers' alignment, at most every ray's max_steps (+ the ladder's 1/16
+    # of padding): 256 input-view rays and 16² synthetic ones, 32 steps
+    assert 128 <= row["sample_rows_k"] * 1000 <= (256 + 16 * 16) * 32 * 17 / 16
 
 
 def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
@@ -61,6 +64,7 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
     assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
     assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
+    assert all(w["sample_rows_k"] > 0 for w in full["windows"]) and "k sample rows per iteration" in result.stdout
     stages = [full[f"mesh_{stage}_s"] for stage in ("sample_grid", "extract_surface", "decimate", "unwrap",
                                                     "bake_albedo")]
     assert all(spent > 0 for spent in stages) and sum(stages) < full["mesh_s"]

@@ -144,11 +144,40 @@ def instrumented(trainer) -> Iterator[StageTimer]:
                 setattr(owner, name, original)
 
 
-def iteration_times(trainer, steps: int) -> list[float]:
+class SampleRows:
+    """Sample-buffer rows that the training marches hand the field, per iteration (both views together): what an
+    iteration's field work grows with as the object fills the occupancy grid. Host-side sizes, no device read."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, int] = defaultdict(int)
+        self.step = 0
+
+    @contextlib.contextmanager
+    def counting(self, owner: Any) -> Iterator[None]:
+        """Count the marches of `owner`: a renderer, or the Renderer class (every renderer of a run)."""
+        march = owner.march
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            marched = march(*args, **kwargs)
+            self.by_step[self.step] += marched.samples[1].shape[0]
+            return marched
+
+        with common.patched([(owner, "march", counted)]):
+            yield
+
+    def mean(self, first: int = -math.inf, last: int = math.inf) -> float:
+        """Mean rows per iteration over the steps in [first, last] (nan if none)."""
+        rows = [n for step, n in self.by_step.items() if first <= step <= last]
+        return statistics.mean(rows) if rows else math.nan
+
+
+def iteration_times(trainer, steps: int, rows: SampleRows | None = None) -> list[float]:
     times = []
     for _ in range(steps):
         _sync()
         began = time.perf_counter()
+        if rows is not None:
+            rows.step = trainer.global_step + 1
         trainer.train_step()
         _sync()
         times.append(1000 * (time.perf_counter() - began))
@@ -251,7 +280,9 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
     warmup_s = time.perf_counter() - began
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    times = iteration_times(trainer, args.steps)
+    rows = SampleRows()
+    with rows.counting(trainer.renderer):
+        times = iteration_times(trainer, args.steps, rows)
     with instrumented(trainer) as timer:
         timer.enabled = True
         split_times = iteration_times(trainer, args.split_steps)
@@ -260,7 +291,7 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
     row: dict[str, Any] = {
         "variant": flags, "ms_per_iter": statistics.median(times), "mean_ms": statistics.mean(times),
         "it_per_s": 1000 / statistics.median(times), **{f"{k}_ms": per_step.get(k, 0.0) for k in STAGES},
-        "projected_5000_s": 5 * statistics.median(times), "warmup_s": warmup_s,
+        "projected_5000_s": 5 * statistics.median(times), "warmup_s": warmup_s, "sample_rows_k": rows.mean() / 1000,
         "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
         "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
     }
@@ -290,6 +321,7 @@ class PhaseClock:
         self.stamps: list[tuple[int, Any]] = []  # (step that starts, CUDA event or host time)
         self.interrupted: set[int] = set()  # steps followed by an excluded phase
         self.grid_every = 0
+        self.rows = SampleRows()
 
     @staticmethod
     def _stamp() -> Any:
@@ -322,6 +354,7 @@ class PhaseClock:
                 self.marks.append((trainer.global_step, time.perf_counter(), self.excluded))
                 self.grid_every = trainer.update_grid_every
             self.stamps.append((trainer.global_step + 1, self._stamp()))
+            self.rows.step = trainer.global_step + 1
             result = method(trainer)
             if trainer.global_step % self.window == 0 or trainer.global_step == trainer.options.iters:
                 _sync()
@@ -336,7 +369,8 @@ class PhaseClock:
         for (s0, t0, e0), (s1, t1, e1) in zip(self.marks, self.marks[1:]):
             inside = [ms for step, ms in times.items() if s0 < step <= s1]
             found.append({"from": s0, "to": s1, "ms_per_iter": 1000 * ((t1 - t0) - (e1 - e0)) / (s1 - s0),
-                          "median_ms": statistics.median(inside) if inside else math.nan})
+                          "median_ms": statistics.median(inside) if inside else math.nan,
+                          "sample_rows_k": self.rows.mean(s0 + 1, s1) / 1000})
         return found
 
     def iteration_times(self) -> dict[int, float]:
@@ -370,6 +404,7 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
     from nerf.benchmarks.mesh import STAGES as MESH_STAGES
     from nerf.cli import train as realfusion
     from nerf.option_checks import parse
+    from nerf.renderer import Renderer
     from nerf.trainer import Trainer
 
     clock = PhaseClock(args.window)
@@ -382,7 +417,8 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
                   (outputs, "render_videos", clock.phase("videos_s", outputs.render_videos)),
                   (outputs, "save_video", clock.phase("video_encoding_s", outputs.save_video)),
                   (outputs, "export_mesh", clock.phase("mesh_s", outputs.export_mesh)),
-                  *((mesh, stage, clock.phase(f"mesh_{stage}_s", getattr(mesh, stage))) for stage in MESH_STAGES)]):
+                  *((mesh, stage, clock.phase(f"mesh_{stage}_s", getattr(mesh, stage))) for stage in MESH_STAGES)]), \
+            clock.rows.counting(Renderer):
         _sync()
         began = time.perf_counter()
         code = realfusion.main(argv)
@@ -410,7 +446,7 @@ def report_full(full: dict[str, Any]) -> str:
         lines.append("  mesh export: " + ", ".join(f"{stage} {spent:.2f} s" for stage, spent in stages.items())
                      + f", files and the rest {full.get('mesh_s', 0) - sum(stages.values()):.2f} s")
     lines += [f"  iterations {w['from'] + 1}-{w['to']}: {w['ms_per_iter']:.1f} ms/iteration (median "
-              f"{w['median_ms']:.1f})" for w in full["windows"]]
+              f"{w['median_ms']:.1f}), {w['sample_rows_k']:.0f}k sample rows per iteration" for w in full["windows"]]
     split = full.get("iterations")
     if split:
         lines.append(f"  per iteration: median {split['median_ms']:.1f} ms, mean {split['mean_ms']:.1f}; with an "
@@ -477,9 +513,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args, trace))
                 rows[-1]["variant"] = variant
                 print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
-                      f"loading {rows[-1]['load_s']:.1f} s", flush=True)
+                      f"loading {rows[-1]['load_s']:.1f} s, {rows[-1]['sample_rows_k']:.0f}k sample rows per "
+                      "iteration", flush=True)
         full = full_run(model, embeds, workdir, args) if args.full else None
-    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "peak_GiB", "projected_5000_s",
+    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "sample_rows_k", "peak_GiB",
+               "projected_5000_s",
                "warmup_s", "load_s"]
     result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
                               "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps,
