@@ -41,7 +41,7 @@ def row_of(report: dict, variant: str) -> dict:
 def test_recon_benchmark_reports_every_stage(bench):
     result, report, _ = bench
     row = row_of(report, "default")
-    assert row["ms_per_iter"] > 0 and row["it_per_s"] > 0
+    assert row["ms_per_iter"] > 0 and row["it_per_s"] > 0 and row["back_to_back_ms"] > 0
     for stage in ("real_render", "synthetic_render", "vae_encode", "unet", "backward", "optimizer_grid"):
         assert row[f"{stage}_ms"] > 0, stage
     assert report["info"]["card"] == "cpu"

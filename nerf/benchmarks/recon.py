@@ -1,7 +1,8 @@
 """Reconstruction speed: the real Trainer loop of `main.py --O` with an SD-1.5-shaped random-weight model.
 
 Two measurements of the same loop. The steady state times whole iterations, untouched, after warm-up
-(median and mean of per-iteration wall times). The split runs further iterations with a device
+(median and mean of per-iteration wall times, each iteration started on an idle GPU; and the mean of as many
+iterations run back to back, as a training run runs them). The split runs further iterations with a device
 synchronisation around each stage (real-view render, synthetic render, VAE encode, UNet, backward,
 optimiser and occupancy-grid update), so its stages add up to a little more than the untouched
 iteration. All variants run in one process and share one loaded Stable Diffusion. `--full` also times a complete
@@ -184,6 +185,18 @@ def iteration_times(trainer, steps: int, rows: SampleRows | None = None) -> list
     return times
 
 
+def back_to_back_ms(trainer, steps: int) -> float:
+    """Mean ms per iteration of `steps` iterations run as a training run runs them, without a synchronisation in
+    between: the host prepares the next iteration while the GPU finishes the last one. `iteration_times` starts each
+    iteration on an idle GPU, so its times also hold the host's work before the first launch."""
+    _sync()
+    began = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    _sync()
+    return 1000 * (time.perf_counter() - began) / steps
+
+
 def covered_ms(intervals: list[tuple[float, float]]) -> float:
     """Length of the union of (start, end) intervals in microseconds, in ms: time the GPU ran at least one kernel."""
     total, reach = 0.0, -math.inf
@@ -283,6 +296,7 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
     rows = SampleRows()
     with rows.counting(trainer.renderer):
         times = iteration_times(trainer, args.steps, rows)
+    back_to_back = back_to_back_ms(trainer, args.steps)
     with instrumented(trainer) as timer:
         timer.enabled = True
         split_times = iteration_times(trainer, args.split_steps)
@@ -290,7 +304,8 @@ def measure_trainer(trainer, flags: str, args: argparse.Namespace, trace: Path |
     per_step["other"] = statistics.mean(split_times) - sum(per_step.values())
     row: dict[str, Any] = {
         "variant": flags, "ms_per_iter": statistics.median(times), "mean_ms": statistics.mean(times),
-        "it_per_s": 1000 / statistics.median(times), **{f"{k}_ms": per_step.get(k, 0.0) for k in STAGES},
+        "it_per_s": 1000 / statistics.median(times), "back_to_back_ms": back_to_back,
+        **{f"{k}_ms": per_step.get(k, 0.0) for k in STAGES},
         "projected_5000_s": 5 * statistics.median(times), "warmup_s": warmup_s, "sample_rows_k": rows.mean() / 1000,
         "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
         "march_backend": trainer.renderer.ops.name, "grid_backend": trainer.field.encoder.backend_name,
@@ -512,12 +527,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 trace = args.trace.with_name(f"{k}-{args.trace.name}") if args.trace else None
                 rows.append(measure_variant(model, embeds, workdir / f"v{k}", flags, args, trace))
                 rows[-1]["variant"] = variant
-                print(f"{variant}: {rows[-1]['ms_per_iter']:.1f} ms/iteration, warm-up {rows[-1]['warmup_s']:.1f} s, "
-                      f"loading {rows[-1]['load_s']:.1f} s, {rows[-1]['sample_rows_k']:.0f}k sample rows per "
-                      "iteration", flush=True)
+                row = rows[-1]
+                print(f"{variant}: {row['ms_per_iter']:.1f} ms/iteration ({row['back_to_back_ms']:.1f} back to back), "
+                      f"warm-up {row['warmup_s']:.1f} s, loading {row['load_s']:.1f} s, {row['sample_rows_k']:.0f}k "
+                      "sample rows per iteration", flush=True)
         full = full_run(model, embeds, workdir, args) if args.full else None
-    columns = ["variant", "ms_per_iter", "it_per_s", *(f"{k}_ms" for k in STAGES), "sample_rows_k", "peak_GiB",
-               "projected_5000_s",
+    columns = ["variant", "ms_per_iter", "back_to_back_ms", "it_per_s", *(f"{k}_ms" for k in STAGES),
+               "sample_rows_k", "peak_GiB", "projected_5000_s",
                "warmup_s", "load_s"]
     result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
                               "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps,
