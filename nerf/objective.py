@@ -154,9 +154,9 @@ class Objective:
     def march_synthetic(self, step: int, view: SyntheticView | None = None,
                         shading: tuple[str, float] | None = None) -> MarchedView:
         """The first half of `synthetic_step`: the view, its jittered camera and settings, marched."""
-        w = self.lambdas
-        view = view if view is not None else self.renderer.on_ray_stream(self.views.view, step)
-        camera, rays_o, rays_d = self.renderer.on_ray_stream(_jittered_camera_rays, view.camera, view.ray_noise)
+        w, draw = self.lambdas, self.renderer.on_ray_stream
+        view = view if view is not None else draw(self.views.view, step)
+        camera, rays_o, rays_d = draw(_jittered_camera_rays, view.camera, view.ray_noise)
         shading, ratio = shading if shading is not None else self.views.shading(step)
         need_normals = shading != "albedo" or w("orient", step) > 0 or w("smooth_2d", step) > 0
         settings = RenderSettings(shading=shading, ratio=ratio, perturb=True, need_normals=need_normals,

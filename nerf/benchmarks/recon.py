@@ -533,8 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "sample rows per iteration", flush=True)
         full = full_run(model, embeds, workdir, args) if args.full else None
     columns = ["variant", "ms_per_iter", "back_to_back_ms", "it_per_s", *(f"{k}_ms" for k in STAGES),
-               "sample_rows_k", "peak_GiB", "projected_5000_s",
-               "warmup_s", "load_s"]
+               "sample_rows_k", "peak_GiB", "projected_5000_s", "warmup_s", "load_s"]
     result: dict[str, Any] = {"info": common.device_info(device), "rows": rows, "columns": columns,
                               "settings": {"main_args": args.main_args, "warmup": args.warmup, "steps": args.steps,
                                            "stable_diffusion_loads": len(loaded)}}
