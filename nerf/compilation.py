@@ -16,7 +16,10 @@ With the CUDA graphs of ``--cuda_graph`` the compiled function is what the graph
 removes the launch cost, compilation the kernels' count and memory traffic; the README measures both together).
 A compilation that fails warns once and the function runs eagerly.
 
-A warm cache still spends seconds at the first call: dynamo traces the function again in every process. PyTorch's
+A warm cache still spends seconds at the first call: dynamo traces the function again in every process. The no-grad
+calls (the UNets) avoid that: given as modules, they are compiled ahead of time (`Packaged`, AOTInductor) into a
+package that a later process loads without tracing; the package is their marker. The VAE encoder, whose backward
+is needed, stays with torch.compile. PyTorch's
 experimental DynamoCache (`TORCH_CACHING_PRECOMPILE=1`) also keeps the traced frames, but it writes them only when
 asked (`torch.compiler.save_cache_artifacts`); under that variable a compiled function asks once, after its first
 compiled call, so that the next process skips the tracing too (only for a process that traced something the cache
@@ -30,13 +33,14 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from nerf.errors import reason
-from nerf.fileio import write_text_atomic
+from nerf.fileio import write_atomic, write_text_atomic
 
 log = logging.getLogger("realfusion")
 COMPILE_MODES = ("auto", "on", "off")
@@ -45,6 +49,7 @@ COMPILE_MODES = ("auto", "on", "off")
 AUTO_MIN_ITERS = 1000
 DEFAULT_CACHE = Path.home() / ".cache" / "realfusion" / "inductor"
 MARKERS = "realfusion-compiled"
+PACKAGES = "realfusion-packages"
 
 
 def cache_dir() -> Path:
@@ -81,12 +86,22 @@ def _describe(value: Any) -> Any:
     return repr(value)
 
 
-def marker_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
-    """Where the marker of one compiled function (model, precision, card, torch, input shapes) lives."""
+def cache_key(name: str, identity: dict[str, Any], args: tuple) -> str:
+    """What makes one compiled function's code reusable: model, precision, card, torch and input shapes."""
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     key = json.dumps({"name": name, "identity": identity, "inputs": [_describe(a) for a in args],
                       "torch": torch.__version__, "card": card}, sort_keys=True, default=str)
-    return cache_dir() / MARKERS / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def marker_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
+    """Where the marker of one compiled function lives."""
+    return cache_dir() / MARKERS / f"{cache_key(name, identity, args)}.json"
+
+
+def package_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
+    """Where the AOTInductor package of one module call lives (`Packaged`)."""
+    return cache_dir() / PACKAGES / f"{cache_key(name, identity, args)}.pt2"
 
 
 class Compiled:
@@ -135,6 +150,77 @@ class Compiled:
             self.marker = None
             save_traced_frames(self.name)
         return out
+
+
+class Packaged:
+    """A no-grad module call compiled ahead of time by AOTInductor into a package on disk, else the module itself;
+    `mode` follows the module's rule (the package is its own marker).
+
+    `torch.compile` traces the function with dynamo again in every process, even when its compiled code is cached:
+    seconds of a run's first iteration for Stable Diffusion's UNet. An AOTInductor package is the exported graph's
+    compiled code as a shared library, loaded without tracing anything. Its weights are not in the package: they are
+    the live module's (`load_constants(..., user_managed=True)`), so one package serves every model of the same
+    configuration; constants derived from them (transposed views, casts) are folded at the first call after loading,
+    which is right for frozen networks and would be stale for weights changed after that call."""
+
+    def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
+        """`identity`: what makes the compiled code this module's (configuration, precision, weight layout)."""
+        self.module = module
+        self.name = name
+        self.mode = mode
+        self.identity = identity
+        self.runner: Callable[..., Any] | None = None
+        self.decided = mode == "off"
+        self.failed = False
+
+    def _decide(self, args: tuple) -> None:
+        self.decided = True
+        package = package_path(self.name, self.identity, args)
+        if not package.is_file():
+            if self.mode == "if_cached":
+                log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on "
+                         "compiles and caches it)", self.name)
+                return
+            self._compile(args, package)
+        runner = torch._inductor.aoti_load_package(str(package))
+        used = set(runner.get_constant_fqns())  # a buffer the graph never reads is not one of them
+        weights = {fqn: tensor for fqn, tensor in self.module.state_dict().items() if fqn in used}
+        runner.load_constants(weights, check_full_update=True, user_managed=True)
+        self.runner = runner
+
+    def _compile(self, args: tuple, package: Path) -> None:
+        import torch._inductor
+
+        enable_persistent_caches()
+        began = time.perf_counter()
+        with torch.no_grad():
+            exported = torch.export.export(self.module, args, strict=False)
+            configs = {"aot_inductor.package_constants_in_so": False,
+                       "aot_inductor.use_runtime_constant_folding": True}
+            write_atomic(package, lambda tmp: torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(tmp), inductor_configs=configs))
+        log.info("compiled the %s ahead of time in %.0f s (cached in %s)", self.name, time.perf_counter() - began,
+                 package)
+
+    @torch.no_grad()
+    def __call__(self, *args: Any) -> Any:
+        if not self.decided:
+            try:
+                self._decide(args)
+            except Exception as exc:  # exporter, compiler or toolchain failure: the module is the same maths
+                return self._give_up(exc, args)
+        if self.runner is None:
+            return self.module(*args)
+        try:
+            return self.runner(*args)
+        except Exception as exc:
+            return self._give_up(exc, args)
+
+    def _give_up(self, exc: Exception, args: tuple) -> Any:
+        self.runner, self.failed = None, True
+        log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
+                    "the attempt.", self.name, type(exc).__name__, reason(exc))
+        return self.module(*args)
 
 
 def save_traced_frames(name: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import nerf.compilation as compilation
-from nerf.compilation import AUTO_MIN_ITERS, Compiled, marker_path, resolve
+from nerf.compilation import AUTO_MIN_ITERS, Compiled, Packaged, marker_path, resolve
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import load_stable_diffusion
 
@@ -117,6 +117,77 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog, e
     assert f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else type(error).__name__})" in warned[0]
 
 
+class Scaled(torch.nn.Module):
+    """A frozen layer and a per-run buffer: what a packaged call's weights look like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.register_buffer("offset", torch.arange(3.0))
+        self.register_buffer("unused", torch.ones(2))  # not read: not in the package
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.layer(x)) * 2 + self.offset
+
+
+@pytest.fixture
+def aoti_ready() -> None:
+    """Skip where AOTInductor cannot build a shared library (no C++ compiler)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:
+        pytest.skip(f"AOTInductor cannot build code here ({type(exc).__name__})")
+
+
+def refuse_export(monkeypatch) -> None:
+    def refused(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch.export, "export", refused)
+
+
+def test_a_packaged_call_compiles_once_and_later_processes_load_it_with_their_own_weights(
+        aoti_ready, monkeypatch) -> None:
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    first = Scaled()
+    cold = Packaged(first, "scaler", "on", {"model": 1})
+    torch.testing.assert_close(cold(x), first(x))
+    assert cold.runner is not None and compilation.package_path("scaler", {"model": 1}, (x,)).is_file()
+    refuse_export(monkeypatch)
+    other_weights = Scaled()  # another model of the same configuration, as a later run loads it
+    with torch.no_grad():
+        other_weights.offset.fill_(-1.0)
+    warm = Packaged(other_weights, "scaler", "if_cached", {"model": 1})
+    out = warm(x)
+    assert warm.runner is not None and not warm.failed
+    torch.testing.assert_close(out, other_weights(x))
+    assert (out - first(x)).abs().max() > 0.1  # its weights, not the first module's
+
+
+def test_if_cached_runs_a_module_eagerly_without_its_package(aoti_ready, monkeypatch) -> None:
+    refuse_export(monkeypatch)
+    module, x = Scaled(), torch.ones(2, 4)
+    cold = Packaged(module, "scaler", "if_cached", {"model": 1})
+    assert torch.equal(cold(x), module(x)) and cold.runner is None and not cold.failed
+
+
+def test_a_failed_ahead_of_time_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(torch.export, "export", broken)
+    module, x = Scaled(), torch.ones(2, 4)
+    wrapped = Packaged(module, "scaler", "on", {})
+    with caplog.at_level("WARNING", logger="realfusion"):
+        outs = [wrapped(x), wrapped(x)]
+    assert all(torch.equal(out, module(x)) for out in outs) and wrapped.failed
+    warned = [r.getMessage() for r in caplog.records if "compilation of the scaler failed" in r.message]
+    assert len(warned) == 1 and "(RuntimeError: no exporter here)" in warned[0]
+    assert not compilation.package_path("scaler", {}, (x,)).exists()
+
+
 def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(loss, image gradient) of a few SDS calls on fixed images, t and noise. Copies: a replayed CUDA graph hands
     back its own buffers, which the next call overwrites."""
@@ -132,7 +203,7 @@ def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> l
 def test_compile_off_is_the_eager_code_path(tiny_sd_dir) -> None:
     parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
     off = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="off")
-    assert off.moments == off.encode_moments and off.predict_noise == off.predict_noise_eager
+    assert off.moments == off.encode_moments and off.predict_noise is off.noise_predictor
     before = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)
     for (loss_a, grad_a), (loss_b, grad_b) in zip(sds_losses(off, CPU), sds_losses(before, CPU)):
         assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
@@ -161,8 +232,9 @@ def test_compile_on_gives_the_eager_loss_on_the_cpu(cpu_parts) -> None:
     counters["aot_autograd"].clear()
     compiled = sds_losses(compiled_guidance, CPU)
     assert not compiled_guidance.moments.failed and not compiled_guidance.predict_noise.failed
-    aot = counters["aot_autograd"]
-    assert aot["total"] >= 2 and aot["autograd_cache_bypass"] == 0, dict(aot)
+    assert compiled_guidance.predict_noise.runner is not None  # the UNet's package, loaded
+    aot = counters["aot_autograd"]  # the VAE encoder's forward and backward
+    assert aot["total"] >= 1 and aot["autograd_cache_bypass"] == 0, dict(aot)
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())
@@ -204,6 +276,7 @@ def test_compiled_networks_inside_the_cuda_graphs_give_the_eager_loss(tiny_sd_di
     compiled = sds_losses(both, CUDA, calls=4)
     assert not both.predict_noise.failed and not both.moments.failed  # the graphs captured the compiled code
     assert not both.predict_noise.fn.failed and not both.moments.fn.failed
+    assert both.predict_noise.fn.runner is not None  # the graph replays the UNet's package
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-2 if fp16 else 1e-3, atol=1e-5)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-2, atol=1e-2 * grad_e.abs().max().item())

@@ -291,17 +291,35 @@ def test_benchmark_variants_naming_zero123_get_a_model(zero123_dir: Path) -> Non
 
 
 def test_the_builder_passes_the_run_s_compile_and_graph_settings_to_both_networks(zero123_dir: Path) -> None:
-    from nerf.compilation import Compiled
+    from nerf.compilation import Compiled, Packaged
     from nerf.guidance import PriorContext
     from nerf.guidance.zero123 import build
     from nerf.options import PriorOptions
 
     prior = PriorOptions(guidance="zero123", zero123_model=str(zero123_dir), cuda_graph=True)
     guidance = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="if_cached"))
-    assert isinstance(guidance.moments, Compiled) and isinstance(guidance.both_branches, Compiled)
+    assert isinstance(guidance.moments, Compiled) and isinstance(guidance.both_branches, Packaged)
     assert guidance.moments.mode == guidance.both_branches.mode == "if_cached"  # on the CPU: no graph wrappers
     off = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="off"))
-    assert off.moments == off.encode_moments and off.both_branches == off.both_branches_eager
+    assert off.moments == off.encode_moments and off.both_branches is off.branches
+
+
+@pytest.mark.slow
+def test_one_package_serves_input_views_of_every_run(parts, tmp_path, monkeypatch) -> None:
+    """The UNet call is compiled once; a later run with another input view loads the package with its own view's
+    embedding and latent (the module's buffers), and predicts what its eager module predicts."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    noisy = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    predictions = []
+    for seed, mode in ((0, "on"), (1, "if_cached")):
+        guidance = Zero123Guidance(parts, view(seed), guidance_scale=3.0, compile=mode)
+        side = camera(70.0, 45.0)
+        packaged = guidance.predict_noise(noisy, 400, side)
+        assert guidance.both_branches.runner is not None and not guidance.both_branches.failed
+        eager = Zero123Guidance(parts, view(seed), guidance_scale=3.0).predict_noise(noisy, 400, side)
+        torch.testing.assert_close(packaged, eager, rtol=1e-4, atol=1e-5)
+        predictions.append(packaged)
+    assert (predictions[0] - predictions[1]).abs().max() > 1e-3  # two views, two predictions
 
 
 def test_sampled_views_follow_the_camera(parts) -> None:
@@ -358,3 +376,5 @@ def test_cuda_graph_replay_gives_the_eager_loss_and_image_gradient(zero123_dir: 
     assert_replays_match_eager(eager, graphed, call, images, "zero123_t", rtol=1e-2 if compile == "on" else 1e-3)
     assert graphed.both_branches.graph is not None and graphed.moments.graphed is not None
     assert not graphed.both_branches.failed and not graphed.moments.failed
+    if compile == "on":  # the graph replays the UNet's package
+        assert not graphed.both_branches.fn.failed and graphed.both_branches.fn.runner is not None

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nerf.compilation import Compiled
+from nerf.compilation import Compiled, Packaged
 from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
 
 
@@ -103,8 +103,13 @@ def timestep_bounds(t_range: tuple[float, float], steps: int) -> tuple[int, int]
 def accelerated(fn: Callable[..., Tensor], name: str, *, differentiable: bool, device: torch.device,
                 cuda_graph: bool, compile: str, identity: dict[str, Any]) -> Callable[..., Tensor]:
     """`fn` compiled (`compile` "on" or "if_cached", `nerf.compilation`) and, on CUDA with `cuda_graph`, captured and
-    replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call."""
-    if compile != "off":
+    replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call.
+
+    A no-grad call given as a module (its weights and per-run tensors its parameters and buffers) is compiled ahead
+    of time (`Packaged`: no tracing in later processes); a function, or a call with a backward, by torch.compile."""
+    if compile != "off" and isinstance(fn, torch.nn.Module) and not differentiable:
+        fn = Packaged(fn, name, compile, identity)
+    elif compile != "off":
         fn = Compiled(fn, name, compile, identity)
     if cuda_graph and device.type == "cuda":
         fn = GraphedDifferentiable(fn, name) if differentiable else GraphedInference(fn, name)

@@ -49,6 +49,31 @@ def build(prior: PriorOptions, context: PriorContext) -> SDSGuidance:
     return guidance
 
 
+class NoisePredictor(torch.nn.Module):
+    """The UNet's noise prediction, fp32, for a batch of noisy latents at timesteps `steps`: a module of tensors
+    only, so that it can be compiled ahead of time (`nerf.compilation.Packaged`) and captured as a CUDA graph.
+
+    A v-prediction UNet (e.g. SD 2.x 768-v) predicts v = sqrt(abar) eps - sqrt(1 - abar) z_0; with
+    z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps that gives eps = sqrt(abar) v + sqrt(1 - abar) z_t. The
+    conversion is linear in the UNet's output, so classifier-free guidance may follow it."""
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str,
+                 weight_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("alphas_cumprod", alphas_cumprod)
+        self.v_prediction = prediction_type == "v_prediction"
+        self.weight_dtype = weight_dtype
+
+    def forward(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        with half_autocast(self.weight_dtype, noisy.device):
+            out = self.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
+        if self.v_prediction:
+            abar = self.alphas_cumprod[steps].view(-1, 1, 1, 1)
+            out = abar.sqrt() * out + (1 - abar).sqrt() * noisy.float()
+        return out
+
+
 class SDSGuidance:
     """Score distillation from Stable Diffusion with fixed prompts (one pair per view-direction bucket)."""
 
@@ -80,8 +105,9 @@ class SDSGuidance:
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
             self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
+        self.noise_predictor = NoisePredictor(parts.unet, self.alphas_cumprod, self.prediction_type, parts.dtype)
         self.predict_noise: Callable[..., torch.Tensor] = accelerated(
-            self.predict_noise_eager, "UNet", differentiable=False, **speed_ups)
+            self.noise_predictor, "UNet", differentiable=False, **speed_ups)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
@@ -100,19 +126,6 @@ class SDSGuidance:
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
         return encode_latents(self.moments, image, self.parts.vae.config.scaling_factor, generator)
-
-    def predict_noise_eager(self, noisy: torch.Tensor, steps: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """The noise prediction, fp32, for a batch of noisy latents at timesteps `steps`.
-
-        A v-prediction UNet (e.g. SD 2.x 768-v) predicts v = sqrt(abar) eps - sqrt(1 - abar) z_0; with
-        z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps that gives eps = sqrt(abar) v + sqrt(1 - abar) z_t. The
-        conversion is linear in the UNet's output, so classifier-free guidance may follow it."""
-        with half_autocast(self.parts.dtype, self.parts.device):
-            out = self.parts.unet(noisy, steps, encoder_hidden_states=embedding).sample.float()
-        if self.prediction_type == "v_prediction":
-            abar = self.alphas_cumprod[steps].view(-1, 1, 1, 1)
-            out = abar.sqrt() * out + (1 - abar).sqrt() * noisy.float()
-        return out
 
     @torch.no_grad()
     def sds_gradient(self, latents: torch.Tensor, direction: int, t: int | None = None,

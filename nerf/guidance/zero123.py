@@ -63,6 +63,33 @@ def clip_pixels(image: Tensor, size: int, mean: tuple[float, ...], std: tuple[fl
     return (clip.clamp(0, 1) - mean_) / std_
 
 
+class BothBranches(torch.nn.Module):
+    """The UNet's noise predictions (fp32), conditional then unconditional, [2B, 4, h, w], for noisy latents
+    [B, 4, h, w] at timesteps `steps` [2B] seen from relative cameras `pose` [B, 4]. A module of tensors only (the
+    input view's embedding and latent are its buffers), so that it can be compiled ahead of time
+    (`nerf.compilation.Packaged`) and captured as a CUDA graph."""
+
+    def __init__(self, unet: torch.nn.Module, cc_projection: torch.nn.Module, image_embedding: Tensor,
+                 input_latent: Tensor, weight_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.unet = unet
+        self.cc_projection = cc_projection
+        self.register_buffer("image_embedding", image_embedding)
+        self.register_buffer("input_latent", input_latent)
+        self.weight_dtype = weight_dtype
+
+    def forward(self, noisy: Tensor, steps: Tensor, pose: Tensor) -> Tensor:
+        batch = noisy.shape[0]
+        with half_autocast(self.weight_dtype, noisy.device):
+            pose = pose.to(self.weight_dtype)
+            condition = self.cc_projection(torch.cat([self.image_embedding.expand(batch, -1, -1), pose[:, None]], -1))
+            latent = self.input_latent.expand(batch, -1, -1, -1)
+            embedding = torch.cat([condition, torch.zeros_like(condition)])
+            inputs = torch.cat([torch.cat([noisy, noisy]).to(latent.dtype),
+                                torch.cat([latent, torch.zeros_like(latent)])], dim=1)
+            return self.unet(inputs, steps, encoder_hidden_states=embedding).sample.float()
+
+
 class Zero123Guidance:
     """Score distillation from Zero-1-to-3, conditioned on the input view and the camera of each rendered view."""
 
@@ -79,7 +106,8 @@ class Zero123Guidance:
         self.guidance_scale = guidance_scale
         steps = len(parts.alphas_cumprod)
         self.min_step, self.max_step = timestep_bounds(t_range, steps)
-        self.image_embedding, self.input_latent = self.encode_input(view)
+        image_embedding, input_latent = self.encode_input(view)
+        self.branches = BothBranches(parts.unet, parts.cc_projection, image_embedding, input_latent, parts.dtype)
         frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
         identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last}
@@ -87,7 +115,7 @@ class Zero123Guidance:
         self.moments: Callable[[Tensor], Tensor] = accelerated(
             self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
         self.both_branches: Callable[[Tensor, Tensor, Tensor], Tensor] = accelerated(
-            self.both_branches_eager, "Zero-1-to-3 UNet", differentiable=False, **speed_ups)
+            self.branches, "Zero-1-to-3 UNet", differentiable=False, **speed_ups)
 
     def autocast(self):
         """Half-precision autocast when the weights are fp16 (CUDA); a no-op in fp32."""
@@ -113,21 +141,6 @@ class Zero123Guidance:
     def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""
         return encode_latents(self.moments, image, self.parts.vae.config.scaling_factor, generator)
-
-    def both_branches_eager(self, noisy: Tensor, steps: Tensor, pose: Tensor) -> Tensor:
-        """The UNet's noise predictions (fp32), conditional then unconditional, [2B, 4, h, w], for noisy latents
-        [B, 4, h, w] at timesteps `steps` [2B] seen from relative cameras `pose` [B, 4]: a function of tensors
-        only, so that it can be captured as a CUDA graph."""
-        parts = self.parts
-        batch = noisy.shape[0]
-        with self.autocast():
-            pose = pose.to(parts.dtype)
-            condition = parts.cc_projection(torch.cat([self.image_embedding.expand(batch, -1, -1), pose[:, None]], -1))
-            latent = self.input_latent.expand(batch, -1, -1, -1)
-            embedding = torch.cat([condition, torch.zeros_like(condition)])
-            inputs = torch.cat([torch.cat([noisy, noisy]).to(latent.dtype),
-                                torch.cat([latent, torch.zeros_like(latent)])], dim=1)
-            return parts.unet(inputs, steps, encoder_hidden_states=embedding).sample.float()
 
     @torch.no_grad()
     def predict_noise(self, noisy: Tensor, t: int, camera: CameraBatch) -> Tensor:
