@@ -152,6 +152,21 @@ class Compiled:
         return out
 
 
+def code_identity(module: torch.nn.Module) -> dict[str, Any]:
+    """What else a package's compiled graph depends on: its weights' names, shapes, dtypes and layouts, the module's
+    class and its source file, and the diffusers version (the networks' code), so that an edited forward or another
+    library version compiles a new package instead of running a stale one."""
+    import inspect
+
+    import diffusers
+
+    source = Path(inspect.getsourcefile(type(module)) or "").read_bytes()
+    state = [[fqn, list(t.shape), str(t.dtype), list(t.stride())] for fqn, t in module.state_dict().items()]
+    return {"class": type(module).__qualname__, "source": hashlib.sha256(source).hexdigest(),
+            "diffusers": diffusers.__version__,
+            "state": hashlib.sha256(json.dumps(state).encode()).hexdigest()}
+
+
 class Packaged:
     """A no-grad module call compiled ahead of time by AOTInductor into a package on disk, else the module itself;
     `mode` follows the module's rule (the package is its own marker).
@@ -175,7 +190,7 @@ class Packaged:
 
     def _decide(self, args: tuple) -> None:
         self.decided = True
-        package = package_path(self.name, self.identity, args)
+        package = package_path(self.name, {**self.identity, **code_identity(self.module)}, args)
         if not package.is_file():
             if self.mode == "if_cached":
                 log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on "

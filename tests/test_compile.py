@@ -130,6 +130,15 @@ class Scaled(torch.nn.Module):
         return torch.tanh(self.layer(x)) * 2 + self.offset
 
 
+class Shifted(Scaled):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) + self.offset
+
+
+def packages(cache: Path) -> list[Path]:
+    return sorted((cache / compilation.PACKAGES).glob("*.pt2"))
+
+
 @pytest.fixture
 def aoti_ready() -> None:
     """Skip where AOTInductor cannot build a shared library (no C++ compiler)."""
@@ -149,12 +158,12 @@ def refuse_export(monkeypatch) -> None:
 
 
 def test_a_packaged_call_compiles_once_and_later_processes_load_it_with_their_own_weights(
-        aoti_ready, monkeypatch) -> None:
+        aoti_ready, monkeypatch, own_cache) -> None:
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     first = Scaled()
     cold = Packaged(first, "scaler", "on", {"model": 1})
     torch.testing.assert_close(cold(x), first(x))
-    assert cold.runner is not None and compilation.package_path("scaler", {"model": 1}, (x,)).is_file()
+    assert cold.runner is not None and len(packages(own_cache)) == 1
     refuse_export(monkeypatch)
     other_weights = Scaled()  # another model of the same configuration, as a later run loads it
     with torch.no_grad():
@@ -164,6 +173,9 @@ def test_a_packaged_call_compiles_once_and_later_processes_load_it_with_their_ow
     assert warm.runner is not None and not warm.failed
     torch.testing.assert_close(out, other_weights(x))
     assert (out - first(x)).abs().max() > 0.1  # its weights, not the first module's
+    for other in (Shifted(), Scaled().half()):  # another forward, other weight dtypes: not this package
+        stale = Packaged(other, "scaler", "if_cached", {"model": 1})
+        assert torch.equal(stale(x.to(other.offset.dtype)), other(x.to(other.offset.dtype))) and stale.runner is None
 
 
 def test_if_cached_runs_a_module_eagerly_without_its_package(aoti_ready, monkeypatch) -> None:
@@ -173,7 +185,7 @@ def test_if_cached_runs_a_module_eagerly_without_its_package(aoti_ready, monkeyp
     assert torch.equal(cold(x), module(x)) and cold.runner is None and not cold.failed
 
 
-def test_a_failed_ahead_of_time_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog) -> None:
+def test_a_failed_ahead_of_time_compilation_warns_once_and_runs_eagerly(monkeypatch, caplog, own_cache) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("no exporter here")
 
@@ -185,7 +197,7 @@ def test_a_failed_ahead_of_time_compilation_warns_once_and_runs_eagerly(monkeypa
     assert all(torch.equal(out, module(x)) for out in outs) and wrapped.failed
     warned = [r.getMessage() for r in caplog.records if "compilation of the scaler failed" in r.message]
     assert len(warned) == 1 and "(RuntimeError: no exporter here)" in warned[0]
-    assert not compilation.package_path("scaler", {}, (x,)).exists()
+    assert packages(own_cache) == []
 
 
 def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:

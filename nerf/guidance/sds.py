@@ -101,7 +101,7 @@ class SDSGuidance:
         self.text_embeddings = self.encode_prompts(prompts)
         frozen_layouts(parts.vae, parts.unet, parts.device, channels_last)
         identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
-                    "channels_last": channels_last}
+                    "channels_last": channels_last, "prediction_type": self.prediction_type}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
             self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
