@@ -154,15 +154,19 @@ class Compiled:
 
 def code_identity(module: torch.nn.Module) -> dict[str, Any]:
     """What else a package's compiled graph depends on: its weights' names, shapes, dtypes and layouts, the module's
-    class and its source file, and the diffusers version (the networks' code), so that an edited forward or another
-    library version compiles a new package instead of running a stale one."""
+    class, the sources of its package folder (its forward and the helpers beside it, e.g. `nerf/guidance/`) and the
+    diffusers version (the networks' code), so that edited code or another library version compiles a new package
+    instead of running a stale one."""
     import inspect
 
     import diffusers
 
-    source = Path(inspect.getsourcefile(type(module)) or "").read_bytes()
+    folder = Path(inspect.getsourcefile(type(module)) or "").parent
+    source = hashlib.sha256()
+    for file in sorted(folder.glob("*.py")):
+        source.update(file.name.encode() + file.read_bytes())
     state = [[fqn, list(t.shape), str(t.dtype), list(t.stride())] for fqn, t in module.state_dict().items()]
-    return {"class": type(module).__qualname__, "source": hashlib.sha256(source).hexdigest(),
+    return {"class": type(module).__qualname__, "source": source.hexdigest(),
             "diffusers": diffusers.__version__,
             "state": hashlib.sha256(json.dumps(state).encode()).hexdigest()}
 
