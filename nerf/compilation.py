@@ -212,12 +212,11 @@ class Packaged:
 
         enable_persistent_caches()
         began = time.perf_counter()
-        with torch.no_grad():
-            exported = torch.export.export(self.module, args, strict=False)
-            configs = {"aot_inductor.package_constants_in_so": False,
-                       "aot_inductor.use_runtime_constant_folding": True}
-            write_atomic(package, lambda tmp: torch._inductor.aoti_compile_and_package(
-                exported, package_path=str(tmp), inductor_configs=configs))
+        exported = torch.export.export(self.module, args, strict=False)  # under __call__'s no_grad
+        configs = {"aot_inductor.package_constants_in_so": False,
+                   "aot_inductor.use_runtime_constant_folding": True}
+        write_atomic(package, lambda tmp: torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(tmp), inductor_configs=configs))
         log.info("compiled the %s ahead of time in %.0f s (cached in %s)", self.name, time.perf_counter() - began,
                  package)
 
