@@ -63,6 +63,8 @@ def test_recon_benchmark_variants_in_one_process_and_the_full_run_split(bench):
         assert full[phase] > 0, phase
     assert full["load_s"] >= full["prior_load_s"] and full["videos_s"] >= full["video_encoding_s"]
     assert 0 < full["loop_s"] < full["wall_s"] - full["videos_s"] - full["mesh_s"]
+    assert full["default_run_s"] == pytest.approx(full["wall_s"] - full["load_s"] - full["mesh_s"])
+    assert f"default run (loading and --save_mesh's export apart): {full['default_run_s']:.1f} s" in result.stdout
     assert "iterations 3-4:" in result.stdout and "mesh export" in result.stdout
     assert all(w["sample_rows_k"] > 0 for w in full["windows"]) and "k sample rows per iteration" in result.stdout
     stages = [full[f"mesh_{stage}_s"] for stage in ("sample_grid", "extract_surface", "decimate", "unwrap",
