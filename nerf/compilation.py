@@ -201,7 +201,9 @@ class Packaged:
                          "compiles and caches it)", self.name)
                 return
             self._compile(args, package)
-        runner = torch._inductor.aoti_load_package(str(package))
+        # single-threaded: the container's thread-safe run queries and waits on CUDA events, which a CUDA graph
+        # capture forbids (the capture fails); this process calls the module from one thread only
+        runner = torch._inductor.aoti_load_package(str(package), run_single_threaded=True)
         used = set(runner.get_constant_fqns())  # a buffer the graph never reads is not one of them
         weights = {fqn: tensor for fqn, tensor in self.module.state_dict().items() if fqn in used}
         runner.load_constants(weights, check_full_update=True, user_managed=True)

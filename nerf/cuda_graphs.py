@@ -42,10 +42,32 @@ class _Replayable:
     def _usable(self, inputs: tuple[Tensor, ...]) -> bool:
         return not self.failed and all(t.is_cuda for t in inputs) and not torch.cuda.is_current_stream_capturing()
 
-    def _give_up(self, exc: Exception) -> None:
+    def _give_up(self, exc: Exception, stream: torch.cuda.Stream) -> None:
         self.failed = True
+        recover_from_failed_capture(stream)
         log.warning("CUDA graph capture of the %s failed (%s: %s); running it eagerly (slower). "
                     "--no_cuda_graph skips the attempt.", self.name, type(exc).__name__, reason(exc))
+
+
+def recover_from_failed_capture(stream: torch.cuda.Stream | None) -> None:
+    """Leave the process as it was before a capture that failed, so the eager fallback (and everything after it) runs.
+
+    A capture that a CUDA call inside it invalidated ends with an error: `torch.cuda.graph` then leaves its capture
+    stream current, and (torch before 2.13) the default CUDA generator in capture mode, so the next random draw
+    outside a capture raises "Offset increment outside graph capture". `stream` (the caller's) is made current again
+    and the generator is given a fresh state carrying on from the same seed and offset; None: nothing ran on CUDA."""
+    if stream is None:
+        return
+    torch.cuda.set_stream(stream)
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    try:
+        torch.empty(1, device="cuda").normal_()
+    except RuntimeError:
+        fresh = torch.Generator(device="cuda")
+        fresh.manual_seed(generator.initial_seed())
+        fresh.set_offset(generator.get_offset())
+        generator.graphsafe_set_state(fresh)
+        log.info("reset the CUDA random generator left in capture mode by the failed capture")
 
 
 class GraphedInference(_Replayable):
@@ -62,11 +84,12 @@ class GraphedInference(_Replayable):
         if not self._usable(inputs):
             return self.fn(*inputs)
         if self.graph is None:
+            stream = torch.cuda.current_stream()
             try:
                 self._capture(inputs)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                 self.graph, self.static_output = None, None
-                self._give_up(exc)
+                self._give_up(exc, stream)
                 return self.fn(*inputs)
         if _shapes(inputs) != self.signature:
             return self.fn(*inputs)
@@ -102,6 +125,7 @@ class GraphedDifferentiable(_Replayable):
         if not self._usable((x,)) or not x.requires_grad or not torch.is_grad_enabled():
             return self.fn(x)
         if self.graphed is None:
+            stream = torch.cuda.current_stream()
             try:
                 sample = x.detach().clone().requires_grad_(True)
                 with torch.autocast("cuda", enabled=False):
@@ -109,7 +133,7 @@ class GraphedDifferentiable(_Replayable):
                 self.signature = _shapes((x,))
                 log.info("captured the %s (forward and backward) as CUDA graphs", self.name)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                self._give_up(exc)
+                self._give_up(exc, stream)
                 return self.fn(x)
         if _shapes((x,)) != self.signature:
             return self.fn(x)

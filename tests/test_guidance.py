@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from nerf.cameras import direction_prompts, fixed_cameras
 from nerf.data import RealView
+from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
 from nerf.errors import UserError
 from nerf.scenes.raytrace import render_rgba
 from nerf.scenes.procedural import make_scene
@@ -619,6 +620,31 @@ def test_cuda_graph_capture_failure_falls_back_to_eager_with_a_warning(tiny_sd_d
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
     assert sum("CUDA graph capture" in r.message for r in caplog.records) == 2  # VAE encoder and UNet, once each
     assert guidance.moments.failed and guidance.predict_noise.failed
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_a_capture_broken_by_a_forbidden_cuda_call_leaves_the_process_usable(differentiable, caplog):
+    """A synchronisation inside a capture invalidates it at the CUDA level (unlike an error raised before any CUDA
+    call): the wrapper runs eagerly, and the caller's stream, random draws and later captures still work."""
+    cuda = torch.device("cuda")
+
+    def syncing(x):
+        torch.cuda.synchronize()
+        return x * 2
+
+    wrapper = (GraphedDifferentiable if differentiable else GraphedInference)(syncing, "syncing call")
+    x = torch.rand(4, device=cuda, requires_grad=differentiable)
+    stream = torch.cuda.current_stream()
+    with caplog.at_level("WARNING", logger="realfusion"):
+        y = wrapper(x)
+    assert wrapper.failed and "CUDA graph capture of the syncing call failed" in caplog.text
+    torch.testing.assert_close(y, x * 2)
+    assert torch.cuda.current_stream() == stream
+    assert torch.randn(1000, device=cuda).std() > 0.5  # the default generator is out of capture mode
+    noisy = GraphedInference(lambda z: z + torch.randn_like(z), "random call")
+    first, second = noisy(torch.zeros(1000, device=cuda)).clone(), noisy(torch.zeros(1000, device=cuda))
+    assert not noisy.failed and noisy.graph is not None and not torch.equal(first, second)
 
 
 # ---------------------------------------------------------------- the prior by name: registry and builders

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from nerf.compilation import Compiled
+from nerf.cuda_graphs import recover_from_failed_capture
 from nerf.guidance.frozen_calls import accelerated
 from nerf.errors import UserError, reason
 from nerf.guidance.stable_diffusion import StableDiffusionParts, load_stable_diffusion, register_token
@@ -113,11 +114,13 @@ class FrozenNetworks:
         shapes = tuple(a.shape for a in args)
         if self.graphs and self.denoiser is None:
             sample = (noisy.clone(), t.clone(), states.detach().clone().requires_grad_(states.requires_grad))
+            stream = torch.cuda.current_stream() if noisy.is_cuda else None
             try:
                 with warnings.catch_warnings():  # the warm-up's side stream is not the one the sample was made on
                     warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
                     self.denoiser = (shapes, torch.cuda.make_graphed_callables(self.unet_call, sample))
             except (RuntimeError, AssertionError) as exc:
+                recover_from_failed_capture(stream)
                 print(f"note: CUDA graph capture of the UNet failed ({reason(exc)}); running it eagerly (slower). "
                       f"--no_cuda_graph skips the attempt.")
                 self.graphs = False
