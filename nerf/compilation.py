@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -100,8 +101,23 @@ def marker_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
 
 
 def package_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
-    """Where the AOTInductor package of one module call lives (`Packaged`)."""
-    return cache_dir() / PACKAGES / f"{cache_key(name, identity, args)}.pt2"
+    """Where the AOTInductor package of one module call lives (`Packaged`). A package holds host code built for this
+    machine's instruction set (its C++ wrapper, and its kernels on the CPU), so the key names it too: a cache shared
+    by the nodes of a cluster never hands one node's package to another kind of processor."""
+    host = {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return cache_dir() / PACKAGES / f"{cache_key(name, {**identity, 'host': host}, args)}.pt2"
+
+
+def _load_package(package: Path) -> Any:
+    """The package's callable, run single-threaded: the container's thread-safe run queries and waits on CUDA
+    events, which a CUDA graph capture forbids; this process calls the module from one thread only.
+
+    Made by torch's package loader itself rather than `aoti_load_package`, which also compares the package's
+    instruction set with this machine's by compiling and loading probe programs in child processes (about 16 s
+    of a fresh process on the GPU host) only to print a warning; the package's key already names the host."""
+    from torch._inductor.package.package import AOTICompiledModel
+
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(package), "model", True, 1, -1))
 
 
 class Compiled:
@@ -201,13 +217,13 @@ class Packaged:
                          "compiles and caches it)", self.name)
                 return
             self._compile(args, package)
-        # single-threaded: the container's thread-safe run queries and waits on CUDA events, which a CUDA graph
-        # capture forbids (the capture fails); this process calls the module from one thread only
-        runner = torch._inductor.aoti_load_package(str(package), run_single_threaded=True)
+        began = time.perf_counter()
+        runner = _load_package(package)
         used = set(runner.get_constant_fqns())  # a buffer the graph never reads is not one of them
         weights = {fqn: tensor for fqn, tensor in self.module.state_dict().items() if fqn in used}
         runner.load_constants(weights, check_full_update=True, user_managed=True)
         self.runner = runner
+        log.info("loaded the %s's compiled package in %.1f s", self.name, time.perf_counter() - began)
 
     def _compile(self, args: tuple, package: Path) -> None:
         import torch._inductor

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import nerf.compilation as compilation
-from nerf.compilation import AUTO_MIN_ITERS, Compiled, Packaged, marker_path, resolve
+from nerf.compilation import AUTO_MIN_ITERS, Compiled, Packaged, marker_path, package_path, resolve
 from nerf.guidance.sds import SDSGuidance
 from nerf.guidance.stable_diffusion import load_stable_diffusion
 
@@ -164,6 +164,8 @@ from nerf.compilation import Packaged
 from tests.test_compile import Scaled
 
 torch.export.export = None  # a load that exported again would fail
+import torch._inductor.cpu_vec_isa
+torch._inductor.cpu_vec_isa.valid_vec_isa_list = None  # nor one that probed the compiler for the instruction set
 module = Scaled()  # another model of the same configuration, as a later run loads it
 with torch.no_grad():
     module.offset.fill_(-1.0)
@@ -192,6 +194,14 @@ def test_a_packaged_call_compiles_once_and_a_later_process_loads_it_with_its_own
     for other in (Shifted(), Scaled().half()):  # another forward, other weight dtypes: not this package
         stale = Packaged(other, "scaler", "if_cached", {"model": 1})
         assert torch.equal(stale(x.to(other.offset.dtype)), other(x.to(other.offset.dtype))) and stale.runner is None
+
+
+def test_a_package_key_names_the_host_processor(monkeypatch) -> None:
+    x = torch.ones(2, 4)
+    here = package_path("scaler", {"model": 1}, (x,))
+    other = "AVX512" if torch.backends.cpu.get_cpu_capability() != "AVX512" else "AVX2"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+    assert package_path("scaler", {"model": 1}, (x,)) != here
 
 
 def test_if_cached_runs_a_module_eagerly_without_its_package(aoti_ready, monkeypatch) -> None:
