@@ -150,6 +150,7 @@ class Compiled:
             self._decide(args)
         if self.compiled is None:
             return self.fn(*args)
+        began = time.perf_counter()
         try:
             out = self.compiled(*args)
         except Exception as exc:  # compiler or toolchain failure: the eager function is the same maths
@@ -157,12 +158,15 @@ class Compiled:
             log.warning("torch.compile of the %s failed (%s: %s); running it eagerly. --compile off skips the "
                         "attempt.", self.name, type(exc).__name__, reason(exc))
             return self.fn(*args)
-        if self.marker is not None:
+        if self.marker is not None:  # the first compiled call: traced, then compiled or loaded from the cache
+            spent = time.perf_counter() - began
             if not self.marker.is_file():
                 self.marker.parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(self.marker, json.dumps({"name": self.name, "identity": self.identity},
                                                           default=str) + "\n")
-                log.info("compiled the %s (cached in %s)", self.name, cache_dir())
+                log.info("compiled the %s in %.1f s (cached in %s)", self.name, spent, cache_dir())
+            else:
+                log.info("traced the %s and loaded its compiled code in %.1f s", self.name, spent)
             self.marker = None
             save_traced_frames(self.name)
         return out

@@ -82,16 +82,19 @@ def recording_compile(monkeypatch) -> list:
     return compiled
 
 
-def test_if_cached_compiles_only_what_an_earlier_compiled_run_left_a_marker_for(monkeypatch) -> None:
+def test_if_cached_compiles_only_what_an_earlier_compiled_run_left_a_marker_for(monkeypatch, caplog) -> None:
     compiled = recording_compile(monkeypatch)
     x = torch.ones(3)
     cold = Compiled(double, "doubler", "if_cached", {"model": 1})
     assert torch.equal(cold(x), 2 * x) and compiled == []  # no marker: eager, no cold compilation
     assert not marker_path("doubler", {"model": 1}, (x,)).exists()
-    Compiled(double, "doubler", "on", {"model": 1})(x)  # an explicit --compile on leaves the marker
-    assert compiled == [double] and marker_path("doubler", {"model": 1}, (x,)).is_file()
-    warm = Compiled(double, "doubler", "if_cached", {"model": 1})
-    assert torch.equal(warm(x), 2 * x) and compiled == [double, double]
+    with caplog.at_level("INFO", logger="realfusion"):
+        Compiled(double, "doubler", "on", {"model": 1})(x)  # an explicit --compile on leaves the marker
+        assert compiled == [double] and marker_path("doubler", {"model": 1}, (x,)).is_file()
+        warm = Compiled(double, "doubler", "if_cached", {"model": 1})
+        assert torch.equal(warm(x), 2 * x) and compiled == [double, double]
+    said = [r.getMessage().split(" in ")[0] for r in caplog.records]  # each first call's time, cold then warm
+    assert said == ["compiled the doubler", "traced the doubler and loaded its compiled code"]
     other_shape = Compiled(double, "doubler", "if_cached", {"model": 1})
     other_shape(torch.ones(4))
     other_model = Compiled(double, "doubler", "if_cached", {"model": 2})
