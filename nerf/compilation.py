@@ -16,10 +16,11 @@ With the CUDA graphs of ``--cuda_graph`` the compiled function is what the graph
 removes the launch cost, compilation the kernels' count and memory traffic; the README measures both together).
 A compilation that fails warns once and the function runs eagerly.
 
-A warm cache still spends seconds at the first call: dynamo traces the function again in every process. The no-grad
-calls (the UNets) avoid that: given as modules, they are compiled ahead of time (`Packaged`, AOTInductor) into a
-package that a later process loads without tracing; the package is their marker. The VAE encoder, whose backward
-is needed, stays with torch.compile. PyTorch's
+A warm cache still spends seconds at the first call: dynamo traces the function again in every process. Calls given
+as modules avoid that: they are compiled ahead of time (AOTInductor) into packages that a later process loads
+without tracing, the packages being their markers: the no-grad UNet calls by `Packaged`, the VAE encoder with its
+backward by `nerf.packaged_backward.PackagedDifferentiable`. Functions (textual inversion's calls) keep
+torch.compile. PyTorch's
 experimental DynamoCache (`TORCH_CACHING_PRECOMPILE=1`) also keeps the traced frames, but it writes them only when
 asked (`torch.compiler.save_cache_artifacts`); under that variable a compiled function asks once, after its first
 compiled call, so that the next process skips the tracing too (only for a process that traced something the cache
@@ -108,7 +109,7 @@ def package_path(name: str, identity: dict[str, Any], args: tuple) -> Path:
     return cache_dir() / PACKAGES / f"{cache_key(name, {**identity, 'host': host}, args)}.pt2"
 
 
-def _load_package(package: Path) -> Any:
+def load_package(package: Path) -> Any:
     """The package's callable, run single-threaded: the container's thread-safe run queries and waits on CUDA
     events, which a CUDA graph capture forbids; this process calls the module from one thread only.
 
@@ -222,7 +223,7 @@ class Packaged:
                 return
             self._compile(args, package)
         began = time.perf_counter()
-        runner = _load_package(package)
+        runner = load_package(package)
         used = set(runner.get_constant_fqns())  # a buffer the graph never reads is not one of them
         weights = {fqn: tensor for fqn, tensor in self.module.state_dict().items() if fqn in used}
         runner.load_constants(weights, check_full_update=True, user_managed=True)

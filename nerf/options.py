@@ -85,8 +85,8 @@ class PriorOptions:
     transposes) for the frozen UNet; the VAE encoder keeps the default layout (measured slower in channels-last,
     eager and compiled)."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """Compiled Stable Diffusion UNet call (ahead of time, AOTInductor) and VAE encoder (torch.compile), inside the
-    CUDA graphs when both are on, with
+    """Stable Diffusion's UNet call and VAE encoder (forward and backward) compiled ahead of time (AOTInductor), inside
+    the CUDA graphs when both are on, with
     the compiled code cached per user ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/realfusion/inductor). on: compile
     (over a minute the first time). auto: only on CUDA, for runs of at least 1000 iterations, and only what an
     earlier --compile on run cached for this model, card and shapes (never a cold compile; nerf/compilation.py)."""

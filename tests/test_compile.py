@@ -229,6 +229,62 @@ def test_a_failed_ahead_of_time_compilation_warns_once_and_runs_eagerly(monkeypa
     assert packages(own_cache) == []
 
 
+class Encoder(torch.nn.Module):
+    """A frozen convolution, group norm and activation: the layers of the VAE encoder whose backward is packaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(2, 8)
+        self.out = torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nn.functional.silu(self.norm(self.conv(x * 2 - 1))))
+
+
+def output_and_input_gradient(fn, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    (out * weight).sum().backward()
+    return out.detach(), x.grad
+
+
+def test_a_differentiable_call_is_packaged_with_its_backward_and_loaded_without_tracing(
+        aoti_ready, monkeypatch, own_cache) -> None:
+    from nerf.packaged_backward import PackagedDifferentiable
+
+    x, weight = torch.rand(1, 3, 8, 8), torch.randn(1, 4, 8, 8)
+    first = Encoder()
+    cold = PackagedDifferentiable(first, "encoder", "on", {"model": 1})
+    for got, want in zip(output_and_input_gradient(cold, x, weight), output_and_input_gradient(first, x, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert cold.forward_runner is not None and len(list(own_cache.rglob("*.pt2"))) == 2
+    refuse_export(monkeypatch)
+    monkeypatch.setattr("functorch.compile.aot_function", None)  # a load that traced again would fail
+    second = Encoder()  # other weights, the same configuration: the packages hold no weights
+    warm = PackagedDifferentiable(second, "encoder", "if_cached", {"model": 1})
+    for got, want in zip(output_and_input_gradient(warm, x, weight), output_and_input_gradient(second, x, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert warm.forward_runner is not None and not warm.failed
+
+
+def test_a_differentiable_call_without_packages_or_with_a_failing_compiler_runs_eagerly(
+        monkeypatch, caplog) -> None:
+    from nerf.packaged_backward import PackagedDifferentiable
+
+    module, x, weight = Encoder(), torch.rand(1, 3, 8, 8), torch.randn(1, 4, 8, 8)
+    refuse_export(monkeypatch)
+    uncached = PackagedDifferentiable(module, "encoder", "if_cached", {})
+    assert torch.equal(uncached(x), module(x)) and uncached.forward_runner is None and not uncached.failed
+    broken = PackagedDifferentiable(module, "encoder", "on", {})
+    with caplog.at_level("WARNING", logger="realfusion"):
+        outs = [output_and_input_gradient(broken, x, weight) for _ in range(2)]
+    want = output_and_input_gradient(module, x, weight)
+    assert all(torch.equal(a, b) for out in outs for a, b in zip(out, want)) and broken.failed
+    assert sum("compilation of the encoder failed" in r.message for r in caplog.records) == 1
+
+
 def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(loss, image gradient) of a few SDS calls on fixed images, t and noise. Copies: a replayed CUDA graph hands
     back its own buffers, which the next call overwrites."""
@@ -244,7 +300,7 @@ def sds_losses(guidance: SDSGuidance, device: torch.device, calls: int = 2) -> l
 def test_compile_off_is_the_eager_code_path(tiny_sd_dir) -> None:
     parts = load_stable_diffusion(str(tiny_sd_dir), CPU, fp16=False)
     off = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="off")
-    assert off.moments == off.encode_moments and off.predict_noise is off.noise_predictor
+    assert off.moments is off.moment_encoder and off.predict_noise is off.noise_predictor
     before = SDSGuidance(parts, PROMPTS, guidance_scale=7.5)
     for (loss_a, grad_a), (loss_b, grad_b) in zip(sds_losses(off, CPU), sds_losses(before, CPU)):
         assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
@@ -263,19 +319,21 @@ def cpu_parts(tiny_sd_dir):
 
 @pytest.mark.slow
 def test_compile_on_gives_the_eager_loss_on_the_cpu(cpu_parts) -> None:
-    """... and every compiled graph is one that AOT autograd can cache: a graph it bypasses (e.g. one that traced
-    an attention-backend context) is traced and partitioned again in every process."""
+    """... and a later guidance of the same model loads both networks' packages without tracing anything."""
     from torch._dynamo.utils import counters
 
     parts = cpu_parts
     eager = sds_losses(SDSGuidance(parts, PROMPTS, guidance_scale=7.5), CPU)
     compiled_guidance = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="on")
-    counters["aot_autograd"].clear()
     compiled = sds_losses(compiled_guidance, CPU)
     assert not compiled_guidance.moments.failed and not compiled_guidance.predict_noise.failed
     assert compiled_guidance.predict_noise.runner is not None  # the UNet's package, loaded
-    aot = counters["aot_autograd"]  # the VAE encoder's forward and backward
-    assert aot["total"] >= 1 and aot["autograd_cache_bypass"] == 0, dict(aot)
+    assert compiled_guidance.moments.forward_runner is not None  # the VAE encoder's, forward and backward
+    counters.clear()
+    warm = SDSGuidance(parts, PROMPTS, guidance_scale=7.5, compile="if_cached")  # a later run: packages loaded
+    for (loss_w, grad_w), (loss_c, grad_c) in zip(sds_losses(warm, CPU), compiled):
+        assert torch.equal(loss_w, loss_c) and torch.equal(grad_w, grad_c)
+    assert warm.moments.forward_runner is not None and counters["stats"]["unique_graphs"] == 0  # nothing traced
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-4 * grad_e.abs().max().item())
@@ -317,7 +375,8 @@ def test_compiled_networks_inside_the_cuda_graphs_give_the_eager_loss(tiny_sd_di
     compiled = sds_losses(both, CUDA, calls=4)
     assert not both.predict_noise.failed and not both.moments.failed  # the graphs captured the compiled code
     assert not both.predict_noise.fn.failed and not both.moments.fn.failed
-    assert both.predict_noise.fn.runner is not None  # the graph replays the UNet's package
+    assert both.predict_noise.fn.runner is not None  # the graphs replay the UNet's package
+    assert both.moments.fn.forward_runner is not None  # ... and the VAE encoder's, forward and backward
     for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-2 if fp16 else 1e-3, atol=1e-5)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-2, atol=1e-2 * grad_e.abs().max().item())

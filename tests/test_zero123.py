@@ -291,17 +291,18 @@ def test_benchmark_variants_naming_zero123_get_a_model(zero123_dir: Path) -> Non
 
 
 def test_the_builder_passes_the_run_s_compile_and_graph_settings_to_both_networks(zero123_dir: Path) -> None:
-    from nerf.compilation import Compiled, Packaged
+    from nerf.compilation import Packaged
     from nerf.guidance import PriorContext
     from nerf.guidance.zero123 import build
     from nerf.options import PriorOptions
+    from nerf.packaged_backward import PackagedDifferentiable
 
     prior = PriorOptions(guidance="zero123", zero123_model=str(zero123_dir), cuda_graph=True)
     guidance = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="if_cached"))
-    assert isinstance(guidance.moments, Compiled) and isinstance(guidance.both_branches, Packaged)
+    assert isinstance(guidance.moments, PackagedDifferentiable) and isinstance(guidance.both_branches, Packaged)
     assert guidance.moments.mode == guidance.both_branches.mode == "if_cached"  # on the CPU: no graph wrappers
     off = build(prior, PriorContext(view(), device=CPU, fp16=False, image_path="rgba.png", compile="off"))
-    assert off.moments == off.encode_moments and off.both_branches is off.branches
+    assert off.moments is off.moment_encoder and off.both_branches is off.branches
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nerf.compilation import Compiled, Packaged
 from nerf.cuda_graphs import GraphedDifferentiable, GraphedInference
+from nerf.packaged_backward import PackagedDifferentiable
 
 
 def half_autocast(dtype: torch.dtype, device: torch.device) -> AbstractContextManager:
@@ -83,6 +84,21 @@ def posterior_moments(vae: Any, image: Tensor, size: int, dtype: torch.dtype) ->
     return moments.to(torch.promote_types(moments.dtype, torch.float32))
 
 
+class PosteriorMoments(torch.nn.Module):
+    """`posterior_moments` as a module of the VAE's encoder half (its encoder and quantisation convolution), so that
+    the call and its backward can be compiled ahead of time (`nerf.packaged_backward`) with the live weights."""
+
+    def __init__(self, vae: Any, size: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.encoder = vae.encoder
+        self.quant_conv = vae.quant_conv
+        self.size = size
+        self.dtype = dtype
+
+    def forward(self, image: Tensor) -> Tensor:
+        return posterior_moments(self, image, self.size, self.dtype)
+
+
 def encode_latents(moments: Callable[[Tensor], Tensor], image: Tensor, scaling_factor: float,
                    generator: torch.Generator | None = None) -> Tensor:
     """Scaled latents of `image` drawn from the VAE posterior that `moments` (a prior's accelerated
@@ -105,10 +121,11 @@ def accelerated(fn: Callable[..., Tensor], name: str, *, differentiable: bool, d
     """`fn` compiled (`compile` "on" or "if_cached", `nerf.compilation`) and, on CUDA with `cuda_graph`, captured and
     replayed as a CUDA graph: with its backward when `differentiable`, else as a no-grad call.
 
-    A no-grad call given as a module (its weights and per-run tensors its parameters and buffers) is compiled ahead
-    of time (`Packaged`: no tracing in later processes); a function, or a call with a backward, by torch.compile."""
-    if compile != "off" and isinstance(fn, torch.nn.Module) and not differentiable:
-        fn = Packaged(fn, name, compile, identity)
+    A call given as a module (its weights and per-run tensors its parameters and buffers) is compiled ahead of time,
+    with its backward when `differentiable` (`Packaged`, `PackagedDifferentiable`: no tracing in later processes); a
+    function by torch.compile."""
+    if compile != "off" and isinstance(fn, torch.nn.Module):
+        fn = (PackagedDifferentiable if differentiable else Packaged)(fn, name, compile, identity)
     elif compile != "off":
         fn = Compiled(fn, name, compile, identity)
     if cuda_graph and device.type == "cuda":

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from nerf.guidance.frozen_calls import (
+    PosteriorMoments,
     accelerated,
     encode_latents,
     frozen_layouts,
     half_autocast,
-    posterior_moments,
     timestep_bounds,
 )
 from nerf.guidance.stable_diffusion import (
@@ -103,8 +103,9 @@ class SDSGuidance:
         identity = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last, "prediction_type": self.prediction_type}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
+        self.moment_encoder = PosteriorMoments(parts.vae, self.image_size, parts.dtype)
         self.moments: Callable[[torch.Tensor], torch.Tensor] = accelerated(
-            self.encode_moments, "VAE encoder", differentiable=True, **speed_ups)
+            self.moment_encoder, "VAE encoder", differentiable=True, **speed_ups)
         self.noise_predictor = NoisePredictor(parts.unet, self.alphas_cumprod, self.prediction_type, parts.dtype)
         self.predict_noise: Callable[..., torch.Tensor] = accelerated(
             self.noise_predictor, "UNet", differentiable=False, **speed_ups)
@@ -118,10 +119,6 @@ class SDSGuidance:
                   return_tensors="pt").input_ids.to(self.parts.device)
         states = self.parts.text_encoder(ids)[0]
         return states.reshape(len(prompts), 2, *states.shape[1:])
-
-    def encode_moments(self, image: torch.Tensor) -> torch.Tensor:
-        """The VAE posterior's [mean, logvar] (at least fp32) for a [1, 3, h, w] image in [0, 1] at SD's size."""
-        return posterior_moments(self.parts.vae, image, self.image_size, self.parts.dtype)
 
     def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable latents of a [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""

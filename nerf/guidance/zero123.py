@@ -23,11 +23,11 @@ from torch import Tensor
 from nerf.cameras import to_device
 from nerf.errors import UserError
 from nerf.guidance.frozen_calls import (
+    PosteriorMoments,
     accelerated,
     encode_latents,
     frozen_layouts,
     half_autocast,
-    posterior_moments,
     timestep_bounds,
 )
 from nerf.guidance.surrogate import surrogate_loss
@@ -112,8 +112,9 @@ class Zero123Guidance:
         identity = {"zero123_unet": dict(parts.unet.config), "vae": dict(parts.vae.config), "dtype": str(parts.dtype),
                     "channels_last": channels_last}
         speed_ups = {"device": parts.device, "cuda_graph": cuda_graph, "compile": compile, "identity": identity}
+        self.moment_encoder = PosteriorMoments(parts.vae, parts.image_size, parts.dtype)
         self.moments: Callable[[Tensor], Tensor] = accelerated(
-            self.encode_moments, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
+            self.moment_encoder, "Zero-1-to-3 VAE encoder", differentiable=True, **speed_ups)
         self.both_branches: Callable[[Tensor, Tensor, Tensor], Tensor] = accelerated(
             self.branches, "Zero-1-to-3 UNet", differentiable=False, **speed_ups)
 
@@ -133,10 +134,6 @@ class Zero123Guidance:
             embedding = parts.image_encoder(pixel_values=clip).image_embeds[:, None]
             latent = parts.vae.encode(pixels * 2 - 1).latent_dist.mode()
         return embedding.to(parts.dtype), latent.to(parts.dtype)
-
-    def encode_moments(self, image: Tensor) -> Tensor:
-        """The VAE posterior's [mean, logvar] (at least fp32) of a rendered [1, 3, h, w] image at the model's size."""
-        return posterior_moments(self.parts.vae, image, self.parts.image_size, self.parts.dtype)
 
     def encode(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable latents of a rendered [1, 3, h, w] image in [0, 1]: resize, VAE posterior sample, scale."""

@@ -1,0 +1,150 @@
+"""A differentiable call of a frozen network, compiled ahead of time with its backward (the VAE encoder of score
+distillation: forward to the latents, backward to the rendered image).
+
+`torch.compile` of such a call traces the network with dynamo in every process and loads its hundreds of compiled
+kernels as Python modules, seconds of a run's first iteration even when everything is cached. Here AOT autograd
+splits the call once into a forward graph (the output and the tensors its backward needs) and a backward graph (the
+input's gradient); each is compiled by AOTInductor into a package like `nerf.compilation.Packaged`'s, and later
+processes load the two packages and join them in an autograd function, without tracing anything. The weights are
+the graphs' inputs, passed at every call from the live module, so the packages hold no weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nerf.compilation import code_identity, load_package, package_path
+from nerf.errors import reason
+from nerf.fileio import write_atomic
+
+log = logging.getLogger("realfusion")
+
+
+class _Joined(torch.autograd.Function):
+    """The forward package's output; its backward is the backward package on the tensors the forward saved."""
+
+    @staticmethod
+    def forward(ctx: Any, packaged: PackagedDifferentiable, x: Tensor, *weights: Tensor) -> Tensor:
+        output, *saved = packaged.forward_runner(x, *weights)
+        ctx.packaged = packaged
+        ctx.save_for_backward(*saved)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_x = ctx.packaged.backward_runner(*ctx.saved_tensors, grad.contiguous())[0]
+        return (None, grad_x, *([None] * len(ctx.packaged.weight_names)))
+
+
+class PackagedDifferentiable:
+    """`module(x)` with its backward to `x` compiled ahead of time into two packages (`mode` "on" compiles them when
+    missing, "if_cached" only loads them, "off" runs the module); any failure warns once and runs the module."""
+
+    def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
+        """`identity`: what makes the compiled code this module's (configuration, precision, weight layout)."""
+        self.module = module
+        self.name = name
+        self.mode = mode
+        self.identity = identity
+        self.weight_names = [name for name, _ in module.named_parameters()] + [
+            name for name, _ in module.named_buffers()]
+        self.forward_runner: Any = None
+        self.backward_runner: Any = None
+        self.decided = mode == "off"
+        self.failed = False
+
+    def weights(self) -> list[Tensor]:
+        state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
+        return [state[name] for name in self.weight_names]
+
+    def _functional(self, x: Tensor, *weights: Tensor) -> Tensor:
+        return torch.func.functional_call(self.module, dict(zip(self.weight_names, weights)), (x,))
+
+    def _paths(self, x: Tensor) -> tuple[Path, Path]:
+        package = package_path(self.name, {**self.identity, **code_identity(self.module)}, (x,))
+        return package.with_suffix(".forward.pt2"), package.with_suffix(".backward.pt2")
+
+    def _decide(self, x: Tensor) -> None:
+        self.decided = True
+        forward_path, backward_path = self._paths(x)
+        if not forward_path.is_file():  # written last: both or neither
+            if self.mode == "if_cached":
+                log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on "
+                         "compiles and caches it)", self.name)
+                return
+            self._compile(x, forward_path, backward_path)
+        began = time.perf_counter()
+        self.forward_runner, self.backward_runner = load_package(forward_path), load_package(backward_path)
+        log.info("loaded the %s's compiled packages in %.1f s", self.name, time.perf_counter() - began)
+
+    def _graphs(self, x: Tensor) -> dict[str, torch.fx.GraphModule]:
+        """AOT autograd's partitioned forward and backward graphs of the call at `x`, from one traced call and a
+        backward of a zero gradient. The forward returns the output then the tensors saved for the backward, which
+        takes those tensors then the output's gradient and returns the input's gradient first."""
+        from functorch.compile import aot_function, make_boxed_func, min_cut_rematerialization_partition
+
+        graphs: dict[str, torch.fx.GraphModule] = {}
+
+        def keep(part: str):
+            def compiler(graph: torch.fx.GraphModule, inputs: list) -> Any:
+                graphs[part] = graph
+                return make_boxed_func(graph)
+            return compiler
+
+        traced = aot_function(self._functional, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                              partition_fn=min_cut_rematerialization_partition)
+        with torch.enable_grad():
+            sample = x.detach().contiguous().requires_grad_(True)
+            output = traced(sample, *self.weights())
+            torch.autograd.grad(output, sample, torch.zeros_like(output))
+        return graphs
+
+    def _compile(self, x: Tensor, forward_path: Path, backward_path: Path) -> None:
+        """Both packages, the backward compiled for the very tensors (strides included) that the compiled forward
+        saves: the compiled code trusts its inputs' layout. The forward's file is moved in place last."""
+        import torch._inductor
+
+        began = time.perf_counter()
+        graphs = self._graphs(x)
+
+        def package(graph: torch.fx.GraphModule, examples: tuple, path: Path) -> None:
+            with torch.no_grad():
+                exported = torch.export.export(graph, examples, strict=False)
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+
+        def forward_then_backward(forward_tmp: Path) -> None:
+            examples = (x.detach().contiguous(), *self.weights())
+            package(graphs["forward"], examples, forward_tmp)
+            with torch.no_grad():
+                output, *saved = load_package(forward_tmp)(*examples)
+            write_atomic(backward_path, lambda tmp: package(
+                graphs["backward"], (*saved, torch.zeros_like(output).contiguous()), tmp))
+
+        write_atomic(forward_path, forward_then_backward)
+        log.info("compiled the %s (forward and backward) ahead of time in %.0f s (cached in %s)", self.name,
+                 time.perf_counter() - began, forward_path.parent)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not self.decided:
+            try:
+                self._decide(x)
+            except Exception as exc:  # tracer, exporter or compiler failure: the module is the same maths
+                return self._give_up(exc, x)
+        if self.forward_runner is None:
+            return self.module(x)
+        try:
+            return _Joined.apply(self, x.contiguous(), *self.weights())
+        except Exception as exc:
+            return self._give_up(exc, x)
+
+    def _give_up(self, exc: Exception, x: Tensor) -> Tensor:
+        self.forward_runner, self.backward_runner, self.failed = None, None, True
+        log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
+                    "the attempt.", self.name, type(exc).__name__, reason(exc))
+        return self.module(x)
