@@ -192,7 +192,67 @@ def code_identity(module: torch.nn.Module) -> dict[str, Any]:
             "state": hashlib.sha256(json.dumps(state).encode()).hexdigest()}
 
 
-class Packaged:
+class AheadOfTime:
+    """What the ahead-of-time compiled calls share: the first call decides (load the packages, compile them, or run
+    the module eagerly under `if_cached` without them), and any failure warns once and runs the module from then on:
+    the module is the same maths. Subclasses load and run their packages."""
+
+    def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
+        """`identity`: what makes the compiled code this module's (configuration, precision, weight layout)."""
+        self.module = module
+        self.name = name
+        self.mode = mode
+        self.identity = identity
+        self.decided = mode == "off"
+        self.failed = False
+
+    def package(self, args: tuple) -> Path:
+        """The key's path for these inputs (a subclass may keep several files beside it)."""
+        return package_path(self.name, {**self.identity, **code_identity(self.module)}, args)
+
+    def _uncached(self, path: Path) -> bool:
+        """Whether the module runs eagerly: `if_cached` and no package at `path` (never a cold compilation)."""
+        if self.mode != "if_cached" or path.is_file():
+            return False
+        log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on compiles and "
+                 "caches it)", self.name)
+        return True
+
+    def _decide(self, args: tuple) -> None:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _run(self, args: tuple) -> Any:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.decided:
+            self.decided = True
+            try:
+                self._decide(args)
+            except Exception as exc:  # tracer, exporter, compiler or toolchain failure
+                return self._give_up(exc, args)
+        if not self._ready():
+            return self.module(*args)
+        try:
+            return self._run(args)
+        except Exception as exc:
+            return self._give_up(exc, args)
+
+    def _give_up(self, exc: Exception, args: tuple) -> Any:
+        self._drop()
+        self.failed = True
+        log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
+                    "the attempt.", self.name, type(exc).__name__, reason(exc))
+        return self.module(*args)
+
+
+class Packaged(AheadOfTime):
     """A no-grad module call compiled ahead of time by AOTInductor into a package on disk, else the module itself;
     `mode` follows the module's rule (the package is its own marker).
 
@@ -203,24 +263,22 @@ class Packaged:
     configuration; constants derived from them (transposed views, casts) are folded at the first call after loading,
     which is right for frozen networks and would be stale for weights changed after that call."""
 
-    def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
-        """`identity`: what makes the compiled code this module's (configuration, precision, weight layout)."""
-        self.module = module
-        self.name = name
-        self.mode = mode
-        self.identity = identity
-        self.runner: Callable[..., Any] | None = None
-        self.decided = mode == "off"
-        self.failed = False
+    runner: Any = None
+
+    def _ready(self) -> bool:
+        return self.runner is not None
+
+    def _drop(self) -> None:
+        self.runner = None
+
+    def _run(self, args: tuple) -> Any:
+        return self.runner(*args)
 
     def _decide(self, args: tuple) -> None:
-        self.decided = True
-        package = package_path(self.name, {**self.identity, **code_identity(self.module)}, args)
+        package = self.package(args)
+        if self._uncached(package):
+            return
         if not package.is_file():
-            if self.mode == "if_cached":
-                log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on "
-                         "compiles and caches it)", self.name)
-                return
             self._compile(args, package)
         began = time.perf_counter()
         runner = load_package(package)
@@ -245,23 +303,7 @@ class Packaged:
 
     @torch.no_grad()
     def __call__(self, *args: Any) -> Any:
-        if not self.decided:
-            try:
-                self._decide(args)
-            except Exception as exc:  # exporter, compiler or toolchain failure: the module is the same maths
-                return self._give_up(exc, args)
-        if self.runner is None:
-            return self.module(*args)
-        try:
-            return self.runner(*args)
-        except Exception as exc:
-            return self._give_up(exc, args)
-
-    def _give_up(self, exc: Exception, args: tuple) -> Any:
-        self.runner, self.failed = None, True
-        log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
-                    "the attempt.", self.name, type(exc).__name__, reason(exc))
-        return self.module(*args)
+        return super().__call__(*args)
 
 
 def save_traced_frames(name: str) -> None:

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nerf.compilation import code_identity, load_package, package_path
-from nerf.errors import reason
+from nerf.compilation import AheadOfTime, enable_persistent_caches, load_package
 from nerf.fileio import write_atomic
 
 log = logging.getLogger("realfusion")
@@ -42,22 +41,17 @@ class _Joined(torch.autograd.Function):
         return (None, grad_x, *([None] * len(ctx.packaged.weight_names)))
 
 
-class PackagedDifferentiable:
+class PackagedDifferentiable(AheadOfTime):
     """`module(x)` with its backward to `x` compiled ahead of time into two packages (`mode` "on" compiles them when
-    missing, "if_cached" only loads them, "off" runs the module); any failure warns once and runs the module."""
+    missing, "if_cached" only loads them, "off" runs the module)."""
+
+    forward_runner: Any = None
+    backward_runner: Any = None
 
     def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
-        """`identity`: what makes the compiled code this module's (configuration, precision, weight layout)."""
-        self.module = module
-        self.name = name
-        self.mode = mode
-        self.identity = identity
+        super().__init__(module, name, mode, identity)
         self.weight_names = [name for name, _ in module.named_parameters()] + [
             name for name, _ in module.named_buffers()]
-        self.forward_runner: Any = None
-        self.backward_runner: Any = None
-        self.decided = mode == "off"
-        self.failed = False
 
     def weights(self) -> list[Tensor]:
         state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
@@ -66,19 +60,22 @@ class PackagedDifferentiable:
     def _functional(self, x: Tensor, *weights: Tensor) -> Tensor:
         return torch.func.functional_call(self.module, dict(zip(self.weight_names, weights)), (x,))
 
-    def _paths(self, x: Tensor) -> tuple[Path, Path]:
-        package = package_path(self.name, {**self.identity, **code_identity(self.module)}, (x,))
-        return package.with_suffix(".forward.pt2"), package.with_suffix(".backward.pt2")
+    def _ready(self) -> bool:
+        return self.forward_runner is not None
 
-    def _decide(self, x: Tensor) -> None:
-        self.decided = True
-        forward_path, backward_path = self._paths(x)
-        if not forward_path.is_file():  # written last: both or neither
-            if self.mode == "if_cached":
-                log.info("--compile auto: the %s runs eagerly (no compiled package cached for it; --compile on "
-                         "compiles and caches it)", self.name)
-                return
-            self._compile(x, forward_path, backward_path)
+    def _drop(self) -> None:
+        self.forward_runner = self.backward_runner = None
+
+    def _run(self, args: tuple) -> Tensor:
+        return _Joined.apply(self, args[0].contiguous(), *self.weights())
+
+    def _decide(self, args: tuple) -> None:
+        package = self.package(args)
+        forward_path, backward_path = package.with_suffix(".forward.pt2"), package.with_suffix(".backward.pt2")
+        if self._uncached(forward_path):  # the forward's file is written last: both or neither
+            return
+        if not forward_path.is_file():
+            self._compile(args[0], forward_path, backward_path)
         began = time.perf_counter()
         self.forward_runner, self.backward_runner = load_package(forward_path), load_package(backward_path)
         log.info("loaded the %s's compiled packages in %.1f s", self.name, time.perf_counter() - began)
@@ -110,41 +107,23 @@ class PackagedDifferentiable:
         saves: the compiled code trusts its inputs' layout. The forward's file is moved in place last."""
         import torch._inductor
 
+        enable_persistent_caches()
         began = time.perf_counter()
         graphs = self._graphs(x)
 
-        def package(graph: torch.fx.GraphModule, examples: tuple, path: Path) -> None:
+        def compile_graph(graph: torch.fx.GraphModule, examples: tuple, path: Path) -> None:
             with torch.no_grad():
                 exported = torch.export.export(graph, examples, strict=False)
                 torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
 
         def forward_then_backward(forward_tmp: Path) -> None:
             examples = (x.detach().contiguous(), *self.weights())
-            package(graphs["forward"], examples, forward_tmp)
+            compile_graph(graphs["forward"], examples, forward_tmp)
             with torch.no_grad():
                 output, *saved = load_package(forward_tmp)(*examples)
-            write_atomic(backward_path, lambda tmp: package(
+            write_atomic(backward_path, lambda tmp: compile_graph(
                 graphs["backward"], (*saved, torch.zeros_like(output).contiguous()), tmp))
 
         write_atomic(forward_path, forward_then_backward)
         log.info("compiled the %s (forward and backward) ahead of time in %.0f s (cached in %s)", self.name,
                  time.perf_counter() - began, forward_path.parent)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if not self.decided:
-            try:
-                self._decide(x)
-            except Exception as exc:  # tracer, exporter or compiler failure: the module is the same maths
-                return self._give_up(exc, x)
-        if self.forward_runner is None:
-            return self.module(x)
-        try:
-            return _Joined.apply(self, x.contiguous(), *self.weights())
-        except Exception as exc:
-            return self._give_up(exc, x)
-
-    def _give_up(self, exc: Exception, x: Tensor) -> Tensor:
-        self.forward_runner, self.backward_runner, self.failed = None, None, True
-        log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
-                    "the attempt.", self.name, type(exc).__name__, reason(exc))
-        return self.module(x)
