@@ -244,11 +244,15 @@ class AheadOfTime:
         except Exception as exc:
             return self._give_up(exc, args)
 
-    def _give_up(self, exc: Exception, args: tuple) -> Any:
+    def fail(self, exc: Exception) -> None:
+        """Drop the compiled code and warn: the module runs eagerly from now on."""
         self._drop()
         self.failed = True
         log.warning("ahead-of-time compilation of the %s failed (%s: %s); running it eagerly. --compile off skips "
                     "the attempt.", self.name, type(exc).__name__, reason(exc))
+
+    def _give_up(self, exc: Exception, args: tuple) -> Any:
+        self.fail(exc)
         return self.module(*args)
 
 

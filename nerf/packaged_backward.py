@@ -26,19 +26,28 @@ log = logging.getLogger("realfusion")
 
 
 class _Joined(torch.autograd.Function):
-    """The forward package's output; its backward is the backward package on the tensors the forward saved."""
+    """The forward package's output; its backward is the backward package on the tensors the forward saved (if that
+    fails, the module's own backward from the saved input: the call after the failure runs eagerly)."""
 
     @staticmethod
     def forward(ctx: Any, packaged: PackagedDifferentiable, x: Tensor, *weights: Tensor) -> Tensor:
         output, *saved = packaged.forward_runner(x, *weights)
         ctx.packaged = packaged
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, x)
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        grad_x = ctx.packaged.backward_runner(*ctx.saved_tensors, grad.contiguous())[0]
-        return (None, grad_x, *([None] * len(ctx.packaged.weight_names)))
+        packaged: PackagedDifferentiable = ctx.packaged
+        *saved, x = ctx.saved_tensors
+        try:
+            grad_x = packaged.backward_runner(*saved, grad.contiguous())[0]
+        except Exception as exc:
+            packaged.fail(exc)
+            with torch.enable_grad():
+                sample = x.detach().requires_grad_(True)
+                grad_x = torch.autograd.grad(packaged.module(sample), sample, grad)[0]
+        return (None, grad_x, *([None] * len(packaged.weight_names)))
 
 
 class PackagedDifferentiable(AheadOfTime):

@@ -268,6 +268,14 @@ def test_a_differentiable_call_is_packaged_with_its_backward_and_loaded_without_
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert warm.forward_runner is not None and not warm.failed
 
+    def broken_backward(*args):
+        raise RuntimeError("no backward here")
+
+    warm.backward_runner = broken_backward  # a failure inside autograd's backward: the module's own gradient
+    for got, want in zip(output_and_input_gradient(warm, x, weight), output_and_input_gradient(second, x, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert warm.failed and warm.forward_runner is None
+
 
 def test_a_differentiable_call_without_packages_or_with_a_failing_compiler_runs_eagerly(
         monkeypatch, caplog) -> None:
