@@ -1,7 +1,7 @@
-"""torch.compile of the frozen diffusion networks of score distillation (`--compile auto|on|off`).
+"""Compiling the frozen diffusion networks of score distillation (`--compile auto|on|off`).
 
-Compiling the UNet call and the VAE encoder fuses their many small kernels, but the first compilation adds about
-a minute (63 s on an H100 with 16 cores, README "Performance"): a default run of 5000 iterations earns it back only
+Compiling the UNet call and the VAE encoder fuses their many small kernels, but the first compilation adds one to a
+few minutes (63 s with torch.compile on an H100 with 16 cores, 128 s for the UNet's package; README "Performance"): a default run of 5000 iterations earns it back only
 after about 3400 of them, and a host with fewer cores compiles slower. Inductor keeps what it compiled in a
 persistent per-user cache (`cache_dir`), so later runs of the same model, card and shapes load the compiled code
 instead of compiling it again.
