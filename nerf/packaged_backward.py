@@ -6,7 +6,7 @@ kernels as Python modules, seconds of a run's first iteration even when everythi
 splits the call once into a forward graph (the output and the tensors its backward needs) and a backward graph (the
 input's gradient); each is compiled by AOTInductor into a package like `nerf.compilation.Packaged`'s, and later
 processes load the two packages and join them in an autograd function, without tracing anything. The weights are
-the graphs' inputs, passed at every call from the live module, so the packages hold no weights.
+the graphs' inputs, passed at every call (the live module's tensors), so the packages hold no weights.
 """
 
 from __future__ import annotations
@@ -59,12 +59,9 @@ class PackagedDifferentiable(AheadOfTime):
 
     def __init__(self, module: torch.nn.Module, name: str, mode: str, identity: dict[str, Any]) -> None:
         super().__init__(module, name, mode, identity)
-        self.weight_names = [name for name, _ in module.named_parameters()] + [
-            name for name, _ in module.named_buffers()]
-
-    def weights(self) -> list[Tensor]:
-        state = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
-        return [state[name] for name in self.weight_names]
+        # the frozen weights, looked up once: the graphs' inputs after `x`, passed at every call
+        named = dict(module.named_parameters()) | dict(module.named_buffers())
+        self.weight_names, self.weights = list(named), list(named.values())
 
     def _functional(self, x: Tensor, *weights: Tensor) -> Tensor:
         return torch.func.functional_call(self.module, dict(zip(self.weight_names, weights)), (x,))
@@ -76,7 +73,7 @@ class PackagedDifferentiable(AheadOfTime):
         self.forward_runner = self.backward_runner = None
 
     def _run(self, args: tuple) -> Tensor:
-        return _Joined.apply(self, args[0].contiguous(), *self.weights())
+        return _Joined.apply(self, args[0].contiguous(), *self.weights)
 
     def _decide(self, args: tuple) -> None:
         package = self.package(args)
@@ -107,7 +104,7 @@ class PackagedDifferentiable(AheadOfTime):
                               partition_fn=min_cut_rematerialization_partition)
         with torch.enable_grad():
             sample = x.detach().contiguous().requires_grad_(True)
-            output = traced(sample, *self.weights())
+            output = traced(sample, *self.weights)
             torch.autograd.grad(output, sample, torch.zeros_like(output))
         return graphs
 
@@ -126,7 +123,7 @@ class PackagedDifferentiable(AheadOfTime):
                 torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
 
         def forward_then_backward(forward_tmp: Path) -> None:
-            examples = (x.detach().contiguous(), *self.weights())
+            examples = (x.detach().contiguous(), *self.weights)
             compile_graph(graphs["forward"], examples, forward_tmp)
             with torch.no_grad():
                 output, *saved = load_package(forward_tmp)(*examples)

@@ -447,7 +447,8 @@ def full_run(model: Path, embeds: Path, workdir: Path, args: argparse.Namespace)
     # depends on the disk, so both are reported apart
     default_run = wall - phases.get("load_s", 0.0) - phases.get("mesh_s", 0.0)
     return {"variant": "full run (main.main)", "exit_code": code, "wall_s": wall, "iters": iters,
-            "default_run_s": default_run, **phases, "loop_s": loop_s, "training_loop_ms_per_iter": 1000 * loop_s / max(iters, 1),
+            "default_run_s": default_run, **phases, "loop_s": loop_s,
+            "training_loop_ms_per_iter": 1000 * loop_s / max(iters, 1),
             "windows": windows, "iterations": clock.iteration_split()}
 
 
