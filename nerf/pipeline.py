@@ -136,9 +136,12 @@ def place_copies(stage: Stage) -> None:
 
 
 def run(stage: Stage, **subprocess_options: Any) -> subprocess.CompletedProcess:
-    """Put the stage's copies in place and run its command from the repository root."""
+    """Put the stage's copies in place and run its command.
+
+    Stages run in the caller's working directory, like its own file checks (`complete`, `place_copies`): a
+    relative path in a stage means the same file to both (the suite's default workspace is relative)."""
     place_copies(stage)
-    return subprocess.run(stage.argv, cwd=REPO, **subprocess_options)
+    return subprocess.run(stage.argv, **subprocess_options)
 
 
 class Interrupted(Exception):
@@ -156,7 +159,7 @@ def run_shown(stage: Stage) -> tuple[int, str]:
     it on and waits: the stage saves and exits in its own time (killing it would lose its work and leave its
     workspace lock behind). Raises `Interrupted` once it has exited."""
     place_copies(stage)
-    child = subprocess.Popen(stage.argv, cwd=REPO, stderr=subprocess.PIPE, process_group=0)
+    child = subprocess.Popen(stage.argv, stderr=subprocess.PIPE, process_group=0)  # in the caller's directory, as `run`
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tail, interrupted = "", False
     with child:

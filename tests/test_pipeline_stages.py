@@ -3,6 +3,7 @@ learned-token runs plan the same commands for the same input (no subprocess runs
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,6 +102,24 @@ def test_each_stage_knows_when_it_is_complete(tmp_path: Path, model: str) -> Non
     assert nerf.complete() and nerf.output.name == LATEST
     assert pipeline.pick_initializer(rgba).complete()  # token_autoinit.txt is there
     assert not pipeline.export_mesh(tmp_path / "nerf").complete()
+
+
+@pytest.mark.parametrize("runner", ["ensure", "run"])
+def test_a_stage_with_relative_paths_runs_where_its_caller_runs(tmp_path: Path, monkeypatch, runner: str) -> None:
+    """A relative path means the same file to the caller (its copies, its completion check) and to the stage's
+    command: the suite's default workspace is relative, and its token stage once looked for its copied input
+    photo under the repository instead."""
+    monkeypatch.chdir(tmp_path)
+    write_input(Path("input"))
+    copy_then_write = ("import pathlib, shutil, sys; source, target = map(pathlib.Path, sys.argv[1:]); "
+                       "shutil.copyfile(source, target) if source.is_file() else sys.exit(3)")
+    stage = pipeline.Stage("copy", (sys.executable, "-c", copy_then_write), ("work/data/rgba.png", "work/out.png"),
+                           Path("work/out.png"), copies=((Path("input/rgba.png"), Path("work/data/rgba.png")),))
+    if runner == "ensure":
+        assert pipeline.ensure(stage) == Path("work/out.png")
+    else:
+        assert pipeline.run(stage).returncode == 0
+    assert (tmp_path / "work" / "out.png").read_bytes() == (tmp_path / "input" / "rgba.png").read_bytes()
 
 
 def test_a_missing_initializer_word_and_bad_step_counts_are_user_errors(tmp_path: Path, model: str) -> None:
