@@ -1,9 +1,9 @@
 """Compiling the frozen diffusion networks of score distillation (`--compile auto|on|off`).
 
 Compiling the UNet call and the VAE encoder fuses their many small kernels, but the first compilation adds one to a
-few minutes (63 s with torch.compile on an H100 with 16 cores, 128 s for the UNet's package; README "Performance"):
-a default run of 5000 iterations earns it back only after about 3400 of them, and a host with fewer cores compiles
-slower. Inductor keeps what it compiled in a persistent per-user cache (`cache_dir`), so later runs of the same
+few minutes (on an H100 with 16 cores: 63 s under torch.compile, a 220.7 s warm-up for the UNet's and the
+VAE encoder's packages; README "Performance"): more than a default run of 5000 iterations earns back, and a host
+with fewer cores compiles slower. Inductor keeps what it compiled in a persistent per-user cache (`cache_dir`), so later runs of the same
 model, card and shapes load the compiled code instead of compiling it again.
 
 The one rule of ``auto`` (`resolve`): compile only on CUDA, only when the run is at least `AUTO_MIN_ITERS`

@@ -159,7 +159,7 @@ def run_shown(stage: Stage) -> tuple[int, str]:
     it on and waits: the stage saves and exits in its own time (killing it would lose its work and leave its
     workspace lock behind). Raises `Interrupted` once it has exited."""
     place_copies(stage)
-    child = subprocess.Popen(stage.argv, stderr=subprocess.PIPE, process_group=0)  # in the caller's directory, as `run`
+    child = subprocess.Popen(stage.argv, stderr=subprocess.PIPE, process_group=0)  # in the caller's directory
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tail, interrupted = "", False
     with child:
