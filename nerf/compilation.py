@@ -3,8 +3,8 @@
 Compiling the UNet call and the VAE encoder fuses their many small kernels, but the first compilation adds one to a
 few minutes (on an H100 with 16 cores: 63 s under torch.compile, a 220.7 s warm-up for the UNet's and the
 VAE encoder's packages; README "Performance"): more than a default run of 5000 iterations earns back, and a host
-with fewer cores compiles slower. Inductor keeps what it compiled in a persistent per-user cache (`cache_dir`), so later runs of the same
-model, card and shapes load the compiled code instead of compiling it again.
+with fewer cores compiles slower. Inductor keeps what it compiled in a persistent per-user cache (`cache_dir`), so
+later runs of the same model, card and shapes load the compiled code instead of compiling it again.
 
 The one rule of ``auto`` (`resolve`): compile only on CUDA, only when the run is at least `AUTO_MIN_ITERS`
 iterations long, and only a function whose compiled code for this model, card, torch and input shapes is
