@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from nerf.errors import UserError
 from nerf.fileio import write_atomic, write_text_atomic
+from nerf.gltf import textured_mesh_glb
 
 DensityFn = Callable[[Tensor], Tensor]
 AlbedoFn = Callable[[Tensor], Tensor]
@@ -223,30 +224,28 @@ def dilate(texture: np.ndarray, covered: np.ndarray, pixels: int) -> np.ndarray:
     return out
 
 
+def _rows(row_format: str, values: np.ndarray) -> str:
+    """Every row of `values` through `row_format` in one %-formatting call (np.savetxt formats row by row in Python,
+    several times slower for a 50,000-face mesh)."""
+    return (row_format * len(values)) % tuple(values.ravel().tolist())
+
+
 def obj_text(vertices: np.ndarray, uv: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray) -> str:
     """OBJ with welded positions (watertight topology) and separate texture coordinates (v up)."""
-    lines = ["mtllib mesh.mtl", "usemtl mat0"]
-    buffer = io.StringIO()
-    np.savetxt(buffer, vertices, fmt="v %.6f %.6f %.6f")
-    np.savetxt(buffer, np.stack([uv[:, 0], 1 - uv[:, 1]], -1), fmt="vt %.6f %.6f")
     corners = np.stack([faces + 1, uv_faces + 1], -1).reshape(-1, 6)
-    np.savetxt(buffer, corners, fmt="f %d/%d %d/%d %d/%d")
-    return "\n".join(lines) + "\n" + buffer.getvalue()
+    return "".join(["mtllib mesh.mtl\nusemtl mat0\n", _rows("v %.6f %.6f %.6f\n", vertices),
+                    _rows("vt %.6f %.6f\n", np.stack([uv[:, 0], 1 - uv[:, 1]], -1)),
+                    _rows("f %d/%d %d/%d %d/%d\n", corners)])
 
 
 MTL_TEXT = "newmtl mat0\nKa 1.0 1.0 1.0\nKd 1.0 1.0 1.0\nKs 0.0 0.0 0.0\nillum 1\nmap_Kd albedo.png\n"
+PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a baked 1024^2 albedo in 0.04 s instead of 0.13 s, the file 29 % larger
 
 
-def glb_writer(vertices: np.ndarray, uv: np.ndarray, faces: np.ndarray, texture: np.ndarray) -> Callable[[Path], None]:
-    """A writer for a binary glTF with the albedo as a non-metallic base-colour texture."""
-    import trimesh
-    from trimesh.visual import TextureVisuals
-    from trimesh.visual.material import PBRMaterial
-
-    material = PBRMaterial(baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=1.0)
-    visual = TextureVisuals(uv=np.stack([uv[:, 0], 1 - uv[:, 1]], -1), material=material)
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, visual=visual, process=False)
-    return lambda path: mesh.export(path, file_type="glb")
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
 
 def export_mesh(
@@ -276,10 +275,12 @@ def export_mesh(
         raise UserError("the extracted surface has no triangles; lower the mesh threshold or raise the resolution")
     vertex_of_uv, uv_faces, uv = unwrap(vertices, faces, texture_size)
     texture = bake_albedo(albedo_fn, vertices[vertex_of_uv], uv_faces, uv, texture_size, chunk, device)
+    png = png_bytes(texture)  # encoded once: the GLB embeds the same bytes
     paths = {
-        "albedo": write_atomic(out_dir / "albedo.png", lambda p: Image.fromarray(texture).save(p, format="PNG")),
+        "albedo": write_atomic(out_dir / "albedo.png", lambda p: p.write_bytes(png)),
         "mtl": write_text_atomic(out_dir / "mesh.mtl", MTL_TEXT),
         "obj": write_text_atomic(out_dir / "mesh.obj", obj_text(vertices, uv, vertex_of_uv[uv_faces], uv_faces)),
-        "glb": write_atomic(out_dir / "mesh.glb", glb_writer(vertices[vertex_of_uv], uv, uv_faces, texture)),
+        "glb": write_atomic(out_dir / "mesh.glb",
+                            lambda p: p.write_bytes(textured_mesh_glb(vertices[vertex_of_uv], uv, uv_faces, png))),
     }
     return paths
