@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="captions the toy_ti token is learned in: object (the original's templates) or "
                             "reconstruction (main.py's prompt at the input view)")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
+    suite.add_argument("--retrain", action="store_true",
+                       help="train every run again, also one the work folder holds finished with the same arguments "
+                            "and inputs (by default such a run is only evaluated again)")
     suite.add_argument("--jobs", type=int, default=1,
                        help="runs in parallel worker processes (several share one GPU well; on a CPU, one per core)")
     return parser.parse_args(argv)
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.instances < 1:
             raise UserError(f"--instances must be >= 1, got {args.instances}.")
         result = run_suite(args.work_dir, args.size, device, args.scenes, seeds, args.oracle_strength,
-                           args.jobs, prior, modes, shlex.split(args.main_args), instances=args.instances)
+                           args.jobs, prior, modes, shlex.split(args.main_args), instances=args.instances,
+                           retrain=args.retrain)
         print_notices([row["report"] for row in result["rows"]])
         print(f"\nsynthetic suite, size {args.size}, {result['settings']['card']}\n{result['table']}")
         print(f"\nmeans per family and mode\n{result['summary']}")

@@ -128,8 +128,14 @@ def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: s
     """Train from scratch on SCENE/rgba.png into `workspace` (checkpoint + options.json, as main.py writes)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scene_dir, workspace = Path(scene_dir), Path(workspace)
-    opt = parse(reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
-                                    cuda=device.type == "cuda", prior=prior))
+    train(scene_dir, reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
+                                         cuda=device.type == "cuda", prior=prior), device)
+    return workspace
+
+
+def train(scene_dir: Path, args: Sequence[str], device: torch.device) -> None:
+    """One main.py training run in this process, from its command line (`reconstruction_args`)."""
+    opt = parse(list(args))
     _, conventions = load_scene(scene_dir)
     data = opt.data
     if (conventions.pose_angle, conventions.radius, conventions.fovy) != (data.pose_angle, data.orbit_radius,
@@ -137,4 +143,3 @@ def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: s
         log.warning("scene %s was rendered with other camera conventions than the options use", scene_dir)
     with open_run(opt, device=device) as run:
         run.trainer.train()
-    return workspace

@@ -32,8 +32,10 @@ from nerf import pipeline, workspace_lock
 from nerf.errors import UserError
 from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
+from nerf.checkpoint import LATEST
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_LAMBDA_MASK, TOY_PRIOR_WEIGHT,
-                                         ZERO123_MODES, PriorRun, Zero123Run, reconstruct)
+                                         ZERO123_MODES, PriorRun, Zero123Run, reconstruction_args, train)
+from nerf.option_checks import parse
 from nerf.evaluation.report import format_table, lookup
 from nerf.scenes.files import Conventions, write_scene
 from nerf.scenes.procedural import FAMILIES, make_scene
@@ -82,6 +84,7 @@ class SuiteTask:
     oracle_strength: float
     prior: TrainedPrior | None = None
     extra_args: tuple[str, ...] = ()  # more main.py flags for every run
+    retrain: bool = False  # train even when the workspace holds this run, finished (`finished_run`)
 
 
 @dataclass(frozen=True)
@@ -165,18 +168,52 @@ def task_args(task: SuiteTask) -> tuple[str, ...]:
     return (*objective, *task.extra_args)
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")  # weights, configs, tokenizer files
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a model folder that decide what it computes (not its card or a hidden training cache)."""
+    return sorted(path for path in Path(folder).rglob("*")
+                  if path.is_file() and path.suffix in MODEL_FILE_SUFFIXES
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
+def finished_run(scene_dir: Path, workspace: Path, args: Sequence[str], prior: PriorRun | None) -> pipeline.Stage:
+    """A suite run as the pipeline's NeRF stage: complete when its checkpoint holds every iteration and its record
+    says it was trained with these arguments from these files (the input view, the learned token, the priors'
+    weights). A suite run again in its folder evaluates such runs instead of training them again, so an interrupted
+    suite, or one given more modes, seeds or instances, trains only what is missing."""
+    inputs = [scene_dir / "rgba.png"]
+    if prior is not None:
+        inputs += [prior.learned_embeds] if prior.learned_embeds is not None else []
+        inputs += [file for model in (prior.model, prior.zero123.model if prior.zero123 else None)
+                   if model is not None for file in model_files(Path(model))]
+    return pipeline.Stage("nerf", pipeline.script("main.py"), tuple(args), workspace / "checkpoints" / LATEST,
+                          min_steps=parse(list(args)).train.iters, inputs=tuple(inputs))
+
+
 def run_task(task: SuiteTask) -> dict:
     device, spec = torch.device(task.device), SUITE_SIZES[task.size]
     start = time.time()
     scene_key = task.scene.replace("-", ":")
     prior = task.prior.run(task, scene_key) if task.mode in PRIOR_MODES and task.prior is not None else None
-    workspace = reconstruct(task.scene_dir, task.workspace, task.mode, spec.train, device, task.seed,
-                            task.oracle_strength, extra_args=task_args(task), prior=prior)
+    args = reconstruction_args(task.scene_dir, task.workspace, task.mode, spec.train, task.seed, task.oracle_strength,
+                               task_args(task), cuda=device.type == "cuda", prior=prior)
+    stage = finished_run(task.scene_dir, task.workspace, args, prior)
+    reused = not task.retrain and stage.record.is_file() and stage.complete()  # no record: trained by an older suite
+    if reused:
+        log.info("%s %s seed %d: %s holds this run, finished; evaluating it (--retrain trains it again)",
+                 task.scene, task.mode, task.seed, task.workspace)
+    else:
+        train(task.scene_dir, args, device)
+        stage.write_record()
     seconds = time.time() - start
-    report = evaluate_workspace(workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
+    report = evaluate_workspace(task.workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",
                                 settings=spec.evaluation, device=device)
     log.info("%s %s: F@2%% %s in %.0f s", task.scene, task.mode, lookup(report, ("geometry", "fscore", "2%")), seconds)
-    return {"scene": task.scene, "mode": task.mode, "seed": task.seed, "train_seconds": seconds, "report": report}
+    row = {"scene": task.scene, "mode": task.mode, "seed": task.seed, "report": report,
+           "train_seconds": None if reused else seconds}
+    return {**row, "reused": True} if reused else row
 
 
 @contextlib.contextmanager
@@ -205,7 +242,8 @@ def _quiet_worker() -> None:
 def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device | None = None,
               families: Sequence[str] = FAMILIES, seeds: Sequence[int] = (0,),
               oracle_strength: float = DEFAULT_STRENGTH, jobs: int = 1, prior: TrainedPrior | None = None,
-              modes: Sequence[str] = MODES, extra_args: Sequence[str] = (), instances: int = 2) -> dict:
+              modes: Sequence[str] = MODES, extra_args: Sequence[str] = (), instances: int = 2,
+              retrain: bool = False) -> dict:
     """Make every scene, train every mode on it at every seed, evaluate; returns {settings, rows, table, summary}.
 
     The scenes: without a prior, each family's instance of the first seed; with a trained `prior`, the first
@@ -215,17 +253,19 @@ def run_suite(work_dir: str | Path, size: str = "reduced", device: torch.device 
 
     With jobs > 1 the runs go to that many worker processes. A reconstruction is bound by kernel launches and
     Python, not by the GPU's arithmetic, so several share one GPU well (on a CPU, give one job per core).
+    A run that the folder already holds, finished with the same arguments and inputs, is evaluated, not trained
+    again, unless `retrain` (`finished_run`).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock.held(work_dir, flag="--work_dir"):  # one suite per folder: its runs share the scenes
         return _run_suite(work_dir, size, device, families, seeds, oracle_strength, jobs, prior, modes, extra_args,
-                          instances)
+                          instances, retrain)
 
 
 def _run_suite(work_dir: Path, size: str, device: torch.device | None, families: Sequence[str],
                seeds: Sequence[int], oracle_strength: float, jobs: int, prior: TrainedPrior | None,
-               modes: Sequence[str], extra_args: Sequence[str], instances: int) -> dict:
+               modes: Sequence[str], extra_args: Sequence[str], instances: int, retrain: bool) -> dict:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = SUITE_SIZES[size]
     conventions = Conventions.from_options(Options())
@@ -236,7 +276,7 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
         scene_dir = write_scene(make_scene(family, scene_seed), work_dir / "scenes" / name, conventions,
                                 spec.input_size, spec.view_size, spec.views, spec.gt_mesh_resolution)
         tasks += [SuiteTask(name, scene_dir, work_dir / "runs" / name / run_name(mode, seed, seeds), mode, size,
-                            str(device), seed, oracle_strength, prior, tuple(extra_args))
+                            str(device), seed, oracle_strength, prior, tuple(extra_args), retrain)
                   for seed in seeds for mode in modes]
     token_tasks = list({token_folder(t): t for t in tasks if t.mode == "toy_ti"}.values())
     finished = work_dir / "rows.jsonl"  # each run's row as it ends: an interrupted suite keeps the finished runs
@@ -264,7 +304,7 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
     settings = {"size": size, "device": str(device), "card": card, "seeds": list(seeds),
                 "scenes": [f"{family}:{seed}" for family, seed in scenes], "oracle_strength": oracle_strength,
                 "jobs": jobs, "torch": torch.__version__, "modes": list(modes),
-                "main_args": list(extra_args)}
+                "main_args": list(extra_args), "retrain": retrain}
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
                              "lambda_prior": prior.lambda_prior, "lambda_mask": prior.lambda_mask,
@@ -299,7 +339,8 @@ def run_name(mode: str, seed: int, seeds: Sequence[int]) -> str:
 def suite_table(rows: Sequence[dict]) -> str:
     header = ["scene", "mode", "seed", *(name for name, _ in SUITE_COLUMNS), "train s"]
     body = [[row["scene"], row["mode"], row.get("seed", "-"),
-             *(lookup(row["report"], path) for _, path in SUITE_COLUMNS), f"{row['train_seconds']:.0f}"]
+             *(lookup(row["report"], path) for _, path in SUITE_COLUMNS),
+             "reused" if row.get("reused") else f"{row['train_seconds']:.0f}"]
             for row in rows]
     return format_table(header, body)
 
