@@ -1,5 +1,6 @@
-"""A suite run again in its folder: finished runs are evaluated, not trained again, unless anything that made them
-changed (an argument, the input, the learned token, the prior's weights) or --retrain is given."""
+"""How the suite runs its tasks. Run again in its folder, it evaluates finished runs without training them again,
+unless anything that made them changed (an argument, the input, the learned token, the prior's weights) or --retrain
+is given; its worker processes, and the stages they start, use one thread each."""
 
 from __future__ import annotations
 
@@ -59,3 +60,22 @@ def test_a_finished_run_is_complete_only_with_its_record_iterations_and_inputs(t
     (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
     save_checkpoint(workspace / "checkpoints" / "latest.pth", {"global_step": 4})  # interrupted before the end
     assert not stage().complete()
+
+
+def test_a_worker_and_the_stages_it_starts_use_one_thread(monkeypatch) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    from nerf.evaluation.suite import _quiet_worker
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # restored after the test, as are the threads and the log level
+    threads, level = torch.get_num_threads(), logging.getLogger("realfusion").level
+    try:
+        _quiet_worker()
+        child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                               capture_output=True, text=True, timeout=120)
+        assert torch.get_num_threads() == 1 and child.stdout.strip() == "1"
+    finally:
+        torch.set_num_threads(threads)
+        logging.getLogger("realfusion").setLevel(level)
