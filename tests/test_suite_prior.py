@@ -48,6 +48,21 @@ def test_the_prior_s_words_come_from_its_objects_json(tmp_path):
         prior.run(task, "thin:0")
 
 
+def test_word_runs_and_token_runs_each_guide_at_their_own_scale(tmp_path, monkeypatch):
+    from nerf import pipeline
+    from nerf.cli.evaluate import parse_args
+    from nerf.evaluation.reconstruct import TOY_GUIDANCE_SCALE, TOY_TI_GUIDANCE_SCALE
+
+    (tmp_path / "objects.json").write_text(json.dumps({"union:0": "robot"}))
+    monkeypatch.setattr(pipeline, "ensure", lambda stage: tmp_path / "learned_embeds.bin")  # no token is learned
+    prior = TrainedPrior.load(tmp_path, guidance_scale=20.0, ti_guidance_scale=7.5)
+    runs = {mode: prior.run(SuiteTask("union-0", tmp_path, tmp_path / "ws", mode, "reduced", "cpu", 0, 1.0, prior),
+                            "union:0") for mode in ("toy", "toy_ti")}
+    assert runs["toy"].guidance_scale == 20.0 and runs["toy_ti"].guidance_scale == 7.5
+    defaults = parse_args(["--suite", "synthetic", "--guidance", "toy"])
+    assert (defaults.guidance_scale, defaults.ti_guidance_scale) == (TOY_GUIDANCE_SCALE, TOY_TI_GUIDANCE_SCALE)
+
+
 def test_textual_inversion_stage_learns_a_token_at_the_model_resolution(tiny_sd_dir, tmp_path):
     assert training_resolution(str(tiny_sd_dir)) == 16 and training_resolution("org/hub-model") == 512
     image = shaded_sphere_rgba(tmp_path / "rgba.png", size=32)

@@ -32,6 +32,7 @@ from nerf.evaluation.perceptual import DEFAULT_CLIP_MODEL
 from nerf.evaluation.report import comparison_table, write_json
 from nerf.scenes.procedural import FAMILIES
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT,
+                                         TOY_TI_GUIDANCE_SCALE,
                                          TOY_ZERO123_GUIDANCE_SCALE, TOY_ZERO123_WEIGHT, ZERO123_MODES, Zero123Run)
 from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite
 from nerf.guidance.zero123_model import check_folder
@@ -76,7 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suite.add_argument("--toy_prior", type=Path, default=REPO / "examples" / "toy-prior",
                        help="a prior written by scripts/train-toy-prior.py")
     suite.add_argument("--guidance_scale", type=float, default=TOY_GUIDANCE_SCALE,
-                       help="of the toy prior's runs (default %(default)s, measured for a 64-pixel prior)")
+                       help="of the toy prior's class-word runs, toy and joint (default %(default)s, measured for a "
+                            "64-pixel prior)")
+    suite.add_argument("--ti_guidance_scale", type=float, default=TOY_TI_GUIDANCE_SCALE,
+                       help="of the toy prior's learned-token runs, toy_ti (default %(default)s: strong guidance "
+                            "replaces the instance a token carries by its class; measured, README)")
     suite.add_argument("--toy_lambda_prior", type=float, default=TOY_PRIOR_WEIGHT,
                        help="SDS weight of the toy prior's runs (default 2^-12, measured for a 64-pixel prior)")
     suite.add_argument("--toy_zero123", type=Path, default=None,
@@ -135,6 +140,7 @@ def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str
             raise UserError(f"--toy_zero123: {exc}") from None
         zero123 = Zero123Run(args.toy_zero123, args.toy_zero123_guidance_scale, args.toy_lambda_zero123)
     return TrainedPrior.load(args.toy_prior, zero123=zero123, guidance_scale=args.guidance_scale,
+                             ti_guidance_scale=args.ti_guidance_scale,
                              lambda_prior=args.toy_lambda_prior, ti_steps=args.ti_steps,
                              ti_initializer=args.ti_initializer, ti_templates=args.ti_templates), modes
 

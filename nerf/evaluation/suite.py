@@ -34,7 +34,7 @@ from nerf.evaluation.evaluate import EvaluationSettings, evaluate_workspace
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.checkpoint import LATEST
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_LAMBDA_MASK, TOY_PRIOR_WEIGHT,
-                                         ZERO123_MODES, PriorRun, Zero123Run, reconstruction_args, train)
+                                         TOY_TI_GUIDANCE_SCALE, ZERO123_MODES, PriorRun, Zero123Run, reconstruction_args, train)
 from nerf.option_checks import parse
 from nerf.evaluation.report import format_table, lookup
 from nerf.scenes.files import Conventions, write_scene
@@ -95,7 +95,8 @@ class TrainedPrior:
     model: Path
     words: dict[str, str]  # "family:seed" -> the word of a training instance
     held_out: dict[str, str] = field(default_factory=dict)  # "family:seed" -> the word of a held-out instance
-    guidance_scale: float = TOY_GUIDANCE_SCALE
+    guidance_scale: float = TOY_GUIDANCE_SCALE  # of the class word's runs (toy, joint)
+    ti_guidance_scale: float = TOY_TI_GUIDANCE_SCALE  # of the learned token's (toy_ti; reconstruct.py says why)
     lambda_prior: float = TOY_PRIOR_WEIGHT
     ti_steps: int = 500
     ti_initializer: str = "dog"  # an unrelated word: the token has to be learned from the image
@@ -146,7 +147,7 @@ class TrainedPrior:
             return PriorRun(self.model, self.guidance_scale, word=word, lambda_prior=self.lambda_prior,
                             zero123=self.zero123 if task.mode == "joint" else None)
         embeds = pipeline.ensure(self.token_stage(task))
-        return PriorRun(self.model, self.guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
+        return PriorRun(self.model, self.ti_guidance_scale, learned_embeds=embeds, lambda_prior=self.lambda_prior)
 
 
 def token_folder(task: SuiteTask) -> Path:
@@ -310,6 +311,7 @@ def _run_suite(work_dir: Path, size: str, device: torch.device | None, families:
                 "main_args": list(extra_args), "retrain": retrain}
     if prior is not None:
         settings["prior"] = {"model": str(prior.model), "guidance_scale": prior.guidance_scale,
+                             "ti_guidance_scale": prior.ti_guidance_scale,
                              "lambda_prior": prior.lambda_prior, "lambda_mask": prior.lambda_mask,
                              "ti_steps": prior.ti_steps, "ti_initializer": prior.ti_initializer,
                              "ti_templates": prior.ti_templates}
