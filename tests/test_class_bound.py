@@ -8,8 +8,9 @@ from dataclasses import replace
 
 from nerf.evaluation.image_metrics import PSNR_CAP
 from nerf.evaluation.suite import SUITE_SIZES
-from nerf.toy_models.check import main as check_main
-from nerf.toy_models.class_bound import class_bound, ground_truth, score_as_reconstruction
+from nerf.cli.evaluate import main as evaluate_main
+from nerf.evaluation.class_bound import class_bound, ground_truth, score_as_reconstruction
+from nerf.evaluation.suite import TrainedPrior
 
 SMALL = replace(SUITE_SIZES["reduced"], view_size=16, views=4, gt_mesh_resolution=48)  # the suite's metrics
 
@@ -22,19 +23,26 @@ def test_an_instance_scored_as_its_own_reconstruction_is_perfect() -> None:
     assert len(score["per_view_psnr"]) == SMALL.views - 1  # view 0 is the input camera, not a novel view
 
 
-def test_a_class_tells_more_about_its_held_out_instance_than_another_class_does() -> None:
-    words = {"union:1": "robot", "union:2": "robot", "thin:1": "chair", "thin:2": "chair"}
-    own = class_bound(words, {"union:100": "robot"}, SMALL)["union:100"]
-    other = class_bound(words, {"union:100": "chair"}, SMALL)["union:100"]  # scored against the chairs instead
-    assert own["instances"] == other["instances"] == 2 and own["word"] == "robot"
-    assert own["mean"]["f_score_2"] > other["mean"]["f_score_2"] + 0.1
-    assert own["mean"]["novel_iou"] > other["mean"]["novel_iou"]
-    assert own["best"]["f_score_2"] >= own["mean"]["f_score_2"] and own["best"]["chamfer_l1"] <= own["mean"]["chamfer_l1"]
+def test_a_class_tells_more_about_its_held_out_instance_than_another_class_does(tmp_path) -> None:
+    def prior(held_out_word: str) -> TrainedPrior:
+        return TrainedPrior(tmp_path, {"union:1": "robot", "union:2": "robot", "thin:1": "chair", "thin:2": "chair"},
+                            {"union:100": held_out_word})
+
+    own = class_bound(prior("robot"), SMALL, ["union"], 1)
+    other = class_bound(prior("chair"), SMALL, ["union"], 1)  # the robot scored against the chairs instead
+    mine, theirs = own["per_instance"]["union:100"], other["per_instance"]["union:100"]
+    assert mine["instances"] == theirs["instances"] == 2 and mine["word"] == "robot"
+    assert mine["mean"]["f_score_2"] > theirs["mean"]["f_score_2"] + 0.1
+    assert mine["mean"]["novel_iou"] > theirs["mean"]["novel_iou"]
+    assert mine["best"]["f_score_2"] >= mine["mean"]["f_score_2"]
+    assert mine["best"]["chamfer_l1"] <= mine["mean"]["chamfer_l1"]
+    assert own["per_family"]["union"]["mean"] == mine["mean"]  # one instance: the family's mean is its own
 
 
 def test_a_world_without_held_out_instances_is_a_one_line_error(tmp_path, capsys) -> None:
     (tmp_path / "objects.json").write_text(json.dumps({"union:0": "robot"}))
-    assert check_main([str(tmp_path), "--class_bound", "--out", str(tmp_path / "out")]) == 2
+    out = tmp_path / "class_bound.json"
+    code = evaluate_main(["--suite", "synthetic", "--guidance", "toy", "--toy_prior", str(tmp_path), "--class_bound",
+                          "--out", str(out)])
     error = capsys.readouterr().err.strip()
-    assert "held-out" in error and len(error.splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert code == 2 and "held-out" in error and len(error.splitlines()) == 1 and not out.exists()

@@ -3,6 +3,7 @@
     python scripts/evaluate.py WORKSPACE [--gt_mesh MESH] [--gt_views DIR] [--out report.json]
     python scripts/evaluate.py --compare WS_A WS_B ... [--gt_mesh MESH] [--gt_views DIR] [--out compare.json]
     python scripts/evaluate.py --suite synthetic [--device cuda] [--size reduced|default] [--out suite.json]
+    python scripts/evaluate.py --suite synthetic --guidance toy --toy_prior PRIOR --class_bound [--out FILE]
 
 A workspace is the --workspace folder of a main.py run (options.json + checkpoints/latest.pth); it is rendered
 with its averaged (EMA) weights. The input view is compared with the run's --image_path (or --image_path here).
@@ -34,6 +35,7 @@ from nerf.scenes.procedural import FAMILIES
 from nerf.evaluation.reconstruct import (MODES, PRIOR_MODES, TOY_GUIDANCE_SCALE, TOY_PRIOR_WEIGHT,
                                          TOY_TI_GUIDANCE_SCALE,
                                          TOY_ZERO123_GUIDANCE_SCALE, TOY_ZERO123_WEIGHT, ZERO123_MODES, Zero123Run)
+from nerf.evaluation.class_bound import class_bound
 from nerf.evaluation.suite import SUITE_SIZES, TrainedPrior, run_suite
 from nerf.guidance.zero123_model import check_folder
 
@@ -98,6 +100,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="captions the toy_ti token is learned in: object (the original's templates) or "
                             "reconstruction (main.py's prompt at the input view)")
     suite.add_argument("--main_args", default="", help="more main.py flags for every run, e.g. '--legacy sds_unscaled'")
+    suite.add_argument("--class_bound", action="store_true",
+                       help="with --guidance toy: train nothing; score every training instance of a class as the "
+                            "reconstruction of the suite's held-out instances of that class, with the suite's "
+                            "metrics: what a prior that imagines the class can reach (default --out class_bound.json)")
     suite.add_argument("--retrain", action="store_true",
                        help="train every run again, also one the work folder holds finished with the same arguments "
                             "and inputs (by default such a run is only evaluated again)")
@@ -145,6 +151,21 @@ def suite_prior(args: argparse.Namespace) -> tuple[TrainedPrior | None, list[str
                              ti_initializer=args.ti_initializer, ti_templates=args.ti_templates), modes
 
 
+def class_bound_report(args: argparse.Namespace) -> dict:
+    """`nerf.evaluation.class_bound` over the suite's held-out instances, printed per instance and per family."""
+    if args.guidance != "toy":
+        raise UserError("--class_bound needs --guidance toy (and --toy_prior): it scores a trained prior's classes.")
+    prior = TrainedPrior.load(args.toy_prior)
+    result = class_bound(prior, SUITE_SIZES[args.size], args.scenes, args.instances)
+    for key, row in result["per_instance"].items():
+        print(f"{key} ({row['word']}, mean of {row['instances']}): " +
+              ", ".join(f"{name} {value:.3f}" for name, value in row["mean"].items()))
+    for family, row in result["per_family"].items():
+        print(f"{family}: mean " + ", ".join(f"{name} {value:.3f}" for name, value in row["mean"].items()) +
+              "; closest " + ", ".join(f"{name} {value:.3f}" for name, value in row["best"].items()))
+    return {"prior": str(args.toy_prior), "size": args.size, **result}
+
+
 def print_notices(reports: list[dict]) -> None:
     for notice in dict.fromkeys(n for report in reports for n in report.get("notices", [])):
         print(f"notice: {notice}", file=sys.stderr)
@@ -157,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}.")
-    if args.suite:
+    if args.suite and args.class_bound:
+        result = class_bound_report(args)
+        out = args.out or Path("class_bound.json")
+    elif args.suite:
         prior, modes = suite_prior(args)
         seeds = args.seeds or ([0, 1] if args.guidance == "toy" else [0])
         if args.instances < 1:

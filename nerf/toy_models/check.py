@@ -7,7 +7,6 @@ each sample against ground-truth renders of that object from that side, of other
     python scripts/check-toy-prior.py --zero123 MODEL [--views V] [--steps S] [--seed S] [--device cuda]
     python scripts/check-toy-prior.py PRIOR --joint ZERO123 [--seed S]
     python scripts/check-toy-prior.py PRIOR --fidelity --object FAMILY:SEED=WORD [--token EMBEDS] [--views V]
-    python scripts/check-toy-prior.py PRIOR --class_bound [--suite_size reduced|default]
 
 PRIOR is a folder written by scripts/train-toy-prior.py (default: examples/toy-prior). For each object (procedural
 ones only: they can be rendered again) and each of the front, side, back and overhead prompts, N samples are drawn
@@ -65,7 +64,7 @@ from nerf.pipeline import training_resolution as model_resolution
 from nerf.fileio import write_text_atomic
 from nerf.scenes.procedural import make_scene
 from nerf.scenes.raytrace import over_background, render_rgba
-from nerf.toy_models import class_bound, fidelity
+from nerf.toy_models import fidelity
 from nerf.visualize import save_png
 from nerf.toy_models.world import (
     HUE_WORDS, captions, class_words, colour_words, described, load_world, parse_object, render_object,
@@ -103,11 +102,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fidelity", action="store_true",
                    help="with --object: how much of the object's look SDS keeps at its true renders, by timestep "
                         "and guidance scale (nerf/toy_models/fidelity.py)")
-    p.add_argument("--class_bound", action="store_true",
-                   help="score each training instance of a class as the reconstruction of the class's held-out "
-                        "instances, with the suite's metrics: what imagining the class can reach "
-                        "(nerf/toy_models/class_bound.py); PRIOR's objects.json only, no model is run")
-    p.add_argument("--suite_size", choices=("reduced", "default"), default="reduced", help="of --class_bound")
     p.add_argument("--timesteps", type=int, nargs="+", default=list(fidelity.TIMESTEPS), help="of --fidelity")
     p.add_argument("--guidance_scales", type=float, nargs="+", default=list(fidelity.GUIDANCE_SCALES),
                    help="of --fidelity")
@@ -521,31 +515,6 @@ def check_fidelity(args: argparse.Namespace) -> dict:
     return report
 
 
-def check_class_bound(args: argparse.Namespace) -> dict:
-    """`nerf.toy_models.class_bound.class_bound` over PRIOR's world, printed per instance and family and written to
-    class_bound.json."""
-    from nerf.evaluation.suite import SUITE_SIZES
-
-    words, held_out = load_world(args.prior)
-    if not held_out:
-        raise UserError(f"{args.prior}/objects.json has no held-out instances; --class_bound scores a class against "
-                        "its held-out instances (train the prior with --held_out).")
-    report = class_bound.class_bound(words, held_out, SUITE_SIZES[args.suite_size])
-    families: dict[str, list[dict]] = {}
-    for key, row in report.items():
-        families.setdefault(key.partition(":")[0], []).append(row)
-        print(f"{key} ({row['word']}, {row['instances']} instances): mean " +
-              ", ".join(f"{k} {v:.3f}" for k, v in row["mean"].items()))
-    means = {family: {name: float(np.mean([row["mean"][name] for row in rows])) for name in class_bound.SCORES}
-             for family, rows in families.items()}
-    for family, row in means.items():
-        print(f"{family}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    result = {"prior": str(args.prior), "suite_size": args.suite_size, "per_instance": report, "per_family": means}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "class_bound.json", json.dumps(result, indent=2) + "\n")
-    return result
-
-
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -557,9 +526,6 @@ def main(argv: list[str] | None = None) -> int:
         return check_joint(args)
     if args.fidelity:
         check_fidelity(args)
-        return 0
-    if args.class_bound:
-        check_class_bound(args)
         return 0
     if args.contexts:
         report = check_contexts(args)

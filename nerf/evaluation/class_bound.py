@@ -16,9 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from nerf.errors import UserError
 from nerf.evaluation import image_metrics
 from nerf.evaluation.geometry import F_SCORE_FRACTIONS, geometry_metrics
-from nerf.evaluation.suite import SuiteSize
+from nerf.evaluation.suite import SuiteSize, TrainedPrior
 from nerf.mesh import Mesh
 from nerf.options import Options
 from nerf.scenes.files import Conventions, scene_mesh
@@ -58,15 +59,13 @@ def score_as_reconstruction(imagined: GroundTruth, truth: GroundTruth, size: Sui
 SCORES = ("novel_psnr", "novel_iou", "chamfer_l1", "f_score_2")
 
 
-def class_bound(words: dict[str, str], held_out: dict[str, str], size: SuiteSize,
-                families: Sequence[str] | None = None, instances: int = 2) -> dict[str, dict]:
-    """Per held-out instance (the first `instances` of each family, as the suite picks them): the mean and the best
-    of each score over the training instances with the same word, and the per-view PSNR of their mean."""
-    chosen: dict[str, list[str]] = {}
-    for key in held_out:
-        family = key.partition(":")[0]
-        if families is None or family in families:
-            chosen.setdefault(family, []).append(key)
+def class_bound(prior: TrainedPrior, size: SuiteSize, families: Sequence[str], instances: int) -> dict[str, dict]:
+    """For the held-out instances the suite reconstructs (the first `instances` of each family), the mean and the
+    best of each score over the training instances with the same word, and the per-view PSNR of their mean; then
+    the means per family. Needs a prior with held-out instances."""
+    if not prior.held_out:
+        raise UserError(f"{prior.model}/objects.json has no held-out instances; the class bound scores a class "
+                        "against its held-out instances (train the prior with --held_out).")
     cache: dict[str, GroundTruth] = {}
 
     def truth_of(key: str) -> GroundTruth:
@@ -74,16 +73,22 @@ def class_bound(words: dict[str, str], held_out: dict[str, str], size: SuiteSize
             cache[key] = ground_truth(key, size)
         return cache[key]
 
-    report = {}
-    for keys in chosen.values():
-        for key in keys[:instances]:
-            rows = [score_as_reconstruction(truth_of(other), truth_of(key), size)
-                    for other, word in words.items() if word == held_out[key]]
-            if not rows:
-                continue
-            best = {name: (min if name == "chamfer_l1" else max)(row[name] for row in rows) for name in SCORES}
-            report[key] = {"word": held_out[key], "instances": len(rows),
-                           "mean": {name: float(np.mean([row[name] for row in rows])) for name in SCORES},
-                           "best": best,
-                           "per_view_psnr": np.mean([row["per_view_psnr"] for row in rows], 0).tolist()}
-    return report
+    per_instance: dict[str, dict] = {}
+    for family, seed in prior.scenes(families, instances):
+        key = f"{family}:{seed}"
+        word = prior.held_out[key]
+        rows = [score_as_reconstruction(truth_of(other), truth_of(key), size)
+                for other, other_word in prior.words.items() if other_word == word]
+        if not rows:
+            raise UserError(f"the prior {prior.model} has no training instance of {word!r} ({key}'s word).")
+        per_instance[key] = {
+            "word": word, "instances": len(rows),
+            "mean": {name: float(np.mean([row[name] for row in rows])) for name in SCORES},
+            "best": {name: (min if name == "chamfer_l1" else max)(row[name] for row in rows) for name in SCORES},
+            "per_view_psnr": np.mean([row["per_view_psnr"] for row in rows], 0).tolist()}
+    per_family: dict[str, dict] = {}
+    for key, row in per_instance.items():
+        per_family.setdefault(key.partition(":")[0], []).append(row)
+    means = {family: {kind: {name: float(np.mean([row[kind][name] for row in rows])) for name in SCORES}
+                      for kind in ("mean", "best")} for family, rows in per_family.items()}
+    return {"per_instance": per_instance, "per_family": means}
