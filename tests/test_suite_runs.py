@@ -40,10 +40,10 @@ def test_a_finished_run_is_complete_only_with_its_record_iterations_and_inputs(t
     token = tmp_path / "learned_embeds.bin"
     token.write_bytes(b"token")
     prior = PriorRun(model, learned_embeds=token)
-    args = ["--image_path", str(scene / "rgba.png"), "--workspace", str(workspace), "--iters", "5", "--no_cuda_ray"]
+    args = ["--image_path", str(scene / "rgba.png"), "--workspace", str(workspace), "--no_cuda_ray"]
 
     def stage():
-        return finished_run(scene, workspace, args, prior)
+        return finished_run(scene, workspace, args, 5, prior)
 
     save_checkpoint(workspace / "checkpoints" / "latest.pth", {"global_step": 5})
     assert not stage().record.is_file()  # trained by an older suite: the suite does not take it

@@ -22,9 +22,9 @@ from nerf.evaluation.geometry import F_SCORE_FRACTIONS, geometry_metrics
 from nerf.evaluation.suite import SuiteSize, TrainedPrior
 from nerf.mesh import Mesh
 from nerf.options import Options
-from nerf.scenes.files import Conventions, scene_mesh
+from nerf.scenes.files import Conventions, orbit_views, scene_mesh
 from nerf.scenes.procedural import make_scene
-from nerf.scenes.raytrace import over_background, render_rgba
+from nerf.scenes.raytrace import over_background
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,7 @@ def ground_truth(key: str, size: SuiteSize) -> GroundTruth:
     """The suite's ground truth of the instance `family:seed` at `size`."""
     family, _, seed = key.partition(":")
     scene = make_scene(family, int(seed))
-    orbit = Conventions.from_options(Options()).orbit(size.views, size.view_size)
-    views = [render_rgba(scene, orbit.select(k, k + 1))[0] for k in range(size.views)]
+    views = list(orbit_views(scene, Conventions.from_options(Options()), size.views, size.view_size))
     return GroundTruth(views, scene_mesh(scene, size.gt_mesh_resolution))
 
 

@@ -15,7 +15,7 @@ from nerf.scenes.files import load_scene
 from nerf.guidance.oracle import DEFAULT_STRENGTH
 from nerf.guidance.stable_diffusion import replace_token_placeholder
 from nerf.option_checks import parse
-from nerf.options import DEFAULT_PROMPT
+from nerf.options import DEFAULT_PROMPT, Options
 log = logging.getLogger("realfusion")
 
 # Reduced (CPU): the prior-free CPU test's sizes (tests/test_reconstruction.py), a 32^2 synthetic view, 128 samples
@@ -135,14 +135,13 @@ def reconstruct(scene_dir: str | Path, workspace: str | Path, mode: str, size: s
     """Train from scratch on SCENE/rgba.png into `workspace` (checkpoint + options.json, as main.py writes)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scene_dir, workspace = Path(scene_dir), Path(workspace)
-    train(scene_dir, reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
-                                         cuda=device.type == "cuda", prior=prior), device)
+    train(scene_dir, parse(reconstruction_args(scene_dir, workspace, mode, size, seed, oracle_strength, extra_args,
+                                               cuda=device.type == "cuda", prior=prior)), device)
     return workspace
 
 
-def train(scene_dir: Path, args: Sequence[str], device: torch.device) -> None:
-    """One main.py training run in this process, from its command line (`reconstruction_args`)."""
-    opt = parse(list(args))
+def train(scene_dir: Path, opt: Options, device: torch.device) -> None:
+    """One main.py training run in this process, from its parsed command line (`reconstruction_args`)."""
     _, conventions = load_scene(scene_dir)
     data = opt.data
     if (conventions.pose_angle, conventions.radius, conventions.fovy) != (data.pose_angle, data.orbit_radius,

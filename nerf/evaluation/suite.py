@@ -179,7 +179,8 @@ def model_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 
-def finished_run(scene_dir: Path, workspace: Path, args: Sequence[str], prior: PriorRun | None) -> pipeline.Stage:
+def finished_run(scene_dir: Path, workspace: Path, args: Sequence[str], iters: int,
+                 prior: PriorRun | None) -> pipeline.Stage:
     """A suite run as the pipeline's NeRF stage: complete when its checkpoint holds every iteration and its record
     says it was trained with these arguments from these files (the input view, the learned token, the priors'
     weights). A suite run again in its folder evaluates such runs instead of training them again, so an interrupted
@@ -190,7 +191,7 @@ def finished_run(scene_dir: Path, workspace: Path, args: Sequence[str], prior: P
         inputs += [file for model in (prior.model, prior.zero123.model if prior.zero123 else None)
                    if model is not None for file in model_files(Path(model))]
     return pipeline.Stage("nerf", pipeline.script("main.py"), tuple(args), workspace / "checkpoints" / LATEST,
-                          min_steps=parse(list(args)).train.iters, inputs=tuple(inputs))
+                          min_steps=iters, inputs=tuple(inputs))
 
 
 def run_task(task: SuiteTask) -> dict:
@@ -200,13 +201,14 @@ def run_task(task: SuiteTask) -> dict:
     prior = task.prior.run(task, scene_key) if task.mode in PRIOR_MODES and task.prior is not None else None
     args = reconstruction_args(task.scene_dir, task.workspace, task.mode, spec.train, task.seed, task.oracle_strength,
                                task_args(task), cuda=device.type == "cuda", prior=prior)
-    stage = finished_run(task.scene_dir, task.workspace, args, prior)
+    opt = parse(args)
+    stage = finished_run(task.scene_dir, task.workspace, args, opt.train.iters, prior)
     reused = not task.retrain and stage.record.is_file() and stage.complete()  # no record: trained by an older suite
     if reused:
         log.info("%s %s seed %d: %s holds this run, finished; evaluating it (--retrain trains it again)",
                  task.scene, task.mode, task.seed, task.workspace)
     else:
-        train(task.scene_dir, args, device)
+        train(task.scene_dir, opt, device)
         stage.write_record()
     seconds = time.time() - start
     report = evaluate_workspace(task.workspace, task.scene_dir / "mesh.ply", task.scene_dir / "views",

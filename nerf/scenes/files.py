@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -80,6 +81,13 @@ def read_rgba_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA).astype(np.float32) / scale)
 
 
+def orbit_views(scene: Scene, conventions: Conventions, views: int, size: int) -> Iterator[torch.Tensor]:
+    """The scene's exact RGBA renders [size, size, 4] along the validation orbit, view 0 at the input camera."""
+    orbit = conventions.orbit(views, size)
+    for k in range(views):
+        yield render_rgba(scene, orbit.select(k, k + 1))[0]
+
+
 def write_scene(scene: Scene, out_dir: str | Path, conventions: Conventions, input_size: int = 256,
                 view_size: int = 128, views: int = 8, mesh_resolution: int = 256) -> Path:
     """Render and write every file of a scene folder (see the module docstring)."""
@@ -89,11 +97,8 @@ def write_scene(scene: Scene, out_dir: str | Path, conventions: Conventions, inp
     progress = tqdm(total=3 + views, desc=f"scene {scene.family}-{scene.seed}", leave=False)
     write_rgba_png(out / "rgba.png", render_rgba(scene, conventions.input_camera(input_size))[0])
     progress.update(1)
-    orbit = conventions.orbit(views, view_size)
-    for k in range(views):
-        single = CameraBatch(orbit.poses[k:k + 1], view_size, orbit.focal, orbit.directions[k:k + 1],
-                             orbit.theta[k:k + 1], orbit.phi[k:k + 1])
-        write_rgba_png(out / "views" / f"{k:03d}.png", render_rgba(scene, single)[0])
+    for k, view in enumerate(orbit_views(scene, conventions, views, view_size)):
+        write_rgba_png(out / "views" / f"{k:03d}.png", view)
         progress.update(1)
     mesh = scene_mesh(scene, mesh_resolution)
     colours = scene.albedo(torch.from_numpy(mesh.vertices).float()).clamp(0, 1).numpy()
